@@ -1,0 +1,1 @@
+"""Benchmarks across device profiles and against peers; report tables and plots."""

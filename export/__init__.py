@@ -1,0 +1,1 @@
+"""Compile stage: HF checkpoint -> GGUF / ONNX, quantized per device profile, with a quality gate."""

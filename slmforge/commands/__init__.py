@@ -1,0 +1,1 @@
+"""Verbs that belong to no single stage: profiles, pipeline, demo."""

@@ -1,0 +1,1 @@
+"""Desktop side: data preparation, training, merging, pruning, distillation, base-model import."""
