@@ -80,6 +80,9 @@ def atomic_dir(out: str | os.PathLike[str], overwrite: bool = True) -> Iterator[
     target = Path(out).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the finished artifact gets normal permissions
     try:
         yield partial
     except BaseException:
