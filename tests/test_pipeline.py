@@ -1,0 +1,131 @@
+"""`slmforge pipeline` on tiny models: skip when up to date, redo what changed, survive a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+
+DOCS = {
+    "guide.md": "# Field guide\n\nThe pump must be primed before use. Open the valve slowly and wait for water.\n\n"
+                "## How do I prime the pump?\n\nFill the housing with water, close the cap, then start the motor.\n\n"
+                "## How do I clean the filter?\n\nRemove the filter, rinse it with clean water and let it dry.\n",
+    "notes.txt": "Maintenance notes. Check the oil level every week. Replace the belt every six months. "
+                 "Store the unit in a dry place. Contact support at help@example.com for spare parts.\n" * 3,
+    "faq.rst": "FAQ\n===\n\nHow do I reset the controller?\n-----------------------------\n\n"
+               "Hold the reset button for ten seconds until the light blinks twice.\n\n"
+               "Why does the motor overheat?\n----------------------------\n\n"
+               "The air intake is blocked; clear it and let the motor cool for an hour.\n",
+}
+
+
+def _recipe(tmp_path: Path, base: Path, docs: Path) -> Path:
+    recipe = {
+        "name": "tiny",
+        "base_model": str(base),
+        "documents": [str(docs)],
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "stages": {
+            "prepare": {"heldout_fraction": 0.34, "min_chars": 20},
+            "pretrain": {"max_steps": 2, "seq_len": 64, "batch_size": 2},
+            "sft": {"max_steps": 2, "seq_len": 64, "batch_size": 2},
+            "pairs": {"max_new_tokens": 8},
+            "align": {"method": "dpo", "max_steps": 1, "batch_size": 2},
+            "merge": {"merge_method": "linear", "weights": [0.5, 0.5], "parameters": {}},
+            "export": {"enabled": False, "profiles": ["host"]},
+            "bench": {"enabled": False},
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture()
+def user_docs(tmp_path: Path) -> Path:
+    docs = tmp_path / "my-docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    return docs
+
+
+def _statuses(stdout: str) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in json.loads(stdout)["stages"]}
+
+
+def test_recipe_errors_name_the_key(tmp_path, tiny_checkpoint, user_docs):
+    path = _recipe(tmp_path, tiny_checkpoint, user_docs)
+    data = yaml.safe_load(path.read_text())
+    data["stages"]["pretrain"]["max_stpes"] = 3
+    path.write_text(yaml.safe_dump(data))
+    proc = run_cli("pipeline", str(path), "--dry-run")
+    assert proc.returncode == 2 and "stages.pretrain.max_stpes" in proc.stderr, proc.stderr
+    data["stages"]["pretrain"] = {"max_steps": "many"}
+    path.write_text(yaml.safe_dump(data))
+    proc = run_cli("pipeline", str(path), "--dry-run")
+    assert proc.returncode == 2 and "stages.pretrain.max_steps" in proc.stderr, proc.stderr
+    data["stages"]["pretrain"] = {}
+    data["documentz"] = ["x"]
+    path.write_text(yaml.safe_dump(data))
+    proc = run_cli("pipeline", str(path), "--dry-run")
+    assert proc.returncode == 2 and "documentz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_pipeline_runs_skips_and_redoes_what_changed(tmp_path, tiny_checkpoint, user_docs):
+    recipe = _recipe(tmp_path, tiny_checkpoint, user_docs)
+    first = run_cli("pipeline", str(recipe), "--json")
+    assert first.returncode == 0, first.stderr[-2000:]
+    statuses = _statuses(first.stdout)
+    assert set(statuses.values()) == {"ran"}, statuses
+    assert {"base", "prepare", "qa", "pretrain", "sft", "pairs", "align", "merge"} <= set(statuses)
+    run_dir = tmp_path / "run"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert [s["name"] for s in run["stages"]] == list(statuses)
+    assert (run_dir / "merged" / "slmforge.json").is_file()
+
+    again = run_cli("pipeline", str(recipe), "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert set(_statuses(again.stdout).values()) == {"skipped"}
+
+    dry = run_cli("pipeline", str(recipe), "--dry-run", "--json")
+    assert set(_statuses(dry.stdout).values()) == {"would-skip"}
+
+    with open(user_docs / "guide.md", "a") as handle:
+        handle.write("\n## How do I drain the pump?\n\nOpen the drain plug at the bottom and tilt the unit.\n")
+    plan = _statuses(run_cli("pipeline", str(recipe), "--dry-run", "--json").stdout)
+    assert plan["base"] == "would-skip" and plan["prepare"] == "would-run" and plan["merge"] == "would-run"
+    redo = run_cli("pipeline", str(recipe), "--json")
+    assert redo.returncode == 0, redo.stderr[-2000:]
+    statuses = _statuses(redo.stdout)
+    assert statuses["base"] == "skipped"
+    assert statuses["prepare"] == "ran" and statuses["pretrain"] == "ran" and statuses["merge"] == "ran"
+
+
+def test_pipeline_killed_mid_stage_completes_on_rerun(tmp_path, tiny_checkpoint, user_docs):
+    recipe = _recipe(tmp_path, tiny_checkpoint, user_docs)
+    state = tmp_path / "run" / ".pipeline" / "prepare.json"
+    proc = subprocess.Popen([sys.executable, "-m", "slmforge.cli", "pipeline", str(recipe)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # now inside qa/pretrain
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the pipeline never finished its prepare stage"
+    rerun = run_cli("pipeline", str(recipe), "--json")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    statuses = _statuses(rerun.stdout)
+    assert statuses["prepare"] == "skipped" and statuses["merge"] == "ran"
+    assert not list((tmp_path / "run").glob("*.partial-*"))
