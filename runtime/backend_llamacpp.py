@@ -1,0 +1,131 @@
+"""GGUF generation through llama-cpp-python."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from slmforge.errors import UserError
+from slmforge.runtime.backend import GenerationResult, StreamTimer, check_prompt_fits, collect, default_threads
+from slmforge.runtime.chat_template import render_chat
+
+DEFAULT_N_CTX = 2048
+
+
+class LlamaCppBackend:
+    """A loaded GGUF model; ``stream`` yields text deltas and stops at the model's end-of-generation token."""
+
+    name = "llama.cpp"
+
+    def __init__(
+        self, model_path: Path, n_ctx: int | None = None, threads: int | None = None, chat_template: str | None = None
+    ) -> None:
+        from llama_cpp import Llama
+
+        self.model_path = Path(model_path)
+        self.threads = threads or default_threads()
+        try:
+            self.n_ctx = n_ctx or DEFAULT_N_CTX
+            self._llm = self._load(Llama)
+            trained = int(self._llm._model.n_ctx_train())
+            if trained and self.n_ctx > trained:  # never run past what the model was trained on
+                self._llm.close()
+                self.n_ctx = trained
+                self._llm = self._load(Llama)
+            metadata = dict(self._llm.metadata)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise UserError(f"{self.model_path}: llama.cpp could not load this GGUF ({exc}); re-export it") from None
+        self.metadata = metadata
+        self.chat_template = chat_template or metadata.get("tokenizer.chat_template")
+        vocab = self._llm._model.vocab
+        self._vocab = vocab
+        self.bos_token = self._token_text(self._llm.token_bos())
+        self.eos_token = self._token_text(self._llm.token_eos())
+        self.last_result: GenerationResult | None = None
+
+    def _load(self, llama_class: Any) -> Any:
+        return llama_class(
+            model_path=str(self.model_path),
+            n_ctx=self.n_ctx,
+            n_batch=min(512, self.n_ctx),
+            n_threads=self.threads,
+            n_threads_batch=self.threads,
+            verbose=False,
+        )
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def _is_end(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` as the model sees a prompt (special tokens parsed, BOS as the model wants)."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def render_chat(self, messages: list[dict]) -> str:
+        return render_chat(self.chat_template, messages, bos_token=self.bos_token, eos_token=self.eos_token)
+
+    def stream(
+        self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None
+    ) -> Iterator[str]:
+        self.last_result = None
+        tokens = self.tokenize(prompt)
+        check_prompt_fits(len(tokens), max_tokens, self.n_ctx)
+        budget = max(1, min(max_tokens, self.n_ctx - len(tokens)))
+        if seed is not None:
+            self._llm.set_seed(seed)
+        timer = StreamTimer(prompt_tokens=len(tokens))
+        finish = "length"
+        sampling: dict[str, Any] = dict(temp=temperature, top_p=top_p, top_k=0 if temperature > 0 else 1, min_p=0.0,
+                                        repeat_penalty=1.0)
+        _reset_perf(self._llm)
+        for token in self._llm.generate(tokens, **sampling):
+            if self._is_end(token):
+                finish = "stop"
+                break
+            delta = timer.add(self._llm.detokenize([token]))
+            if delta:
+                yield delta
+            if timer.completion_tokens >= budget:
+                break
+        tail = timer.flush()
+        if tail:
+            yield tail
+        self.last_result = timer.result(finish, prefill_ms=_prefill_ms(self._llm))
+
+    def generate(self, prompt: str, **kw: Any) -> GenerationResult:
+        collect(self.stream(prompt, **kw))
+        assert self.last_result is not None
+        return self.last_result
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.close()
+
+    def __del__(self) -> None:  # llama.cpp frees native memory on close; be tidy if the caller forgot
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+
+
+def _reset_perf(llm: Any) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+
+
+def _prefill_ms(llm: Any) -> float | None:
+    """llama.cpp's own prompt-eval time (the part of time-to-first-token spent reading the prompt)."""
+    import llama_cpp
+
+    perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+    return float(perf.t_p_eval_ms) if perf.n_p_eval > 0 else None

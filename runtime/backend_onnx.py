@@ -1,0 +1,120 @@
+"""ONNX generation through onnxruntime-genai (the folder its model builder writes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from slmforge.errors import UserError
+from slmforge.runtime.backend import GenerationResult, StreamTimer, check_prompt_fits, collect, default_threads
+from slmforge.runtime.chat_template import render_chat
+
+DEFAULT_N_CTX = 2048
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+class OnnxGenaiBackend:
+    """A loaded onnxruntime-genai model; same contract as the llama.cpp backend."""
+
+    name = "onnxruntime-genai"
+
+    def __init__(
+        self, model_dir: Path, n_ctx: int | None = None, threads: int | None = None, chat_template: str | None = None
+    ) -> None:
+        import onnxruntime_genai as og
+
+        self.model_dir = Path(model_dir)
+        self.threads = threads or default_threads()
+        genai = _read_json(self.model_dir / "genai_config.json")
+        model_cfg = genai.get("model", {})
+        trained = int(model_cfg.get("context_length") or DEFAULT_N_CTX)
+        self.n_ctx = min(n_ctx or DEFAULT_N_CTX, trained)
+        eos = model_cfg.get("eos_token_id", [])
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        try:
+            config = og.Config(str(self.model_dir))
+            self._set_threads(genai, config)
+            self._model = og.Model(config)
+            self._tokenizer = og.Tokenizer(self._model)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime-genai raises plain RuntimeError/OrtException
+            raise UserError(f"{self.model_dir}: onnxruntime-genai could not load this model ({exc}); re-export it") from None
+        tok_cfg = _read_json(self.model_dir / "tokenizer_config.json")
+        template_file = self.model_dir / "chat_template.jinja"
+        self.chat_template = chat_template or tok_cfg.get("chat_template") or (
+            template_file.read_text() if template_file.is_file() else None)
+        self.bos_token = _token_str(tok_cfg.get("bos_token"))
+        self.eos_token = _token_str(tok_cfg.get("eos_token"))
+        self.last_result: GenerationResult | None = None
+
+    def _set_threads(self, genai: dict[str, Any], config: Any) -> None:
+        session = genai.get("model", {}).get("decoder", {}).get("session_options", {})
+        if "intra_op_num_threads" in session:
+            return
+        try:
+            config.set_provider_option("cpu", "intra_op_num_threads", str(self.threads))
+        except Exception:  # noqa: BLE001 - older onnxruntime-genai: threads come from the config file only
+            pass
+
+    def tokenize(self, text: str) -> list[int]:
+        return [int(t) for t in self._tokenizer.encode(text)]
+
+    def render_chat(self, messages: list[dict]) -> str:
+        return render_chat(self.chat_template, messages, bos_token=self.bos_token, eos_token=self.eos_token)
+
+    def stream(
+        self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None
+    ) -> Iterator[str]:
+        import onnxruntime_genai as og
+
+        self.last_result = None
+        tokens = self.tokenize(prompt)
+        check_prompt_fits(len(tokens), max_tokens, self.n_ctx)
+        budget = max(1, min(max_tokens, self.n_ctx - len(tokens)))
+        params = og.GeneratorParams(self._model)
+        options: dict[str, Any] = {"max_length": len(tokens) + budget, "do_sample": temperature > 0}
+        if temperature > 0:
+            options.update(temperature=temperature, top_p=top_p, top_k=0)
+        if seed is not None:
+            options["random_seed"] = int(seed)
+        params.set_search_options(**options)
+        generator = og.Generator(self._model, params)
+        timer = StreamTimer(prompt_tokens=len(tokens))
+        generator.append_tokens(tokens)
+        finish = "length"
+        decoder = self._tokenizer.create_stream()
+        while not generator.is_done():
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            if token in self.eos_ids:
+                finish = "stop"
+                break
+            delta = decoder.decode(token)
+            timer.add(delta.encode("utf-8"))
+            if delta:
+                yield delta
+            if timer.completion_tokens >= budget:
+                break
+        del generator
+        self.last_result = timer.result(finish)
+
+    def generate(self, prompt: str, **kw: Any) -> GenerationResult:
+        collect(self.stream(prompt, **kw))
+        assert self.last_result is not None
+        return self.last_result
+
+    def close(self) -> None:
+        self._model = None
+        self._tokenizer = None
+
+
+def _token_str(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("content", ""))
+    return str(value or "")

@@ -1,0 +1,177 @@
+"""Answer questions from a bundle: embed → retrieve → fit the context → generate, with citations."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from slmforge.errors import UserError
+from slmforge.runtime.backend import Backend, default_threads, load_backend
+from slmforge.runtime.bundle import Bundle
+from slmforge.runtime.context_budget import PromptPlan, plan_prompt
+from slmforge.runtime.embedder import Embedder
+from slmforge.runtime.index import Hit, RagIndex
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the question using the numbered context. "
+    "If the context does not contain the answer, say that you do not know."
+)
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass
+class Answer:
+    answer: str
+    citations: list[dict[str, Any]]
+    timings: dict[str, float]
+    tokens: dict[str, int]
+    retrieval: dict[str, Any]
+    finish_reason: str = "stop"
+    dropped_chunks: int = 0
+    dropped_turns: int = 0
+    hits: list[Hit] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("hits")
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def citation(hit: Hit) -> dict[str, Any]:
+    """What a user sees for a source: file, heading, chunk id, and cosine similarity to the question."""
+    score = hit.vec_score if hit.vec_score is not None else hit.score
+    return {"source": hit.source, "heading": hit.heading, "chunk_id": hit.chunk_id, "score": round(float(score), 4)}
+
+
+def retrieval_summary(hits: list[Hit]) -> dict[str, Any]:
+    """Top similarity and its lead over the next: low values mean the question is off the documents."""
+    scores = [h.vec_score for h in hits if h.vec_score is not None]
+    top1 = scores[0] if scores else None
+    gap = round(scores[0] - scores[1], 4) if len(scores) > 1 else None
+    return {"top1": top1, "gap": gap, "scores": scores}
+
+
+def profile_threads(profile_name: str | None) -> int:
+    """Threads to run with: the host's cores, no more than the bundle's device profile has."""
+    host = default_threads()
+    if not profile_name:
+        return host
+    try:
+        from slmforge.profiles import load_profile
+
+        return max(1, min(host, load_profile(profile_name).cpu.cores))
+    except UserError:  # a custom profile not on this device: the host decides
+        return host
+
+
+class Engine:
+    """Everything needed to answer from one bundle, loaded once."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = None, n_ctx: int | None = None) -> None:
+        self.bundle = bundle
+        manifest = bundle.manifest
+        self.threads = threads or profile_threads(manifest.profile)
+        self.generation = dict(manifest.generation)
+        self.system_prompt = manifest.system_prompt or DEFAULT_SYSTEM_PROMPT
+        self.embedder = Embedder(bundle.embedder_dir, threads=self.threads)
+        self.index = RagIndex(bundle.rag_db, readonly=True)
+        self.backend: Backend = load_backend(
+            bundle.model_path, n_ctx=n_ctx or self.generation.get("n_ctx"), threads=self.threads,
+            chat_template=manifest.chat_template,
+        )
+        self.last_answer: Answer | None = None
+
+    @property
+    def n_ctx(self) -> int:
+        return self.backend.n_ctx
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.embed(texts)
+
+    def retrieve(self, question: str, k: int = 4) -> tuple[list[Hit], dict[str, float]]:
+        """Hits for ``question`` and the embed/search times in ms."""
+        t0 = time.perf_counter()
+        vec = self.embedder.embed([question])[0]
+        t1 = time.perf_counter()
+        hits = self.index.search(vec, question, k=k)
+        t2 = time.perf_counter()
+        return hits, {"embed_ms": round((t1 - t0) * 1000, 2), "search_ms": round((t2 - t1) * 1000, 2)}
+
+    def plan(
+        self, question: str, k: int = 4, use_rag: bool = True, history: list[dict] | None = None,
+        max_tokens: int | None = None,
+    ) -> tuple[PromptPlan, dict[str, float]]:
+        """Retrieve and fit the prompt; no generation (the server and the benches use this too)."""
+        question = (question or "").strip()
+        if not question:
+            raise UserError("the question is empty; ask something")
+        if k < 0:
+            raise UserError(f"--k must be 0 or more, not {k}")
+        hits, timings = self.retrieve(question, k) if use_rag and k > 0 else ([], {"embed_ms": 0.0, "search_ms": 0.0})
+        plan = plan_prompt(
+            question, hits, history or [], self.system_prompt, self.backend.render_chat, self._count,
+            self.n_ctx, max_tokens or int(self.generation.get("max_tokens", DEFAULT_MAX_TOKENS)),
+        )
+        return plan, timings
+
+    def _count(self, prompt: str) -> int:
+        return len(self.backend.tokenize(prompt))
+
+    def answer_stream(
+        self, question: str, k: int = 4, use_rag: bool = True, history: list[dict] | None = None,
+        max_tokens: int | None = None, sampling: dict[str, Any] | None = None,
+    ) -> Iterator[str]:
+        """Text deltas of the answer; ``last_answer`` holds the full Answer when the stream ends.
+
+        ``sampling`` (temperature, top_p, seed) overrides the bundle's defaults for this answer (the server
+        passes a request's own values)."""
+        self.last_answer = None
+        started = time.perf_counter()
+        plan, timings = self.plan(question, k, use_rag, history, max_tokens)
+        defaults = {"temperature": float(self.generation.get("temperature", 0.0)),
+                    "top_p": float(self.generation.get("top_p", 1.0)), "seed": self.generation.get("seed")}
+        overrides = {key: v for key, v in (sampling or {}).items() if key in defaults and v is not None}
+        yield from self.backend.stream(plan.prompt, max_tokens=plan.max_tokens, **{**defaults, **overrides})
+        result = self.backend.last_result
+        assert result is not None
+        timings = {
+            **timings, "prefill_ms": result.prefill_ms, "ttft_ms": result.ttft_ms,
+            "decode_tok_s": result.decode_tok_s, "total_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        self.last_answer = Answer(
+            answer=result.text.strip(),
+            citations=[citation(h) for h in plan.hits],
+            timings=timings,
+            tokens={"prompt": result.prompt_tokens, "completion": result.completion_tokens},
+            retrieval=retrieval_summary(plan.hits),
+            finish_reason=result.finish_reason,
+            dropped_chunks=plan.dropped_chunks,
+            dropped_turns=plan.dropped_turns,
+            hits=plan.hits,
+        )
+
+    def answer(
+        self, question: str, k: int = 4, use_rag: bool = True, history: list[dict] | None = None,
+        max_tokens: int | None = None, sampling: dict[str, Any] | None = None,
+    ) -> Answer:
+        for _ in self.answer_stream(question, k, use_rag, history, max_tokens, sampling):
+            pass
+        assert self.last_answer is not None
+        return self.last_answer
+
+    def close(self) -> None:
+        self.backend.close()
+        self.index.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,134 @@
+"""`slmforge data prepare | qa | pairs`: the data the training stages read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from slmforge.output import emit_json, format_table, json_option
+
+_DOCS = click.argument("docs", nargs=-1, required=True, type=click.Path(path_type=Path))
+_SEED = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split / sampling.")
+_NO_REDACT = click.option("--no-redact", is_flag=True, help="Keep e-mails, phone numbers, IPs and secrets as they are.")
+
+
+@click.group()
+def data() -> None:
+    """Prepare documents; build SFT and preference data."""
+
+
+@data.command()
+@_DOCS
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
+@click.option("--heldout-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
+              help="Share of DOCUMENTS held out (whole documents, so held-out text is unseen).")
+@_SEED
+@click.option("--min-chars", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Drop pieces shorter than this after cleaning.")
+@click.option("--max-chars", type=click.IntRange(min=200), default=2000, show_default=True,
+              help="Largest piece: paragraphs are packed up to this many characters (~4 chars per token).")
+@click.option("--near-dup-threshold", type=click.FloatRange(0.5, 1.0), default=0.8, show_default=True,
+              help="MinHash Jaccard similarity at or above which a piece is a near-duplicate.")
+@_NO_REDACT
+@json_option
+def prepare(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, min_chars: int, max_chars: int,
+            near_dup_threshold: float, no_redact: bool, as_json: bool) -> None:
+    """Clean, redact, deduplicate and split DOCS (files or folders of .txt .md .rst .html .jsonl).
+
+    Writes OUT/train.jsonl and OUT/heldout.jsonl (one {"text", "source", "doc_id"} per line),
+    OUT/stats.json and OUT/slmforge.json. A .jsonl input holds one document per line
+    ({"text": ...}, optional "id"). Any unreadable, non-UTF-8 or empty input stops the run
+    with one line naming it, and nothing is written.
+    """
+    from slmforge.trainer.prepare import PrepareOptions
+    from slmforge.trainer.prepare import prepare as run_prepare
+
+    opts = PrepareOptions(heldout_fraction=heldout_fraction, seed=seed, min_chars=min_chars, max_chars=max_chars,
+                          redact_pii=not no_redact, near_dup_threshold=near_dup_threshold)
+    stats = run_prepare(list(docs), out, opts)
+    if as_json:
+        emit_json(stats)
+        return
+    pii = ", ".join(f"{k} {v}" for k, v in stats["pii"].items())
+    rows = [
+        ("documents read", f"{stats['documents']} from {stats['files_read']} files "
+                           f"({len(stats['files_skipped'])} unsupported files skipped)"),
+        ("pieces", f"{stats['pieces_total']} cut, {stats['pieces_kept']} kept"),
+        ("near-empty dropped", stats["dropped_near_empty"]),
+        ("boilerplate lines", stats["boilerplate_lines_removed"]),
+        ("duplicates removed", f"{stats['exact_duplicates']} exact, {stats['near_duplicates']} near"),
+        ("PII redacted", pii if not no_redact else "off (--no-redact)"),
+        ("train", f"{stats['train_pieces']} pieces, {stats['train_documents']} documents, {stats['train_chars']} chars"),
+        ("held-out", f"{stats['heldout_pieces']} pieces, {stats['heldout_documents']} documents "
+                     f"({stats['split']})"),
+    ]
+    click.echo(format_table(("", "value"), rows))
+    click.echo(f"wrote {out}")
+
+
+@data.command()
+@_DOCS
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Train file (qa.jsonl); qa.heldout.jsonl and qa.slmforge.json are written next to it.")
+@click.option("--heldout-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
+              help="Share of questions written to <out>.heldout.jsonl instead (unseen in training).")
+@_SEED
+@click.option("--max-answer-chars", type=click.IntRange(min=0), default=1500, show_default=True,
+              help="Keep whole paragraphs of an answer up to this length (0 = no limit).")
+@_NO_REDACT
+@json_option
+def qa(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, max_answer_chars: int,
+       no_redact: bool, as_json: bool) -> None:
+    """Build chat SFT examples from FAQ sections in DOCS and from QA JSONL files.
+
+    A section whose heading ends in '?' (reST heading, Markdown '## Question?', HTML <h2>)
+    becomes a question, its body the answer; plain text may use 'Q:' / 'A:' lines. JSONL
+    inputs may hold chat "messages", alpaca "instruction"/"input"/"output", or
+    "question"/"answer" records. Output lines: {"messages": [user, assistant], "source"}.
+    Duplicate questions are dropped; a seeded share goes to <out>.heldout.jsonl.
+    """
+    from slmforge.trainer.qa import build_qa
+
+    stats = build_qa(list(docs), out, heldout_fraction=heldout_fraction, seed=seed,
+                     max_answer_chars=max_answer_chars or None, redact_pii=not no_redact)
+    if as_json:
+        emit_json(stats)
+        return
+    rows = [(src, n) for src, n in stats["pairs_by_file"].items()]
+    click.echo(format_table(("source", "pairs"), rows))
+    click.echo(f"{stats['pairs']} pairs ({stats['duplicate_questions']} duplicate questions dropped): "
+               f"{stats['train_pairs']} train → {stats['files']['train']}, "
+               f"{stats['heldout_pairs']} held-out → {stats['files']['heldout']}")
+
+
+@data.command()
+@click.option("--qa", "qa_file", required=True, type=click.Path(path_type=Path),
+              help="SFT file from 'slmforge data qa' (messages or alpaca JSONL).")
+@click.option("--model", type=click.Path(path_type=Path), help="Checkpoint whose own answers become 'rejected'.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Preference JSONL (prompt/chosen/rejected).")
+@click.option("--kto-out", type=click.Path(path_type=Path), help="Also write KTO data (prompt/completion/label).")
+@click.option("--rejected", type=click.Choice(["model", "mismatched"]), default="model", show_default=True,
+              help="model: the model's greedy answer; mismatched: another question's answer (no model needed).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=96, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Use a seeded sample of this many questions.")
+@_SEED
+@json_option
+def pairs(qa_file: Path, model: Path | None, out: Path, kto_out: Path | None, rejected: str, max_new_tokens: int,
+          batch_size: int, limit: int | None, seed: int, as_json: bool) -> None:
+    """Preference pairs without hand labels: chosen = the document's answer, rejected = the model's.
+
+    Where the model's answer is empty or identical to the true one, another question's
+    answer is used instead (counted as fallback_to_mismatched). The manifest goes to
+    <out>.slmforge.json.
+    """
+    from slmforge.trainer.pairs import run_pairs
+
+    stats = run_pairs(qa_file, out, model=model, kto_out=kto_out, rejected=rejected, max_new_tokens=max_new_tokens,
+                      limit=limit, seed=seed, batch_size=batch_size)
+    if as_json:
+        emit_json(stats)
+        return
+    click.echo(format_table(("", "value"), list(stats.items())))
+    click.echo(f"wrote {out}" + (f" and {kto_out}" if kto_out else ""))

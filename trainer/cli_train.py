@@ -1,0 +1,67 @@
+"""`slmforge train pretrain|sft|align`: the training verbs (flags shared in train_common)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from slmforge.output import emit_json, json_option
+from slmforge.trainer.train_common import common_options, options_from
+
+
+def _report(metrics: dict[str, Any], out: Any, as_json: bool, keys: tuple[str, ...]) -> None:
+    if as_json:
+        emit_json({"out": str(out), "metrics": metrics})
+        return
+    parts = [f"{k}={metrics[k]}" for k in keys if metrics.get(k) is not None]
+    click.echo(f"wrote {out}  " + "  ".join(parts))
+
+
+@click.group("train")
+def train() -> None:
+    """Continual pretraining, SFT and preference alignment (LoRA by default)."""
+
+
+@train.command("pretrain")
+@common_options(default_lr=2e-4)
+@json_option
+def pretrain(as_json: bool, **kwargs: Any) -> None:
+    """Continual pretraining on a dataset dir (train.jsonl + heldout.jsonl) or a {"text"} JSONL file."""
+    from slmforge.trainer.train_pretrain import train_pretrain
+
+    opts = options_from(kwargs)
+    metrics = train_pretrain(opts)
+    _report(metrics, opts.out, as_json, ("steps", "heldout_ppl_before", "heldout_ppl_after", "tokens_per_s"))
+
+
+@train.command("sft")
+@common_options(default_lr=2e-4)
+@json_option
+def sft(as_json: bool, **kwargs: Any) -> None:
+    """Instruction tuning on chat {"messages"} or alpaca JSONL; loss on assistant tokens only."""
+    from slmforge.trainer.train_sft import train_sft
+
+    opts = options_from(kwargs)
+    metrics = train_sft(opts)
+    _report(metrics, opts.out, as_json, ("steps", "examples", "heldout_loss_before", "heldout_loss_after",
+                                         "tokens_per_s"))
+
+
+@train.command("align")
+@click.option("--method", type=click.Choice(["dpo", "ipo", "kto", "orpo"]), default="dpo", show_default=True)
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Strength of the pull towards the reference model (DPO/IPO/KTO) or of the odds-ratio term (ORPO).")
+@click.option("--loss-type", default=None,
+              help="Override trl's loss_type (e.g. hinge, robust for DPO; apo_zero_unpaired for KTO).")
+@click.option("--heldout-fraction", type=click.FloatRange(min=0, max=0.5), default=0.1, show_default=True,
+              help="Share of pairs kept out of training to measure the reward margin before/after.")
+@common_options(default_lr=5e-5, default_seq_len=512)
+@json_option
+def align(as_json: bool, **kwargs: Any) -> None:
+    """Preference alignment with trl: DPO, IPO, KTO or ORPO."""
+    from slmforge.trainer.train_align import train_align
+
+    opts = options_from(kwargs)
+    metrics = train_align(opts)
+    _report(metrics, opts.out, as_json, ("steps", "method", "margin_before", "margin_after", "tokens_per_s"))

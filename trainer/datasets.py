@@ -1,0 +1,188 @@
+"""Read and validate the training data formats (JSONL), with line numbers in every error.
+
+The data stage (``slmforge data prepare|qa|pairs``) writes these files; the training stages
+read them here. Each method accepts a set of formats, and giving it another one is a clear
+one-line error instead of a KeyError deep inside a trainer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from slmforge.errors import UserError
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line is a UserError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: data file not found; pass a JSONL file (or a dataset dir from 'slmforge data prepare')")
+    try:
+        handle = p.open(encoding="utf-8")
+        with handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{p}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                                    "fix or remove that line") from None
+                if not isinstance(obj, dict):
+                    raise UserError(f"{p}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+                yield lineno, obj
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
+
+
+# --------------------------------------------------------------------------- formats
+
+FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "preference": ("prompt", "chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
+    "messages": ("messages",),
+    "alpaca": ("instruction", "output"),
+    "text": ("text",),
+}
+FORMAT_NAMES = {
+    "preference": "preference pairs (prompt/chosen/rejected)",
+    "kto": "KTO data (prompt/completion/label)",
+    "messages": "chat SFT data (messages)",
+    "alpaca": "alpaca SFT data (instruction/input/output)",
+    "text": "raw text (text)",
+}
+# what each method reads; KTO also takes pairs (split into a desirable and an undesirable example)
+ACCEPTS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("text",),
+    "sft": ("messages", "alpaca"),
+    "dpo": ("preference",),
+    "ipo": ("preference",),
+    "orpo": ("preference",),
+    "kto": ("kto", "preference"),
+}
+MAKE_HINT = {
+    "text": "'slmforge data prepare DOCS --out DIR'",
+    "messages": "'slmforge data qa DOCS --out qa.jsonl'",
+    "alpaca": "'slmforge data qa DOCS --out qa.jsonl'",
+    "preference": "'slmforge data pairs --out prefs.jsonl'",
+    "kto": "'slmforge data pairs --kto-out kto.jsonl'",
+}
+ROLES = {"system", "user", "assistant"}
+
+
+def detect_format(obj: dict[str, Any]) -> str | None:
+    """Which known format one JSONL object is in (by its fields), or None."""
+    for name, fields in FORMAT_FIELDS.items():
+        if all(f in obj for f in fields):
+            return name
+    return None
+
+
+def _check_str(path: Path, lineno: int, obj: dict[str, Any], key: str, allow_empty: bool = False) -> None:
+    value = obj.get(key)
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        raise UserError(f"{path}:{lineno}: field \"{key}\" must be a non-empty string")
+
+
+def _check_messages(path: Path, lineno: int, messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{path}:{lineno}: \"messages\" must be a non-empty list of {{role, content}}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise UserError(f"{path}:{lineno}: messages[{i}] must be {{\"role\": system|user|assistant, "
+                            "\"content\": string}}")
+    if messages[-1]["role"] != "assistant":
+        raise UserError(f"{path}:{lineno}: the last message must be the assistant's answer to learn from")
+
+
+def _validate(path: Path, lineno: int, fmt: str, obj: dict[str, Any]) -> None:
+    if fmt == "messages":
+        _check_messages(path, lineno, obj["messages"])
+    elif fmt == "kto":
+        _check_str(path, lineno, obj, "prompt")
+        _check_str(path, lineno, obj, "completion")
+        if not isinstance(obj["label"], bool):
+            raise UserError(f"{path}:{lineno}: field \"label\" must be true (desirable) or false (undesirable)")
+    elif fmt == "alpaca":
+        _check_str(path, lineno, obj, "instruction")
+        _check_str(path, lineno, obj, "output")
+        if not isinstance(obj.get("input", ""), str):
+            raise UserError(f"{path}:{lineno}: field \"input\" must be a string")
+    else:
+        for key in FORMAT_FIELDS[fmt]:
+            _check_str(path, lineno, obj, key)
+
+
+def load_records(path: str | Path, method: str) -> tuple[str, list[dict[str, Any]]]:
+    """Read a JSONL file for ``method``; return (format, records). Every line must share one format."""
+    p = Path(path)
+    accepted = ACCEPTS[method]
+    fmt: str | None = None
+    records: list[dict[str, Any]] = []
+    for lineno, obj in iter_jsonl(p):
+        this = detect_format(obj)
+        if this is None:
+            wanted = " or ".join(FORMAT_NAMES[a] for a in accepted)
+            raise UserError(f"{p}:{lineno}: unrecognized record with fields {sorted(obj)}; "
+                            f"'{method}' reads {wanted}")
+        if this not in accepted:
+            wanted = " or ".join(FORMAT_NAMES[a] for a in accepted)
+            users = [m for m, acc in ACCEPTS.items() if this in acc]
+            raise UserError(f"{p}:{lineno}: this is {FORMAT_NAMES[this]}, but '{method}' needs {wanted}; "
+                            f"use it with {' / '.join(users)} or build the right data with {MAKE_HINT[accepted[0]]}")
+        if fmt is not None and this != fmt:
+            raise UserError(f"{p}:{lineno}: {FORMAT_NAMES[this]} mixed with {FORMAT_NAMES[fmt]} from earlier "
+                            "lines; use one format per file")
+        fmt = this
+        _validate(p, lineno, this, obj)
+        records.append(obj)
+    if not records:
+        raise UserError(f"{p}: no records (the file is empty); nothing to train on")
+    assert fmt is not None
+    return fmt, records
+
+
+def to_messages(fmt: str, record: dict[str, Any]) -> list[dict[str, str]]:
+    """An SFT record as chat messages (alpaca: instruction + optional input → user turn)."""
+    if fmt == "messages":
+        return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+    user = record["instruction"].strip()
+    if record.get("input", "").strip():
+        user += "\n\n" + record["input"].strip()
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+
+
+def to_kto(fmt: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """KTO examples; pairs become one desirable and one undesirable example each."""
+    if fmt == "kto":
+        return [{"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]} for r in records]
+    out = []
+    for r in records:
+        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    return out
+
+
+def text_dataset_files(data: str | Path) -> tuple[Path, Path | None]:
+    """(train file, held-out file or None) for a dataset dir or a single JSONL file of text."""
+    p = Path(data)
+    if p.is_dir():
+        train = p / "train.jsonl"
+        if not train.is_file():
+            raise UserError(f"--data {p}: no train.jsonl in this directory; make one with {MAKE_HINT['text']}")
+        heldout = p / "heldout.jsonl"
+        return train, heldout if heldout.is_file() else None
+    if not p.is_file():
+        raise UserError(f"--data {p}: not found; pass a dataset dir from 'slmforge data prepare' or a .jsonl file")
+    return p, None
+
+
+def load_text_records(path: Path) -> list[str]:
+    """The non-empty texts of a {"text"} JSONL file (one format, line numbers in errors)."""
+    _, records = load_records(path, "pretrain")
+    texts = [r["text"] for r in records if r["text"].strip()]
+    if not texts:
+        raise UserError(f"{path}: every text is empty; nothing to train on")
+    return texts

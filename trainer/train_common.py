@@ -1,0 +1,356 @@
+"""What every training stage shares: flags, seeding, resumable checkpoints, progress, saving.
+
+Stages build an HF ``Trainer`` (or a TRL trainer, which is one) so that checkpointing,
+``--resume``, gradient accumulation and ``accelerate launch`` (DDP/FSDP) come from the
+library. Intermediate checkpoints live next to the output (``<out>.checkpoints/``) so they
+survive a crash; the output itself is written atomically and only when training finished.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from transformers import TrainerCallback
+
+from slmforge.errors import UserError
+from slmforge.fileio import atomic_dir
+from slmforge.manifest import ArtifactManifest, InputRef, input_ref, lineage_of
+
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class TrainOptions:
+    """The flags every ``slmforge train`` verb takes (see ``common_options``)."""
+
+    model: Path
+    data: Path
+    out: Path
+    max_steps: int | None = None
+    epochs: float = 1.0
+    lr: float | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    seq_len: int = 512
+    seed: int = 0
+    save_every: int = 50
+    resume: bool = False
+    keep_adapter: bool = False
+    full: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    eval_tokens: int = 16384
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters for the manifest (paths are recorded as inputs instead)."""
+        skip = {"model", "data", "out", "resume", "extra"}
+        return {k: v for k, v in asdict(self).items() if k not in skip} | self.extra
+
+
+def common_options(default_lr: float, default_seq_len: int = 512) -> Callable:
+    """Click options shared by pretrain/sft/align; the stage picks its own learning-rate default."""
+
+    def decorate(func: Callable) -> Callable:
+        opts = [
+            click.option("--model", "model", required=True, type=click.Path(path_type=Path),
+                         help="HF checkpoint dir to start from (e.g. from 'slmforge base import')."),
+            click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+                         help="Training data: a dataset dir or a JSONL file."),
+            click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+                         help="Output checkpoint dir (written atomically when training ends)."),
+            click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                         help="Stop after this many optimizer steps (overrides --epochs)."),
+            click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
+            click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=default_lr, show_default=True),
+            click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+                         help="Sequences per device per step."),
+            click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
+                         help="Gradient accumulation steps."),
+            click.option("--seq-len", type=click.IntRange(min=8), default=default_seq_len, show_default=True,
+                         help="Tokens per packed training sequence."),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--save-every", type=click.IntRange(min=0), default=50, show_default=True,
+                         help="Write a resumable checkpoint every N steps (0: never)."),
+            click.option("--resume", is_flag=True, help="Continue from the last checkpoint of an interrupted run."),
+            click.option("--keep-adapter", is_flag=True,
+                         help="Save the LoRA adapter instead of merging it into the model."),
+            click.option("--full", is_flag=True, help="Train all weights instead of a LoRA adapter."),
+            click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True),
+            click.option("--lora-alpha", type=click.IntRange(min=1), default=32, show_default=True),
+            click.option("--eval-tokens", type=click.IntRange(min=0), default=16384, show_default=True,
+                         help="Held-out tokens for the before/after evaluation (0: skip)."),
+        ]
+        for opt in reversed(opts):
+            func = opt(func)
+        return func
+
+    return decorate
+
+
+def options_from(kwargs: dict[str, Any], **extra: Any) -> TrainOptions:
+    """Split click kwargs into TrainOptions (known fields) and stage-specific extras."""
+    known = {f for f in TrainOptions.__dataclass_fields__ if f != "extra"}
+    base = {k: v for k, v in kwargs.items() if k in known}
+    rest = {k: v for k, v in kwargs.items() if k not in known and k != "as_json"}
+    return TrainOptions(**base, extra={**rest, **extra})
+
+
+# --------------------------------------------------------------------------- inputs
+
+def check_model_dir(path: Path) -> Path:
+    """A usable HF checkpoint dir, or one clear line saying what is wrong."""
+    if not path.exists():
+        raise UserError(f"--model {path}: directory not found; import a base first with 'slmforge base import'")
+    if not path.is_dir() or not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+        raise UserError(f"--model {path}: not an HF checkpoint dir (no config.json); "
+                        "pass a dir from 'slmforge base import' or an earlier 'slmforge train' stage")
+    return path
+
+
+def check_out(out: Path, inputs: list[Path]) -> None:
+    """Refuse to write the output over one of the inputs."""
+    target = out.resolve()
+    for p in inputs:
+        if p.exists() and p.resolve() == target:
+            raise UserError(f"--out {out}: is also an input; choose another output directory")
+
+
+def load_model_and_tokenizer(path: Path) -> tuple[Any, Any]:
+    """float32 model (CPU training) and its tokenizer, with a pad token set."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_dir(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"--model {path}: tokenizer has no eos token; fix tokenizer_config.json")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    return model, tokenizer
+
+
+def wrap_lora(model: Any, opts: TrainOptions) -> Any:
+    """A LoRA adapter on every linear layer (default), or the model itself with --full."""
+    if opts.full:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=0.0,
+                        target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+# --------------------------------------------------------------------------- trainer wiring
+
+def work_dir_for(out: Path) -> Path:
+    """Where resumable checkpoints of a run writing ``out`` live (a sibling, removed on success)."""
+    out = out.resolve()
+    return out.parent / f"{out.name}.checkpoints"
+
+
+def last_complete_checkpoint(work: Path) -> Path | None:
+    """The newest checkpoint-N dir that was completely written (trainer_state.json is saved last)."""
+    if not work.is_dir():
+        return None
+    found = []
+    for d in work.glob("checkpoint-*"):
+        step = d.name.removeprefix("checkpoint-")
+        if d.is_dir() and step.isdigit() and (d / TRAINER_STATE).is_file():
+            found.append((int(step), d))
+    return max(found)[1] if found else None
+
+
+def prepare_work_dir(out: Path, resume: bool) -> tuple[Path, Path | None]:
+    """The checkpoint dir and the checkpoint to resume from; a fresh run starts from an empty dir."""
+    work = work_dir_for(out)
+    if not resume:
+        if work.exists():
+            shutil.rmtree(work)
+        return work, None
+    last = last_complete_checkpoint(work)
+    if last is None:
+        click.echo(f"note: no complete checkpoint in {work}; starting from step 0", err=True)
+        return work, None
+    for d in work.glob("checkpoint-*"):  # a checkpoint cut off by the crash would confuse the trainer
+        if d.is_dir() and not (d / TRAINER_STATE).is_file():
+            shutil.rmtree(d)
+    click.echo(f"resuming from {last}", err=True)
+    return work, last
+
+
+def training_arguments(opts: TrainOptions, work: Path, **overrides: Any) -> dict[str, Any]:
+    """TrainingArguments fields shared by HF and TRL trainers, with CPU-sane defaults."""
+    args: dict[str, Any] = dict(
+        output_dir=str(work),
+        max_steps=opts.max_steps or -1,
+        num_train_epochs=opts.epochs,
+        learning_rate=opts.lr,
+        per_device_train_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        weight_decay=0.0,
+        seed=opts.seed,
+        data_seed=opts.seed,
+        save_strategy="steps" if opts.save_every else "no",
+        save_steps=opts.save_every or 500,
+        save_total_limit=2,
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        include_num_input_tokens_seen="all",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+    )
+    args.update(overrides)
+    return args
+
+
+def attach_progress(trainer: Any) -> "ProgressBar":
+    """Replace the trainer's own printing with one tqdm bar showing loss and tokens/s."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    bar = ProgressBar()
+    trainer.add_callback(bar)
+    return bar
+
+
+class ProgressBar(TrainerCallback):
+    """tqdm with rate, ETA, loss and tokens/s; also records the run's throughput for the manifest."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.loss: float | None = None
+        self.t0 = 0.0
+        self.tokens0 = 0
+        self.tokens_per_s: float | None = None
+        self.train_seconds: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                            dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+        self.tokens0 = state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = time.perf_counter() - self.t0
+        if elapsed > 0:
+            self.tokens_per_s = (state.num_input_tokens_seen - self.tokens0) / elapsed
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+            post = {}
+            if self.loss is not None:
+                post["loss"] = f"{self.loss:.3f}"
+            if self.tokens_per_s:
+                post["tok/s"] = f"{self.tokens_per_s:.0f}"
+            self.bar.set_postfix(post, refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.train_seconds = time.perf_counter() - self.t0
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run_training(trainer: Any, resume_from: Path | None) -> dict[str, Any]:
+    """Train (resuming if asked) and return the numbers the manifest records."""
+    bar = attach_progress(trainer)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    state = trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    return {
+        "steps": state.global_step,
+        "train_loss": result.training_loss,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "tokens_per_s": round(bar.tokens_per_s, 1) if bar.tokens_per_s else None,
+        "train_seconds": round(bar.train_seconds or 0.0, 2),
+        "resumed_from_step": int(resume_from.name.split("-")[-1]) if resume_from else None,
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+def unwrap(trainer: Any) -> Any:
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def save_output(trainer: Any, tokenizer: Any, opts: TrainOptions, stage: str, inputs: list[InputRef],
+                metrics: dict[str, Any], started: float) -> Path | None:
+    """Write the final checkpoint atomically (LoRA merged unless --keep-adapter) with its manifest.
+
+    Only the main process writes; the resumable checkpoints are removed once the output exists.
+    """
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return None
+    model = unwrap(trainer)
+    is_peft = hasattr(model, "peft_config")
+    adapter_kept = is_peft and opts.keep_adapter
+    if is_peft and not opts.keep_adapter:
+        model = model.merge_and_unload()
+    manifest = ArtifactManifest(
+        kind="checkpoint",
+        stage=stage,
+        inputs=inputs,
+        params={**opts.params(), "adapter": "lora-kept" if adapter_kept else ("lora-merged" if is_peft else "full")},
+        seed=opts.seed,
+        metrics=metrics,
+        parent=str(opts.model.resolve()),
+        lineage=lineage_of(opts.model),
+        duration_s=round(time.time() - started, 2),
+    )
+    with atomic_dir(opts.out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if adapter_kept:
+            _record_base(tmp, opts.model)
+        manifest.write(tmp)
+    shutil.rmtree(work_dir_for(opts.out), ignore_errors=True)
+    return opts.out
+
+
+def _record_base(directory: Path, base: Path) -> None:
+    """Point the kept adapter at its base by absolute path so AutoPeftModel can load it."""
+    cfg_path = directory / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(base.resolve())
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def standard_inputs(opts: TrainOptions, data_files: list[Path]) -> list[InputRef]:
+    return [input_ref("base", opts.model)] + [input_ref("data", p) for p in data_files]
+
+
+def cleanup_failed_start(out: Path) -> None:
+    """Remove a checkpoint dir that holds no complete checkpoint (a run that failed before saving)."""
+    work = work_dir_for(out)
+    if work.exists() and last_complete_checkpoint(work) is None:
+        shutil.rmtree(work, ignore_errors=True)

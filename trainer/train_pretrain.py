@@ -1,0 +1,119 @@
+"""Continual pretraining (CPT): next-token loss on the domain's raw text, packed without padding.
+
+Documents are tokenized, joined with EOS and cut into full ``seq_len`` blocks (GPT-style
+packing), so every position of every batch is a real token and attention needs no mask.
+Held-out perplexity before and after training goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slmforge.errors import UserError
+from slmforge.trainer.datasets import load_records, text_dataset_files
+from slmforge.trainer.perplexity import perplexity
+from slmforge.trainer.train_common import (
+    TrainOptions, check_model_dir, check_out, cleanup_failed_start, load_model_and_tokenizer, prepare_work_dir,
+    run_training, save_output, seed_everything, standard_inputs, training_arguments, wrap_lora,
+)
+
+HELDOUT_FRACTION = 0.1
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Fixed-length token blocks; labels are the inputs (the model shifts them)."""
+
+    def __init__(self, blocks: list[list[int]]) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return {"input_ids": self.blocks[i]}
+
+
+def collate_blocks(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def pack_blocks(tokenizer: Any, texts: list[str], seq_len: int) -> list[list[int]]:
+    """One EOS-separated token stream cut into full blocks; a corpus shorter than a block is one block."""
+    stream: list[int] = []
+    for text in texts:
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        stream.append(tokenizer.eos_token_id)
+    if len(stream) < 2:
+        raise UserError("the training text gives fewer than 2 tokens; nothing to learn from")
+    if len(stream) < seq_len:
+        return [stream]
+    return [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
+
+
+def split_texts(data: Path, seed: int) -> tuple[list[Path], list[str], list[str], str]:
+    """(input files, train texts, held-out texts, where the held-out came from)."""
+    train_file, heldout_file = text_dataset_files(data)
+    _, train_records = load_records(train_file, "pretrain")
+    train = [r["text"] for r in train_records]
+    if heldout_file is not None:
+        _, held = load_records(heldout_file, "pretrain")
+        return [train_file, heldout_file], train, [r["text"] for r in held], heldout_file.name
+    if len(train) < 2:
+        return [train_file], train, [], "none"
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    n_held = max(1, int(len(train) * HELDOUT_FRACTION))
+    held_idx = set(order[:n_held])
+    return ([train_file], [t for i, t in enumerate(train) if i not in held_idx],
+            [t for i, t in enumerate(train) if i in held_idx], f"{HELDOUT_FRACTION:.0%} of lines (seed {seed})")
+
+
+def heldout_ppl(model: Any, tokenizer: Any, texts: list[str], opts: TrainOptions) -> float | None:
+    if not texts or opts.eval_tokens == 0:
+        return None
+    return round(perplexity(model, tokenizer, texts, seq_len=opts.seq_len, max_tokens=opts.eval_tokens), 4)
+
+
+def build_trainer(model: Any, tokenizer: Any, blocks: list[list[int]], opts: TrainOptions, work: Path) -> Any:
+    from transformers import Trainer, TrainingArguments
+
+    return Trainer(model=model, args=TrainingArguments(**training_arguments(opts, work)),
+                   train_dataset=BlockDataset(blocks), data_collator=collate_blocks, processing_class=tokenizer)
+
+
+def train_pretrain(opts: TrainOptions) -> dict[str, Any]:
+    """Run CPT end to end; return the manifest metrics."""
+    started = time.time()
+    check_model_dir(opts.model)
+    check_out(opts.out, [opts.model, opts.data])
+    files, train_texts, held_texts, held_source = split_texts(opts.data, opts.seed)
+    seed_everything(opts.seed)
+    model, tokenizer = load_model_and_tokenizer(opts.model)
+    blocks = pack_blocks(tokenizer, train_texts, opts.seq_len)
+    ppl_before = heldout_ppl(model, tokenizer, held_texts, opts)
+    model = wrap_lora(model, opts)
+    work, resume_from = prepare_work_dir(opts.out, opts.resume)
+    try:
+        trainer = build_trainer(model, tokenizer, blocks, opts, work)
+        run = run_training(trainer, resume_from)
+    except BaseException:
+        cleanup_failed_start(opts.out)
+        raise
+    ppl_after = heldout_ppl(trainer.model, tokenizer, held_texts, opts)
+    metrics = {
+        **run,
+        "train_tokens": sum(len(b) for b in blocks),
+        "train_blocks": len(blocks),
+        "padding_tokens": 0,
+        "heldout_source": held_source,
+        "heldout_ppl_before": ppl_before,
+        "heldout_ppl_after": ppl_after,
+    }
+    save_output(trainer, tokenizer, opts, "pretrain", standard_inputs(opts, files), metrics, started)
+    return metrics

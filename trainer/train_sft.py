@@ -1,0 +1,203 @@
+"""Supervised fine-tuning on chat data: the model's own chat template, loss on assistant tokens only.
+
+Each conversation is rendered with the tokenizer's chat template; the assistant turns (their
+text and the closing EOS, e.g. ``<|im_end|>``, so the model learns to stop) are the only
+positions with a loss. Examples are packed into rows of up to ``seq_len`` tokens with
+``position_ids`` restarting per example: transformers then masks attention per example, so no
+example sees another and almost no compute is spent on padding.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slmforge.errors import UserError
+from slmforge.trainer.datasets import load_records, to_messages
+from slmforge.trainer.train_common import (
+    TrainOptions, check_model_dir, check_out, cleanup_failed_start, load_model_and_tokenizer, prepare_work_dir,
+    run_training, save_output, seed_everything, standard_inputs, training_arguments, wrap_lora,
+)
+
+IGNORE = -100
+HELDOUT_FRACTION = 0.1
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with labels = IGNORE everywhere except assistant text and its EOS."""
+    if not tokenizer.chat_template:
+        raise UserError("the model's tokenizer has no chat template; SFT needs one (tokenizer_config.json "
+                        "or chat_template.jinja)")
+    eos = tokenizer.eos_token_id
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], generation_prompt=True)
+        full = _render(tokenizer, messages[:i + 1], generation_prompt=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise UserError("the chat template does not render conversations prefix by prefix; "
+                            "cannot tell assistant tokens apart")
+        segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, trained in segments:
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if trained:
+            # learn the answer up to and including its EOS; whatever the template adds after EOS is context
+            cut = len(piece) - piece[::-1].index(eos) if eos in piece else len(piece)
+            piece_labels = piece[:cut] + [IGNORE] * (len(piece) - cut)
+        else:
+            piece_labels = [IGNORE] * len(piece)
+        ids += piece
+        labels += piece_labels
+    return ids, labels
+
+
+def pack_examples(examples: list[tuple[list[int], list[int]]], seq_len: int) -> list[dict[str, list[int]]]:
+    """First-fit-decreasing bins of at most ``seq_len`` tokens; position_ids restart per example."""
+    bins: list[dict[str, list[int]]] = []
+    for ids, labels in sorted(examples, key=lambda e: -len(e[0])):
+        for row in bins:
+            if len(row["input_ids"]) + len(ids) <= seq_len:
+                break
+        else:
+            row = {"input_ids": [], "labels": [], "position_ids": []}
+            bins.append(row)
+        row["input_ids"] += ids
+        row["labels"] += labels
+        row["position_ids"] += list(range(len(ids)))
+    return bins
+
+
+class PackedCollator:
+    """Pad a batch of packed rows to its longest row; padding is its own 'example' with no loss."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            batch["input_ids"].append(r["input_ids"] + [self.pad_id] * pad)
+            batch["labels"].append(r["labels"] + [IGNORE] * pad)
+            batch["position_ids"].append(r["position_ids"] + list(range(pad)))
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+
+class RowDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict[str, list[int]]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.rows[i]
+
+
+def build_examples(tokenizer: Any, conversations: list[list[dict[str, str]]],
+                   seq_len: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Tokenized examples (truncated to ``seq_len``) and how many had to be truncated."""
+    out, truncated = [], 0
+    for messages in conversations:
+        ids, labels = tokenize_conversation(tokenizer, messages)
+        if len(ids) > seq_len:
+            truncated += 1
+            ids, labels = ids[:seq_len], labels[:seq_len]
+        if any(lab != IGNORE for lab in labels[1:]):
+            out.append((ids, labels))
+    return out, truncated
+
+
+def split_heldout(items: list[Any], seed: int) -> tuple[list[Any], list[Any]]:
+    """A deterministic held-out slice (10%, at least 1 when there are 5+ examples)."""
+    if len(items) < 5:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:max(1, int(len(items) * HELDOUT_FRACTION))])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def assistant_loss(model: Any, examples: list[tuple[list[int], list[int]]]) -> float | None:
+    """Mean loss per assistant token on held-out examples (no grad)."""
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for ids, labels in examples:
+            x = torch.tensor([ids], device=device)
+            y = torch.tensor([labels], device=device)
+            logits = model(input_ids=x).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y[:, 1:].reshape(-1),
+                                                    ignore_index=IGNORE, reduction="sum")
+            total += nll.item()
+            count += int((y[:, 1:] != IGNORE).sum())
+    model.train(was_training)
+    return round(total / count, 4) if count else None
+
+
+def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, list[int]]], opts: TrainOptions,
+                  work: Path) -> Any:
+    from transformers import Trainer, TrainingArguments
+
+    return Trainer(model=model, args=TrainingArguments(**training_arguments(opts, work)),
+                   train_dataset=RowDataset(rows), data_collator=PackedCollator(tokenizer.pad_token_id),
+                   processing_class=tokenizer)
+
+
+def train_sft(opts: TrainOptions) -> dict[str, Any]:
+    """Run SFT end to end; return the manifest metrics."""
+    started = time.time()
+    check_model_dir(opts.model)
+    check_out(opts.out, [opts.model, opts.data])
+    fmt, records = load_records(opts.data, "sft")
+    conversations = [to_messages(fmt, r) for r in records]
+    seed_everything(opts.seed)
+    model, tokenizer = load_model_and_tokenizer(opts.model)
+    examples, truncated = build_examples(tokenizer, conversations, opts.seq_len)
+    if not examples:
+        raise UserError(f"{opts.data}: no example keeps an assistant token within --seq-len {opts.seq_len}")
+    train_ex, held_ex = split_heldout(examples, opts.seed)
+    rows = pack_examples(train_ex, opts.seq_len)
+    loss_before = assistant_loss(model, held_ex)
+    model = wrap_lora(model, opts)
+    work, resume_from = prepare_work_dir(opts.out, opts.resume)
+    try:
+        trainer = build_trainer(model, tokenizer, rows, opts, work)
+        run = run_training(trainer, resume_from)
+    except BaseException:
+        cleanup_failed_start(opts.out)
+        raise
+    loss_after = assistant_loss(trainer.model, held_ex)
+    real = sum(len(ids) for ids, _ in train_ex)
+    metrics = {
+        **run,
+        "format": fmt,
+        "examples": len(examples),
+        "heldout_examples": len(held_ex),
+        "truncated_examples": truncated,
+        "packed_rows": len(rows),
+        "packing_fill": round(real / (len(rows) * opts.seq_len), 4),
+        "assistant_tokens": sum(sum(lab != IGNORE for lab in labels) for _, labels in train_ex),
+        "heldout_loss_before": loss_before,
+        "heldout_loss_after": loss_after,
+    }
+    save_output(trainer, tokenizer, opts, "sft", standard_inputs(opts, [opts.data]), metrics, started)
+    return metrics
