@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from slmforge.bench.emulate import emulate, threads_cap
 from slmforge.bench.records import (
@@ -19,10 +20,12 @@ from slmforge.bench.records import (
     Metric,
     ProfileRef,
     device_facts,
+    fmt,
     new_run_id,
     now_iso,
 )
 from slmforge.bench.run_bundle import DEFAULT_QUESTION, BundleJob, BundleResult, run_in_subprocess
+
 from slmforge.fileio import atomic_write_text
 from slmforge.profiles import DeviceProfile, detect_host_profile, load_profile, measure_memory_bandwidth_gbs
 
@@ -43,7 +46,7 @@ class Campaign:
     run_id: str = field(default_factory=new_run_id)
 
     @classmethod
-    def prepare(cls, profile_name: str | None, emulate_names: list[str], threads: int | None) -> "Campaign":
+    def prepare(cls, profile_name: str | None, emulate_names: list[str], threads: int | None) -> Campaign:
         """Profiles resolved and the host measured before any model loads (bad names fail fast)."""
         emulated = [load_profile(name) for name in emulate_names]
         if profile_name and profile_name != "host":
@@ -80,7 +83,8 @@ class Campaign:
 
     def records_for(self, by_threads: dict[int, BundleResult], repeats: int) -> list[BenchRecord]:
         main = by_threads[self.threads]
-        common: dict[str, Any] = dict(run_id=self.run_id, created=now_iso(), device=self.facts, repeats=repeats)
+        common: dict[str, Any] = {"run_id": self.run_id, "created": now_iso(), "device": self.facts,
+                                  "repeats": repeats}
         host_metrics = {k: Metric(**v) for k, v in main.metrics.items()}
         records = [BenchRecord(mode="measured", profile=profile_ref(self.device), bundle=main.bundle,
                                threads=self.threads, metrics=host_metrics, errors=main.errors, **common)]
@@ -116,17 +120,3 @@ class Campaign:
                          fmt(r.metrics.get("qa_token_f1"))))
         return headers, rows
 
-
-def fmt(metric: Metric | None) -> str:
-    """A metric as text: '12.3 ± 0.4', '12.3 (projected)', or '—' / 'failed' for a gap."""
-    if metric is None:
-        return "—"
-    if metric.value is None:
-        return "failed" if metric.status == "failed" else "—"
-    value = metric.value
-    text = f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
-    if metric.std:
-        text += f" ± {metric.std:.2g}" if metric.std < 10 else f" ± {metric.std:.0f}"
-    if metric.status == "projected":
-        text += " (projected)"
-    return text

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from slmforge.bench.measure import ceiling_metrics, memory_metrics
 from slmforge.bench.records import Emulation, Metric, unknown
+
 from slmforge.profiles import DeviceProfile
 
 CARRIED = ("perplexity", "faq_hit_at_k", "qa_token_f1")
 NOT_PROJECTED = {"load_ms": "ms", "pp512_tok_s": "tok/s", "tg128_tok_s": "tok/s", "rag_ttft_ms": "ms",
                  "rag_decode_tok_s": "tok/s", "retrieval_p50_ms": "ms", "retrieval_p95_ms": "ms",
                  "energy_j_per_token": "J/token"}
+NOT_PROJECTED_WHY = ("not projected: depends on the device's compute, storage or power, not on bandwidth; "
+                     "run 'slmforge bench run' on the device")
 METHOD = ("tg128 measured on the host with threads capped to the profile's cores, × (profile bandwidth ÷ "
           "host measured bandwidth), capped at the profile's bandwidth ceiling; memory and quality measured on the host")
 
@@ -50,9 +53,10 @@ def emulate(profile: DeviceProfile, host: dict[str, Metric], host_bandwidth_gbs:
     for name in CARRIED:
         if name in host:
             m = host[name]
-            metrics[name] = m.model_copy(update={"note": "; ".join(filter(None, [m.note, "measured on the host"]))})
+            metrics[name] = m if m.value is None else m.model_copy(
+                update={"note": "; ".join(filter(None, [m.note, "measured on the host"]))})
     for name, unit in NOT_PROJECTED.items():
-        metrics[name] = unknown(unit, "not projected (compute-bound); run 'slmforge bench run' on the device")
+        metrics[name] = unknown(unit, NOT_PROJECTED_WHY)
     notes = []
     if profile.cpu.cores > threads:
         notes.append(f"the host has {threads} cores for the profile's {profile.cpu.cores}; "

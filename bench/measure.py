@@ -12,13 +12,13 @@ import glob
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from tqdm import tqdm
-
 from slmforge.bench.records import Metric, measured, unknown
+from tqdm import tqdm
 
 PP_TOKENS = 512
 TG_TOKENS = 128
@@ -236,7 +236,7 @@ class EnergyMeter:
                 self.why = f"battery present but {status.lower() or 'not discharging'} (on AC power)"
                 return
             self.source = "battery energy_now (coarse)"
-            self._read = lambda: -(_read_int(f"{bat}/energy_now") or 0) * 3.6e-3  # µWh → J, discharge counts up
+            self._read = lambda path=f"{bat}/energy_now": -(_read_int(path) or 0) * 3.6e-3  # µWh → J, as it falls
             return
         self.why = "no RAPL counters under /sys/class/powercap and no discharging battery on this platform"
 

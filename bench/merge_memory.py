@@ -84,8 +84,10 @@ def main(out: Path, model: Path | None, other: Path | None, work: Path, skip_nai
         from slmforge.trainer.base_import import import_base
 
         model = import_base(None, out=None).checkpoint
+    other_kind = "given"
     if other is None:
         other = make_perturbed_copy(model, work / "perturbed")
+        other_kind = "the base plus 2% Gaussian noise per tensor (make_perturbed_copy, seed 0)"
     size = (model / "model.safetensors").stat().st_size
     recipe = out / "recipe.yaml"
     recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {model}\n    parameters: {{weight: 0.5}}\n"
@@ -104,7 +106,7 @@ def main(out: Path, model: Path | None, other: Path | None, work: Path, skip_nai
         results[label] = {"peak_rss_bytes": rss, "ratio_to_checkpoint": round(rss / size, 3), "seconds": round(secs, 1),
                           "exit_code": code}
         rows.append([label, f"{rss / 2**20:.0f}", f"{rss / size:.2f}x", f"{secs:.1f}", code])
-    report = {"checkpoint": str(model), "other": str(other), "checkpoint_bytes": size, "goal_ratio": 2.5,
+    report = {"checkpoint": str(model), "other": str(other), "other_kind": other_kind, "checkpoint_bytes": size, "goal_ratio": 2.5,
               "runs": results}
     (out / "merge_memory.json").write_text(json.dumps(report, indent=2))
     click.echo(f"checkpoint on disk: {size / 2**20:.0f} MiB ({model})")

@@ -11,14 +11,15 @@ import string
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+from slmforge.bench.records import Metric, measured, unknown
 from tqdm import tqdm
 
-from slmforge.bench.records import Metric, measured, unknown
 from slmforge.errors import UserError
 
 PPL_WINDOW = 512

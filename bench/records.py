@@ -14,9 +14,10 @@ import os
 import platform
 import sys
 import uuid
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -65,7 +66,7 @@ class Metric(BaseModel):
     note: str | None = None
 
     @model_validator(mode="after")
-    def _value_matches_status(self) -> "Metric":
+    def _value_matches_status(self) -> Metric:
         if self.status in HAS_VALUE and self.value is None:
             raise ValueError(f"a {self.status} metric needs a value")
         if self.status not in HAS_VALUE and (self.value is not None or not self.note):
@@ -88,6 +89,7 @@ class DeviceFacts(BaseModel):
     libraries: dict[str, str]
     cpu_features: str | None = None
     load_avg_1m: float | None = Field(default=None, description="1-minute load average when the run started")
+    env: dict[str, str] = Field(default_factory=dict, description="threading variables that change speed")
 
 
 class ProfileRef(BaseModel):
@@ -147,7 +149,7 @@ class BenchRecord(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _projections_only_when_emulated(self) -> "BenchRecord":
+    def _projections_only_when_emulated(self) -> BenchRecord:
         projected = [k for k, m in self.metrics.items() if m.status == "projected"]
         if projected and self.mode != "emulated":
             raise ValueError(f"projected metrics {projected} in a measured record")
@@ -174,6 +176,7 @@ def unknown(unit: str, why: str, status: Status = "unknown") -> Metric:
     return Metric(unit=unit, status=status, note=why)
 
 
+SPEED_ENV = ("OMP_", "GGML_", "LLAMA_", "ORT_", "OPENBLAS_", "MKL_")
 LIBRARIES = ("slmforge", "llama_cpp_python", "onnxruntime", "onnxruntime-genai", "numpy", "sqlite-vec",
              "tokenizers", "psutil")
 
@@ -207,6 +210,7 @@ def device_facts() -> DeviceFacts:
         libraries=library_versions(),
         cpu_features=" ".join(_cpu_isa()),
         load_avg_1m=None if load is None else round(load, 2),
+        env={k: v for k, v in os.environ.items() if k.startswith(SPEED_ENV)},
     )
 
 
@@ -261,11 +265,26 @@ def _check(obj: dict[str, Any], where: str) -> LoadedRecord:
     version = obj.get("schema_version")
     if version != SCHEMA_VERSION:
         return LoadedRecord(raw=obj, source=where, valid=False,
-                            problems=[f"schema_version {version!r} (this report reads {SCHEMA_VERSION}); "
-                                      "fields it does not know are ignored, missing ones shown as gaps"])
+                            problems=[(f"schema_version {version!r} (this report reads {SCHEMA_VERSION}); "
+                                       "fields it does not know are ignored, missing ones shown as gaps")])
     try:
         validate_record(obj)
     except ValidationError as exc:
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]]
         return LoadedRecord(raw=obj, source=where, valid=False, problems=problems)
     return LoadedRecord(raw=obj, source=where, valid=True)
+
+
+def fmt(metric: Metric | None) -> str:
+    """A metric as text: '12.3 ± 0.4', '12.3 (projected)', or '—' / 'failed' for a gap."""
+    if metric is None:
+        return "—"
+    if metric.value is None:
+        return "failed" if metric.status == "failed" else "—"
+    value = metric.value
+    text = f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
+    if metric.std:
+        text += f" ± {metric.std:.2g}" if metric.std < 10 else f" ± {metric.std:.0f}"
+    if metric.status == "projected":
+        text += " (projected)"
+    return text

@@ -14,12 +14,14 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from slmforge.bench import measure, quality
 from slmforge.bench.records import BundleInfo, Metric, measured, unknown
+
 from slmforge.errors import UserError
 
 DEFAULT_QUESTION = "How do I copy a file in Python?"
@@ -190,7 +192,7 @@ def run_in_subprocess(job: BundleJob, timeout: float | None = None) -> BundleRes
         spec, out = Path(tmp, "job.json"), Path(tmp, "result.json")
         spec.write_text(json.dumps(asdict(job)))
         proc = subprocess.run([sys.executable, "-m", "slmforge.bench.run_bundle", str(spec), str(out)],
-                              stdout=sys.stderr, timeout=timeout)
+                              stdout=sys.stderr, timeout=timeout, check=False)
         if out.is_file():
             return BundleResult(**json.loads(out.read_text()))
         return _failed(job, f"the bench worker exited with code {proc.returncode} before writing a result")

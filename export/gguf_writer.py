@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+from slmforge.export.files import temp_sibling
 
 from slmforge.errors import UserError
 
@@ -92,7 +92,7 @@ def head_dim(config: dict[str, Any]) -> int:
 # ---------------------------------------------------------------------------- tensors
 
 
-def _safetensor_files(checkpoint: Path) -> list[Path]:
+def safetensor_files(checkpoint: Path) -> list[Path]:
     index = checkpoint / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -108,10 +108,10 @@ def iter_hf_tensors(checkpoint: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(name, float32 array) for every tensor in the checkpoint's safetensors files."""
     from safetensors import SafetensorError, safe_open
 
-    for file in _safetensor_files(checkpoint):
+    for file in safetensor_files(checkpoint):
         try:
             with safe_open(str(file), framework="pt") as handle:
-                for name in handle.keys():
+                for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
                     yield name, handle.get_tensor(name).float().numpy()
         except (SafetensorError, OSError) as exc:
             raise UserError(f"{file}: unreadable safetensors file ({exc}); re-save or re-download the checkpoint") from None
@@ -305,11 +305,7 @@ def write_gguf(checkpoint: str | Path, out_path: str | Path, out_type: str = "F1
                         "(quantized types come from 'quantize' after an F16 export)")
     config = load_config(checkpoint)
     arch, permute = architecture_of(config, checkpoint)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".partial", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with temp_sibling(out_path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
         writer.add_name(config.get("_name_or_path") or checkpoint.name)
         writer.add_string("slmforge.source.path", str(checkpoint.resolve()))
@@ -328,8 +324,4 @@ def write_gguf(checkpoint: str | Path, out_path: str | Path, out_type: str = "F1
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=progress)
         writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return GGUFResult(out_path, out_type, arch, pre, count, params, round(time.perf_counter() - started, 2))

@@ -7,11 +7,16 @@ Q5_0/Q8_0 and friends. So bits per weight are read back from the written file's 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from slmforge.export.files import temp_sibling
 
 from slmforge.errors import UserError
 
@@ -68,7 +73,7 @@ def inspect_gguf(path: str | Path) -> GGUFContents:
         raise UserError(f"{path}: GGUF file not found")
     try:
         reader = GGUFReader(str(path))
-    except Exception as exc:  # gguf-py raises ValueError/struct.error/IndexError on damaged files
+    except Exception as exc:  # noqa: BLE001 - gguf-py raises ValueError/struct.error/IndexError on damaged files
         raise UserError(f"{path}: not a readable GGUF file ({exc.__class__.__name__}: {exc}); re-export it") from None
     types: Counter[str] = Counter()
     params = weight_bytes = 0
@@ -88,6 +93,23 @@ def inspect_gguf(path: str | Path) -> GGUFContents:
     )
 
 
+@contextlib.contextmanager
+def native_stderr_to(log: list[str]) -> Iterator[None]:
+    """llama.cpp writes hundreds of fallback warnings straight to fd 2; keep them out of the
+    user's terminal but collect them, so a failure can quote the last line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            log.extend(sink.read().decode("utf-8", "replace").splitlines())
+
+
 def quantize_gguf(src: str | Path, dst: str | Path, quant: str, threads: int | None = None) -> GGUFContents:
     """Quantize an F16/F32 GGUF with llama_model_quantize; temp name, renamed when complete."""
     import llama_cpp
@@ -99,18 +121,13 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str, threads: int | N
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype_name)
     params.nthread = threads or os.cpu_count() or 1
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    with temp_sibling(dst) as tmp:
+        log: list[str] = []
+        with native_stderr_to(log):
+            status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         if status != 0:
-            raise UserError(f"{src}: llama.cpp could not quantize to {quant} (status {status}); "
+            last = next((line for line in reversed(log) if line.strip()), "no message")
+            raise UserError(f"{src}: llama.cpp could not quantize to {quant} ({last.strip()}); "
                             "is it a complete F16/F32 GGUF from 'slmforge export'?")
         contents = inspect_gguf(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return contents

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-
-from slmforge.errors import UserError
 from slmforge.runtime.answer_cache import AnswerCache, CacheHit
 from slmforge.runtime.context_budget import MIN_ANSWER_TOKENS
-from slmforge.runtime.drift import IndexReference, answer_support
+from slmforge.runtime.drift import NULL_PROBES, IndexReference, answer_support
 from slmforge.runtime.escalate import EscalationError, EscalationPolicy, Escalator, context_messages
 from slmforge.runtime.feedback import parse_rating, record_feedback
 from slmforge.runtime.index import RagIndex
 from slmforge.runtime.telemetry import TelemetryStore, measure_resources
+
+from slmforge.errors import UserError
 
 RECENT_EXCHANGES = 1000  # kept in memory only, so feedback can quote what it rates
 
@@ -92,11 +93,11 @@ def index_version(index: RagIndex) -> str:
     return f"{row[0] if row else 'created'}:{index.count()}"
 
 
-def index_reference(index: RagIndex) -> IndexReference:
-    """The drift reference measured on the index's own chunk vectors."""
+def index_reference(index: RagIndex, embed: Callable[[list[str]], np.ndarray]) -> IndexReference:
+    """The drift reference: the index's chunk vectors and its scores for off-topic probe questions."""
     rows = index.conn.execute("SELECT embedding FROM chunks").fetchall()
     vectors = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(-1, index.dim)
-    return IndexReference.from_vectors(vectors)
+    return IndexReference.from_vectors(vectors, embed(NULL_PROBES))
 
 
 class AnswerService:
@@ -117,7 +118,7 @@ class AnswerService:
         self.embedder_name = engine.embedder.info.name
         self.quant = str(engine.bundle.manifest.model.get("quant", "unknown"))
         self._version = index_version(engine.index)
-        self.reference = index_reference(engine.index)
+        self.reference = index_reference(engine.index, engine.embed)
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._recent_lock = threading.Lock()
 
@@ -147,7 +148,7 @@ class AnswerService:
     def _current_version(self) -> str:
         version = index_version(self.engine.index)
         if version != self._version:  # documents changed under us: new reference, cache empties on next get
-            self._version, self.reference = version, index_reference(self.engine.index)
+            self._version, self.reference = version, index_reference(self.engine.index, self.engine.embed)
         return version
 
     # -- answering ----------------------------------------------------------------------------------
@@ -220,8 +221,9 @@ class AnswerService:
         reply.text, reply.finish_reason, reply.citations = answer.answer, answer.finish_reason, answer.citations
         reply.prompt_tokens, reply.completion_tokens = answer.tokens["prompt"], answer.tokens["completion"]
         reply.timings = dict(answer.timings)
-        reply.retrieval = {"top1": answer.retrieval.get("top1"), "k": len(scores),
-                           "gap": round(scores[0] - scores[-1], 4) if len(scores) > 1 else None}
+        ranked = sorted(scores, reverse=True)  # fusion may rank a BM25 match first; similarity is the signal here
+        reply.retrieval = {"top1": ranked[0] if ranked else None, "k": len(ranked),
+                           "gap": round(ranked[0] - ranked[-1], 4) if len(ranked) > 1 else None}
         reply.support = answer_support(answer.answer, [h.text for h in answer.hits], self.engine.embed)
 
     def _escalate(self, reply: Reply, question: str, history: list[dict[str, Any]], hits: list[Any],

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from slmforge.runtime.backend import (
+    GenerationResult,
+    StreamTimer,
+    check_prompt_fits,
+    collect,
+    default_threads,
+)
+from slmforge.runtime.chat_template import render_chat
 
 from slmforge.errors import UserError
-from slmforge.runtime.backend import GenerationResult, StreamTimer, check_prompt_fits, collect, default_threads
-from slmforge.runtime.chat_template import render_chat
 
 DEFAULT_N_CTX = 2048
 
@@ -81,8 +90,8 @@ class LlamaCppBackend:
             self._llm.set_seed(seed)
         timer = StreamTimer(prompt_tokens=len(tokens))
         finish = "length"
-        sampling: dict[str, Any] = dict(temp=temperature, top_p=top_p, top_k=0 if temperature > 0 else 1, min_p=0.0,
-                                        repeat_penalty=1.0)
+        sampling: dict[str, Any] = {"temp": temperature, "top_p": top_p, "top_k": 0 if temperature > 0 else 1,
+                                    "min_p": 0.0, "repeat_penalty": 1.0}
         _reset_perf(self._llm)
         for token in self._llm.generate(tokens, **sampling):
             if self._is_end(token):
@@ -109,10 +118,8 @@ class LlamaCppBackend:
             llm.close()
 
     def __del__(self) -> None:  # llama.cpp frees native memory on close; be tidy if the caller forgot
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from slmforge.runtime.backend import (
+    GenerationResult,
+    StreamTimer,
+    check_prompt_fits,
+    collect,
+    default_threads,
+)
+from slmforge.runtime.chat_template import render_chat
 
 from slmforge.errors import UserError
-from slmforge.runtime.backend import GenerationResult, StreamTimer, check_prompt_fits, collect, default_threads
-from slmforge.runtime.chat_template import render_chat
 
 DEFAULT_N_CTX = 2048
 
@@ -57,10 +66,11 @@ class OnnxGenaiBackend:
         session = genai.get("model", {}).get("decoder", {}).get("session_options", {})
         if "intra_op_num_threads" in session:
             return
-        try:
-            config.set_provider_option("cpu", "intra_op_num_threads", str(self.threads))
-        except Exception:  # noqa: BLE001 - older onnxruntime-genai: threads come from the config file only
-            pass
+        # the CPU provider takes no provider options (0.18 refuses the model): set the session's threads;
+        # older onnxruntime-genai has no overlay, and threads then come from the config file only
+        with contextlib.suppress(Exception):
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": self.threads, "inter_op_num_threads": 1}}}}))
 
     def tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self._tokenizer.encode(text)]

@@ -91,11 +91,16 @@ def verify_files(root: Path, manifest: BundleManifest, skip: tuple[str, ...] = (
         if size != entry.size:
             kind = "truncated" if size < entry.size else "larger than its manifest entry"
             raise UserError(f"{root}: bundle file '{entry.path}' is {kind} ({size} bytes, manifest says "
-                            f"{entry.size}); re-copy the bundle")
+                            f"{entry.size}); {_remedy(entry.path)}")
         if sha256_file(path) != entry.sha256:
-            hint = ("; if an 'index add' was interrupted, re-run it to finish" if entry.path == RAG_DB
-                    else "; re-copy or rebuild the bundle")
-            raise UserError(f"{root}: bundle file '{entry.path}' was altered (sha256 differs from the manifest){hint}")
+            raise UserError(f"{root}: bundle file '{entry.path}' was altered (sha256 differs from the manifest); "
+                            f"{_remedy(entry.path)}")
+
+
+def _remedy(rel: str) -> str:
+    if rel == RAG_DB:
+        return "if an 'slmforge index add/remove' was interrupted, re-run it to finish; otherwise rebuild the bundle"
+    return "re-copy or rebuild the bundle"
 
 
 def _inside(root: Path, rel: str) -> Path:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from slmforge.errors import UserError
 
@@ -171,7 +171,7 @@ def _pieces(text: str, section: Section, max_tokens: int, count: TokenCounter) -
                 out.append((sa, sb, n))
                 continue
             words = _spans(text, sa, sb, _WORD_GAP)
-            cur, cur_n = None, 0
+            cur, cur_n, prev_end = None, 0, sa
             for wa, wb in words:
                 wn = count(text[wa:wb])
                 if cur is not None and cur_n + wn > max_tokens:

@@ -6,14 +6,13 @@ import ipaddress
 from pathlib import Path
 
 import click
-
 from slmforge.runtime.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT, DEFAULT_QUEUE
 from slmforge.runtime.telemetry import DEFAULT_MAX_DAYS, DEFAULT_MAX_ROWS
 
 
 def model_name(source: Path) -> str:
     """The id clients pass as ``model``: the bundle's name."""
-    return source.name[:-4] if source.name.endswith(".tar") else source.name
+    return source.name.removesuffix(".tar")
 
 
 def _is_loopback(host: str) -> bool:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+from slmforge.runtime.drift import DEFAULT_WINDOW
 
 from slmforge.output import emit_json, format_table, json_option
-from slmforge.runtime.drift import DEFAULT_WINDOW
 
 
 @click.group("telemetry")
@@ -17,14 +17,15 @@ def telemetry() -> None:
 
 
 def _reference(bundle: Path) -> tuple[Path, Any]:
-    """The bundle's source path and the drift reference of its index (no model is loaded)."""
+    """The bundle's source path and the drift reference of its index (the language model is not loaded)."""
     from slmforge.runtime.answering import index_reference
     from slmforge.runtime.bundle import open_bundle
+    from slmforge.runtime.embedder import Embedder
     from slmforge.runtime.index import RagIndex
 
-    opened = open_bundle(bundle, verify=False)  # only the index is read; serve/run verify before running
+    opened = open_bundle(bundle, verify=False)  # only the index and embedder are read; serve/run verify files
     with RagIndex(opened.rag_db, readonly=True) as index:
-        return opened.source, index_reference(index)
+        return opened.source, index_reference(index, Embedder(opened.embedder_dir).embed)
 
 
 @telemetry.command("report")

@@ -8,11 +8,12 @@ the user's to shorten: one clear error.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+
+from slmforge.runtime.index import Hit
 
 from slmforge.errors import UserError
-from slmforge.runtime.index import Hit
 
 MIN_ANSWER_TOKENS = 16
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-
-from slmforge.errors import UserError
 from slmforge.runtime.backend import Backend, default_threads, load_backend
 from slmforge.runtime.bundle import Bundle
 from slmforge.runtime.context_budget import PromptPlan, plan_prompt
 from slmforge.runtime.embedder import Embedder
 from slmforge.runtime.index import Hit, RagIndex
+
+from slmforge.errors import UserError
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the question using the numbered context. "
@@ -61,7 +62,7 @@ def retrieval_summary(hits: list[Hit]) -> dict[str, Any]:
 def profile_threads(profile_name: str | None) -> int:
     """Threads to run with: the host's cores, no more than the bundle's device profile has."""
     host = default_threads()
-    if not profile_name:
+    if not profile_name or profile_name == "host":  # the host is this machine: no need to measure it again
         return host
     try:
         from slmforge.profiles import load_profile
@@ -170,7 +171,7 @@ class Engine:
         self.backend.close()
         self.index.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:  # noqa: PYI034 - not subclassed
         return self
 
     def __exit__(self, *exc: object) -> None:

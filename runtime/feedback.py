@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from slmforge.errors import UserError
-from slmforge.fileio import atomic_write_text
 from slmforge.runtime.answer_cache import normalize_question
 from slmforge.runtime.telemetry import TelemetryStore
+
+from slmforge.errors import UserError
+from slmforge.fileio import atomic_write_text
 
 _GOOD = {"good", "up", "+1", "1", "true", "yes", "thumbs_up", "positive"}
 _BAD = {"bad", "down", "-1", "0", "false", "no", "thumbs_down", "negative"}
@@ -104,3 +105,22 @@ def export_feedback(store: TelemetryStore, fmt: str, out: str | os.PathLike[str]
     good = sum(1 for r in rows if r["label"])
     return {"out": str(Path(out)), "format": fmt, "ratings": len(rows), "good": good, "bad": len(rows) - good,
             "records": len(records)}
+
+
+def rate_from_chat(bundle_source: str | os.PathLike[str], last: tuple[str, str] | None, command: str) -> str:
+    """Handle ``/good`` or ``/bad [a better answer]`` typed in ``slmforge chat``; returns the line to show."""
+    import uuid
+
+    from slmforge.runtime.telemetry import telemetry_path
+
+    word, _, correction = command.strip().partition(" ")
+    if last is None:
+        return "nothing to rate yet: ask a question first"
+    store = TelemetryStore(telemetry_path(bundle_source))
+    try:
+        record_feedback(store, f"chat-{uuid.uuid4().hex[:24]}", word == "/good", last[0], last[1],
+                        correction=correction.strip() or None)
+    finally:
+        store.close()
+    kind = "thumbs up" if word == "/good" else "thumbs down" + (" with a correction" if correction.strip() else "")
+    return f"recorded {kind} in {store.path} (export with: slmforge feedback export BUNDLE --format kto)"

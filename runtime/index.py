@@ -11,15 +11,16 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
-
-from slmforge.errors import UserError
 from slmforge.runtime.chunking import Chunk
 from slmforge.runtime.sqlite import connect, database_error
+
+from slmforge.errors import UserError
 
 INDEX_VERSION = 1
 VectorMode = Literal["bit+rescore", "float", "int8+rescore"]
@@ -115,7 +116,7 @@ class RagIndex:
     # -- creation -------------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, db_path: str | Path, dim: int, embedder: str, **settings: Any) -> "RagIndex":
+    def create(cls, db_path: str | Path, dim: int, embedder: str, **settings: Any) -> RagIndex:
         """An empty index at ``db_path`` (which must not exist yet)."""
         path = Path(db_path)
         if path.exists():
@@ -329,7 +330,7 @@ class RagIndex:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "RagIndex":
+    def __enter__(self) -> RagIndex:  # noqa: PYI034 - not subclassed
         return self
 
     def __exit__(self, *exc: object) -> None:

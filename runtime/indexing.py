@@ -7,14 +7,22 @@ any moment loses at most the document in flight; re-running picks up where it st
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from slmforge.errors import UserError
-from slmforge.runtime.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP, chunk_text, decode_document, iter_documents
+from slmforge.runtime.chunking import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_OVERLAP,
+    chunk_text,
+    decode_document,
+    iter_documents,
+)
 from slmforge.runtime.embedder import Embedder
 from slmforge.runtime.index import DocumentRecord, RagIndex
+
+from slmforge.errors import UserError
 
 
 @dataclass

@@ -19,16 +19,17 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from slmforge.runtime.server_gate import GenerationGate, Overloaded
 
 from slmforge.errors import UserError
-from slmforge.runtime.server_gate import GenerationGate, Overloaded
 
 log = logging.getLogger("slmforge.serve")
 
@@ -201,7 +202,7 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
             row["gen_ai.server.request.duration"] = round(time.perf_counter() - started_at, 4)
         try:
             service.record(row)
-        except Exception:  # noqa: BLE001 - telemetry must never take a request down
+        except Exception:  # telemetry must never take a request down
             log.exception("telemetry write failed")
 
     @app.exception_handler(ApiError)
@@ -255,7 +256,7 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
             raise _overloaded(exc) from None
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return _stream_chat(rid, question, history, params, include_usage, t0)
+            return await _stream_chat(rid, question, history, params, include_usage, t0)
         job_start = time.perf_counter()
         try:
             reply = await model_gate.run(service.ask, question, history, params, rid)
@@ -271,8 +272,9 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
             "usage": reply.usage(), "citations": reply.citations, "slmforge": reply.details(),
         }
 
-    def _stream_chat(rid: str, question: str, history: list[dict[str, Any]], params: Any, include_usage: bool,
-                     t0: float) -> StreamingResponse:
+    async def _stream_chat(rid: str, question: str, history: list[dict[str, Any]], params: Any,
+                           include_usage: bool, t0: float) -> StreamingResponse:
+        """Generate on the model's thread, hand deltas to the event loop, send them as SSE chunks."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
@@ -287,12 +289,25 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
                 stream = service.ask_stream(question, history, params, rid, cancel)
                 for delta in stream:
                     put("delta", delta)
-                put("done", stream.reply)
+                if not cancel.is_set():
+                    put("done", stream.reply)
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop, reported to the client
                 put("error", exc)
             finally:
                 model_gate.release(time.perf_counter() - job_start)
 
+        try:
+            model_gate.submit(work)  # submitted now, so the slot is released even if the client never reads
+        except RuntimeError:  # the executor is shut down: the server is draining
+            model_gate.release()
+            raise ApiError(503, "the server is shutting down", kind="service_unavailable",
+                           headers={"Retry-After": "5"}) from None
+        first = await events.get()  # wait for the first token: a prompt that cannot run is a plain HTTP error
+        if first[0] == "error":
+            cancel.set()
+            if isinstance(first[1], UserError):
+                raise ApiError(400, str(first[1]))
+            raise first[1]
         base = {"id": rid, "object": "chat.completion.chunk", "model": service.model_name}
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
@@ -302,18 +317,12 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
         async def body() -> AsyncIterator[str]:
             done = False
             try:
-                model_gate.submit(work)
-            except RuntimeError:  # executor already shut down: the server is draining
-                model_gate.release()
-                yield _sse({"error": {"message": "the server is shutting down", "type": "service_unavailable"}})
-                yield "data: [DONE]\n\n"
-                return
-            try:
                 yield chunk({"role": "assistant", "content": ""})
+                kind, item = first
                 while True:
-                    kind, item = await events.get()
                     if kind == "delta":
                         yield chunk({"content": item})
+                        kind, item = await events.get()
                         continue
                     if kind == "done":
                         yield chunk({}, item.finish_reason, citations=item.citations, slmforge=item.details())
@@ -383,10 +392,20 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
     return app
 
 
+def _exit_quietly(signum: int, frame: Any) -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown; landing here makes that a clean exit (0)."""
+
+
 def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, graceful_timeout_s: int = 30) -> None:
-    """Serve until SIGTERM/SIGINT; uvicorn then stops accepting, lets running requests finish, and exits."""
+    """Serve until SIGTERM/SIGINT; uvicorn then stops accepting, lets running requests finish, and returns."""
+    import signal
+
     import uvicorn
 
     uv_config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                timeout_graceful_shutdown=graceful_timeout_s, limit_concurrency=256)
-    uvicorn.Server(uv_config).run()
+    previous = signal.signal(signal.SIGTERM, _exit_quietly)
+    try:
+        uvicorn.Server(uv_config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

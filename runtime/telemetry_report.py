@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from slmforge.runtime.drift import DEFAULT_WINDOW, IndexReference, drift_report
 
 
@@ -29,7 +28,7 @@ def build_report(rows: list[dict[str, Any]], feedback: list[dict[str, Any]], ref
     chats = _chat_rows(rows)
     local = [r for r in chats if r.get("slmforge.route") in ("local", "escalation_failed")]
     statuses = Counter(int(r["http.response.status_code"]) for r in rows if r.get("http.response.status_code"))
-    col = lambda name, src=chats: [r.get(name) for r in src]  # noqa: E731 - a one-line column picker
+    col = lambda name, src=chats: [r.get(name) for r in src]
     bad = sum(1 for f in feedback if not f.get("label"))
     bad_rate = round(bad / len(feedback), 3) if feedback else None
     return {

@@ -45,12 +45,19 @@ def sha256_path(path: str | os.PathLike[str], ignore: tuple[str, ...] = ("slmfor
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets normal permissions
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -80,9 +87,7 @@ def atomic_dir(out: str | os.PathLike[str], overwrite: bool = True) -> Iterator[
     target = Path(out).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    partial.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the finished artifact gets normal permissions
+    partial.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the finished artifact gets normal permissions
     try:
         yield partial
     except BaseException:

@@ -152,7 +152,7 @@ class PlanBuilder:
                 raise UserError(f"recipe: base_model: {src} not found")
             source_args, source_inputs = [str(src)], [src]
         self.add("base", ["base", "import", *source_args, "--out", str(base)], source_inputs, base, None, [],
-                 _json_metric("slmforge.json", lambda m: f"{m['metrics'].get('parameters', 0) / 1e6:.0f}M params"))
+                 _json_metric("slmforge.json", lambda m: f"{m['metrics'].get('parameters', 0) / 1e6:.1f}M params"))
 
         data = self.path("data")
         self.add("prepare", ["data", "prepare", *map(str, docs), "--out", str(data), *seed], docs, data, s.prepare,

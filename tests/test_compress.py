@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from slmforge.errors import UserError
-from slmforge.manifest import read_manifest
 from slmforge.trainer.compress import block_similarity, compress, drop_blocks
 from slmforge.trainer.distill import DistillOptions, distill, kd_loss
 from slmforge.trainer.tiny import build_tiny_checkpoint
+
+from slmforge.errors import UserError
+from slmforge.manifest import read_manifest
 from tests.conftest import CORPUS, run_cli
 
 IDENTITY_BLOCK = 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from slmforge.errors import UserError
 from slmforge.runtime.feedback import export_feedback, parse_rating, record_feedback
 from slmforge.runtime.telemetry import TelemetryStore, telemetry_path
+
+from slmforge.errors import UserError
 from tests.conftest import run_cli
 
 EXCHANGES = [
@@ -109,3 +109,16 @@ def test_kto_export_trains_with_align(tmp_path, tiny_checkpoint):
     metrics = json.loads(proc.stdout)["metrics"]
     assert metrics["method"] == "kto" and metrics["steps"] >= 1
     assert (out / "slmforge.json").is_file()
+
+
+def test_chat_good_and_bad_commands_store_ratings(tmp_path):
+    from slmforge.runtime.feedback import rate_from_chat
+
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    assert "nothing to rate" in rate_from_chat(bundle, None, "/good")
+    assert "thumbs up" in rate_from_chat(bundle, ("How do I sort a list?", "Use sorted()."), "/good")
+    message = rate_from_chat(bundle, ("What is a tuple?", "A mutable list."), "/bad An immutable sequence.")
+    assert "correction" in message
+    rows = TelemetryStore(telemetry_path(bundle), readonly=True).feedback()
+    assert [(r["label"], r["correction"]) for r in rows] == [(1, None), (0, "An immutable sequence.")]

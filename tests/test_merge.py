@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
-from slmforge.errors import UserError
-from slmforge.manifest import read_manifest
 from slmforge.trainer.merge import merge_from_config
 from slmforge.trainer.merge_config import Condition, evaluate, layer_position, load_merge_config
 from slmforge.trainer.merge_methods import Param
 from slmforge.trainer.tiny import build_tiny_checkpoint
+
+from slmforge.errors import UserError
+from slmforge.manifest import read_manifest
 from tests.conftest import run_cli
 
 
@@ -243,3 +243,13 @@ def test_dtype_and_chat_template_options(tmp_path: Path, pair: tuple[Path, Path]
 
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<<hi>>"
+
+
+def test_output_over_an_input_is_refused(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    recipe = write_recipe(tmp_path / "r.yaml", {"merge_method": "slerp", "base_model": str(a), "parameters": {"t": 0.5},
+                                                "models": [{"model": str(a)}, {"model": str(b)}]})
+    before = (b / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="also an input"):
+        merge_from_config(recipe, b)
+    assert (b / "model.safetensors").read_bytes() == before

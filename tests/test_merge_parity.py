@@ -17,7 +17,6 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
 from slmforge.trainer.merge import merge_from_config
 from slmforge.trainer.tiny import build_tiny_checkpoint
 
@@ -45,9 +44,9 @@ def run_both(recipe: dict, tmp_path: Path, seed: int | None = None) -> tuple[dic
 
 def assert_same_tensors(ours: dict, theirs: dict, tol: float = 1e-5) -> None:
     assert set(ours) == set(theirs)
-    for name in ours:
-        assert ours[name].shape == theirs[name].shape, name
-        diff = (ours[name].float() - theirs[name].float()).abs().max().item()
+    for name, mine in ours.items():
+        assert mine.shape == theirs[name].shape, name
+        diff = (mine.float() - theirs[name].float()).abs().max().item()
         assert diff <= tol, f"{name}: max abs diff {diff}"
 
 

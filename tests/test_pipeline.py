@@ -28,7 +28,7 @@ DOCS = {
 }
 
 
-def _recipe(tmp_path: Path, base: Path, docs: Path) -> Path:
+def _recipe(tmp_path: Path, base: Path, docs: Path, short: bool = False) -> Path:
     recipe = {
         "name": "tiny",
         "base_model": str(base),
@@ -46,6 +46,9 @@ def _recipe(tmp_path: Path, base: Path, docs: Path) -> Path:
             "bench": {"enabled": False},
         },
     }
+    if short:  # prepare → qa → pretrain only: enough to kill a run mid-stage and resume it
+        for stage in ("sft", "pairs", "align", "merge"):
+            recipe["stages"][stage]["enabled"] = False
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -113,19 +116,22 @@ def test_pipeline_runs_skips_and_redoes_what_changed(tmp_path, tiny_checkpoint, 
 
 
 def test_pipeline_killed_mid_stage_completes_on_rerun(tmp_path, tiny_checkpoint, user_docs):
-    recipe = _recipe(tmp_path, tiny_checkpoint, user_docs)
+    recipe = _recipe(tmp_path, tiny_checkpoint, user_docs, short=True)
     state = tmp_path / "run" / ".pipeline" / "prepare.json"
     proc = subprocess.Popen([sys.executable, "-m", "slmforge.cli", "pipeline", str(recipe)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not state.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    time.sleep(1.0)  # now inside qa/pretrain
+    pretrain_log = tmp_path / "run" / "logs" / "pretrain.log"
+    while not pretrain_log.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # now inside pretrain
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert state.exists(), "the pipeline never finished its prepare stage"
     rerun = run_cli("pipeline", str(recipe), "--json")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     statuses = _statuses(rerun.stdout)
-    assert statuses["prepare"] == "skipped" and statuses["merge"] == "ran"
+    assert statuses["prepare"] == "skipped" and statuses["qa"] == "skipped" and statuses["pretrain"] == "ran"
     assert not list((tmp_path / "run").glob("*.partial-*"))

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from slmforge.runtime.answer_cache import AnswerCache, normalize_question
 from slmforge.runtime.drift import IndexReference, answer_support, drift_report, split_sentences
 from slmforge.runtime.telemetry import TelemetryStore, measure_resources, telemetry_path
@@ -91,7 +90,8 @@ def domain():
     rng = np.random.default_rng(0)
     topics = _unit(rng.normal(size=(5, 64)) * np.r_[np.ones(32), np.zeros(32)])
     chunks = _unit(np.repeat(topics, 40, axis=0) + 0.08 * rng.normal(size=(200, 64)))
-    reference = IndexReference.from_vectors(chunks)
+    probes = _unit(rng.normal(size=(20, 64)) * np.r_[np.zeros(32), np.ones(32)])
+    reference = IndexReference.from_vectors(chunks, probes)
     return rng, topics, chunks, reference
 
 

@@ -18,15 +18,16 @@ from slmforge.output import emit_json, format_table, json_option
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the pruned checkpoint.")
 @click.option("--seq-len", default=256, show_default=True, help="Tokens per scoring/eval window.")
 @click.option("--score-tokens", default=16384, show_default=True, help="Tokens of training text to score blocks on.")
+@click.option("--eval-tokens", default=16384, show_default=True, help="Held-out tokens for perplexity (0: skip).")
 @json_option
 def compress(model_dir: Path, drop_layers: str | None, keep_layers: int | None, data: Path | None, out: Path,
-             seq_len: int, score_tokens: int, as_json: bool) -> None:
+             seq_len: int, score_tokens: int, eval_tokens: int, as_json: bool) -> None:
     """Remove transformer blocks: the ones you name, or the N-keep whose output is most similar
     to their input (cosine on your text). Follow with `slmforge distill` to recover quality."""
     from slmforge.trainer.compress import compress as run
 
     result = run(model_dir, out, drop_layers=drop_layers, keep_layers=keep_layers, data=data, seq_len=seq_len,
-                 score_tokens=score_tokens)
+                 score_tokens=score_tokens, eval_tokens=eval_tokens)
     report = {"checkpoint": str(result.checkpoint), "dropped": result.dropped, **result.metrics}
     if as_json:
         emit_json(report)

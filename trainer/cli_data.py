@@ -18,7 +18,7 @@ def data() -> None:
     """Prepare documents; build SFT and preference data."""
 
 
-@data.command()
+@data.command(short_help="Documents → clean, deduplicated, redacted train/held-out text.")
 @_DOCS
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
 @click.option("--heldout-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
@@ -37,7 +37,7 @@ def prepare(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: in
     """Clean, redact, deduplicate and split DOCS (files or folders of .txt .md .rst .html .jsonl).
 
     Writes OUT/train.jsonl and OUT/heldout.jsonl (one {"text", "source", "doc_id"} per line),
-    OUT/stats.json and OUT/slmforge.json. A .jsonl input holds one document per line
+    OUT/stats.json, OUT/stats.png (piece lengths, what was removed) and OUT/slmforge.json. A .jsonl input holds one document per line
     ({"text": ...}, optional "id"). Any unreadable, non-UTF-8 or empty input stops the run
     with one line naming it, and nothing is written.
     """
@@ -52,22 +52,22 @@ def prepare(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: in
         return
     pii = ", ".join(f"{k} {v}" for k, v in stats["pii"].items())
     rows = [
-        ("documents read", f"{stats['documents']} from {stats['files_read']} files "
-                           f"({len(stats['files_skipped'])} unsupported files skipped)"),
+        ("documents read", (f"{stats['documents']} from {stats['files_read']} files "
+                           f"({len(stats['files_skipped'])} unsupported files skipped)")),
         ("pieces", f"{stats['pieces_total']} cut, {stats['pieces_kept']} kept"),
         ("near-empty dropped", stats["dropped_near_empty"]),
         ("boilerplate lines", stats["boilerplate_lines_removed"]),
         ("duplicates removed", f"{stats['exact_duplicates']} exact, {stats['near_duplicates']} near"),
         ("PII redacted", pii if not no_redact else "off (--no-redact)"),
         ("train", f"{stats['train_pieces']} pieces, {stats['train_documents']} documents, {stats['train_chars']} chars"),
-        ("held-out", f"{stats['heldout_pieces']} pieces, {stats['heldout_documents']} documents "
-                     f"({stats['split']})"),
+        ("held-out", (f"{stats['heldout_pieces']} pieces, {stats['heldout_documents']} documents "
+                     f"({stats['split']})")),
     ]
     click.echo(format_table(("", "value"), rows))
     click.echo(f"wrote {out}")
 
 
-@data.command()
+@data.command(short_help="FAQ sections and QA JSONL → chat SFT examples (+ held-out questions).")
 @_DOCS
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Train file (qa.jsonl); qa.heldout.jsonl and qa.slmforge.json are written next to it.")
@@ -102,7 +102,7 @@ def qa(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, ma
                f"{stats['heldout_pairs']} held-out → {stats['files']['heldout']}")
 
 
-@data.command()
+@data.command(short_help="QA → preference pairs (chosen = document, rejected = model) and KTO data.")
 @click.option("--qa", "qa_file", required=True, type=click.Path(path_type=Path),
               help="SFT file from 'slmforge data qa' (messages or alpaca JSONL).")
 @click.option("--model", type=click.Path(path_type=Path), help="Checkpoint whose own answers become 'rejected'.")
@@ -112,11 +112,12 @@ def qa(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, ma
               help="model: the model's greedy answer; mismatched: another question's answer (no model needed).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=96, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads for generation (default: the cores the load average leaves idle).")
 @click.option("--limit", type=click.IntRange(min=1), help="Use a seeded sample of this many questions.")
 @_SEED
 @json_option
 def pairs(qa_file: Path, model: Path | None, out: Path, kto_out: Path | None, rejected: str, max_new_tokens: int,
-          batch_size: int, limit: int | None, seed: int, as_json: bool) -> None:
+          batch_size: int, threads: int | None, limit: int | None, seed: int, as_json: bool) -> None:
     """Preference pairs without hand labels: chosen = the document's answer, rejected = the model's.
 
     Where the model's answer is empty or identical to the true one, another question's
@@ -126,7 +127,7 @@ def pairs(qa_file: Path, model: Path | None, out: Path, kto_out: Path | None, re
     from slmforge.trainer.pairs import run_pairs
 
     stats = run_pairs(qa_file, out, model=model, kto_out=kto_out, rejected=rejected, max_new_tokens=max_new_tokens,
-                      limit=limit, seed=seed, batch_size=batch_size)
+                      limit=limit, seed=seed, batch_size=batch_size, threads=threads)
     if as_json:
         emit_json(stats)
         return

@@ -52,6 +52,7 @@ def block_similarity(model: Any, blocks: list[list[int]], batch_size: int = 4) -
             sums[i] += cos.sum().item()
         return hook
 
+    trunk = getattr(model, "model", model)  # the decoder without the LM head: logits are not needed here
     handles = [layer.register_forward_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
     was_training = model.training
     model.eval()
@@ -60,7 +61,7 @@ def block_similarity(model: Any, blocks: list[list[int]], batch_size: int = 4) -
             for start in tqdm(range(0, len(blocks), batch_size), desc="scoring blocks", unit="batch",
                               dynamic_ncols=True):
                 ids = torch.tensor(blocks[start:start + batch_size], dtype=torch.long)
-                model(input_ids=ids, use_cache=False)
+                trunk(input_ids=ids, use_cache=False)
                 count += ids.numel()
     finally:
         for h in handles:
@@ -158,6 +159,7 @@ def compress(model_dir: Path, out: Path, drop_layers: str | None = None, keep_la
         blocks = pack_blocks(tokenizer, train, seq_len)[: max(1, score_tokens // seq_len)]
         scores = [round(s, 6) for s in block_similarity(model, blocks)]
         metrics["score_tokens"] = sum(len(b) for b in blocks)
+    held = held if eval_tokens > 0 else []
     if held:
         metrics["ppl_before"] = round(perplexity(model, tokenizer, held, seq_len=seq_len, max_tokens=eval_tokens), 4)
     drop = (parse_layer_list(drop_layers, before["blocks"]) if drop_layers is not None

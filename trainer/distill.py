@@ -68,7 +68,12 @@ def distill(teacher_dir: Path, student_dir: Path, data: Path, out: Path, opts: D
     import torch
     from slmforge.trainer.compress import checkpoint_bytes, dataset_texts, model_size
     from slmforge.trainer.perplexity import perplexity
-    from slmforge.trainer.train_common import check_out, load_model_and_tokenizer, seed_everything
+    from slmforge.trainer.train_common import (
+        check_model_dir,
+        check_out,
+        load_model_and_tokenizer,
+        seed_everything,
+    )
     from slmforge.trainer.train_pretrain import pack_blocks
     from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
@@ -77,9 +82,14 @@ def distill(teacher_dir: Path, student_dir: Path, data: Path, out: Path, opts: D
     check_out(out, [teacher_dir, student_dir, data])
     started = time.time()
     seed_everything(opts.seed)
-    teacher, tok_t = load_model_and_tokenizer(teacher_dir)
+    from transformers import AutoTokenizer
+
+    check_model_dir(teacher_dir)
+    check_model_dir(student_dir)
+    check_same_tokenizer(AutoTokenizer.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(student_dir),
+                         teacher_dir, student_dir)  # before minutes of model loading
+    teacher, _ = load_model_and_tokenizer(teacher_dir)
     student, tokenizer = load_model_and_tokenizer(student_dir)
-    check_same_tokenizer(tok_t, tokenizer, teacher_dir, student_dir)
     train_texts, held = dataset_texts(data)
     if not held:
         raise UserError(f"--data {data}: no heldout.jsonl; distill reports held-out perplexity, "

@@ -21,9 +21,8 @@ from slmforge.trainer.textclean import (
     to_plain_text,
 )
 
-
 # "See the next question." teaches nothing on its own
-_CROSS_REFERENCE = re.compile(r"^see (?:the )?(?:next|previous|above|below|following)\b[^\n]*$", re.I)
+_CROSS_REFERENCE = re.compile(r"^see (?:the )?(?:next|previous|above|below|following)\b[^\n]*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def _qa_lines(text: str) -> list[tuple[str, str]]:
     """'Q: …' / 'A: …' blocks in plain text."""
     pairs = []
     pattern = re.compile(r"^(?:Q|Question)\s*[:.]\s*(.+?)\n(?:A|Answer)\s*[:.]\s*(.+?)(?=^(?:Q|Question)\s*[:.]|\Z)",
-                         re.M | re.S)
+                         re.MULTILINE | re.DOTALL)
     for m in pattern.finditer(text):
         pairs.append((m.group(1).strip(), m.group(2).strip()))
     return pairs

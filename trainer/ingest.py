@@ -128,8 +128,8 @@ def read_documents(files: list[InputFile]) -> list[Document]:
             if not text.strip():
                 continue
             doc_id = str(obj.get("id", obj.get("doc_id", f"{f.source}#{lineno}")))
-            docs.append(Document(doc_id=doc_id, source=str(obj.get("source", f.source)), kind=str(obj.get("format", "txt")),
-                                 text=text))
+            kind = obj.get("format") if obj.get("format") in TEXT_SUFFIXES.values() else "txt"
+            docs.append(Document(doc_id=doc_id, source=str(obj.get("source", f.source)), kind=kind, text=text))
     if not docs:
         raise UserError("the inputs hold no text; nothing to prepare")
     return docs

@@ -220,6 +220,9 @@ def merge_checkpoints(cfg: MergeConfig, paths: dict[str, Path], out: str | Path,
     method = cfg.method
     refs = cfg.input_models()
     inputs = [open_checkpoint(ref, paths[ref]) for ref in refs]
+    for c in inputs:
+        if c.path.resolve() == Path(out).resolve():
+            raise UserError(f"--out {out}: is also an input of the merge ({c.ref}); choose another output folder")
     base_index = refs.index(cfg.base_model) if cfg.base_model else None
     reference = inputs[base_index] if base_index is not None else inputs[0]
 
@@ -329,7 +332,8 @@ def _write_config(cfg: MergeConfig, reference: Checkpoint, donor: Checkpoint, al
                   out_dtype: torch.dtype | None) -> None:
     config = dict(reference.config)
     config["tie_word_embeddings"] = all_tied
-    config["vocab_size"] = donor.info(EMBED).shape[0]
+    if EMBED in donor.tensors:
+        config["vocab_size"] = donor.info(EMBED).shape[0]
     if out_dtype is not None:
         config["dtype"] = str(out_dtype).removeprefix("torch.")
     atomic_write_json(tmp / "config.json", config)

@@ -9,17 +9,18 @@ written in KTO's unpaired form (desirable / undesirable completions).
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
 from typing import Any
 
+from slmforge.trainer.qa import sibling
 from tqdm import tqdm
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_json, atomic_write_text
 from slmforge.manifest import ArtifactManifest, input_ref, lineage_of
-from slmforge.trainer.qa import sibling
 
 
 def qa_items(path: str | Path) -> list[tuple[str, str]]:
@@ -70,8 +71,22 @@ def _prompt_text(tokenizer: Any, question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
+def idle_cores() -> int:
+    """Cores not already busy (by the 1-minute load average), at least one.
+
+    Torch's threads spin-wait for each other: on a machine that is already loaded, asking
+    for every core made greedy generation ~50x slower here than one thread did.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not available on Windows
+        return cores
+    return max(1, min(cores, cores - round(load)))
+
+
 def model_answers(model_dir: str | Path, questions: list[str], max_new_tokens: int, batch_size: int,
-                  seed: int) -> tuple[list[str], dict[str, Any]]:
+                  seed: int, threads: int | None = None) -> tuple[list[str], dict[str, Any]]:
     """The model's greedy answers to ``questions`` (batched, longest prompts first); returns (answers, timing)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -81,6 +96,8 @@ def model_answers(model_dir: str | Path, questions: list[str], max_new_tokens: i
         raise UserError(f"--model {path}: not a Hugging Face checkpoint (no config.json); "
                         "pass a folder from 'slmforge base import' or 'slmforge train'")
     torch.manual_seed(seed)
+    threads = threads or idle_cores()
+    torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -106,7 +123,7 @@ def model_answers(model_dir: str | Path, questions: list[str], max_new_tokens: i
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{new_tokens / max(time.perf_counter() - start, 1e-9):.0f}")
     seconds = time.perf_counter() - start
-    return answers, {"generation_s": round(seconds, 2), "generated_tokens": new_tokens,
+    return answers, {"generation_s": round(seconds, 2), "generated_tokens": new_tokens, "threads": threads,
                      "tokens_per_s": round(new_tokens / max(seconds, 1e-9), 1)}
 
 
@@ -135,9 +152,12 @@ def _jsonl(records: list[dict]) -> str:
 
 def run_pairs(qa: str | Path, out: str | Path, model: str | Path | None = None, kto_out: str | Path | None = None,
               rejected: str = "model", max_new_tokens: int = 96, limit: int | None = None, seed: int = 0,
-              batch_size: int = 8) -> dict[str, Any]:
+              batch_size: int = 8, threads: int | None = None) -> dict[str, Any]:
     """Build preference pairs (and optionally KTO data) from a QA file; write them with a manifest."""
     start = time.perf_counter()
+    for flag, path in (("--out", out), ("--kto-out", kto_out)):
+        if path is not None and Path(path).is_dir():
+            raise UserError(f"{flag} {path}: is a folder; name the JSONL file to write")
     if rejected == "model" and model is None:
         raise UserError("--rejected model needs --model DIR (the checkpoint whose answers to reject); "
                         "or use --rejected mismatched")
@@ -145,7 +165,7 @@ def run_pairs(qa: str | Path, out: str | Path, model: str | Path | None = None, 
     fallback = mismatched_answers([a for _, a in items], seed) if len(items) > 1 else [""] * len(items)
     timing: dict[str, Any] = {}
     if rejected == "model":
-        bad, timing = model_answers(model, [q for q, _ in items], max_new_tokens, batch_size, seed)
+        bad, timing = model_answers(model, [q for q, _ in items], max_new_tokens, batch_size, seed, threads)
     else:
         bad = fallback
     pairs, fallbacks = build_pairs(items, bad, fallback)

@@ -12,7 +12,7 @@ import ipaddress
 import math
 import re
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 PLACEHOLDERS = {"SECRET": "<SECRET>", "EMAIL": "<EMAIL>", "IP": "<IP>", "PHONE": "<PHONE>"}
 

@@ -1,6 +1,6 @@
 """`data prepare`: documents → clean, deduplicated, redacted train/held-out text pieces.
 
-Order of work: read → markup to text → drop boilerplate → cut into pieces sized for LM
+Writes train.jsonl, heldout.jsonl, stats.json, stats.png and slmforge.json. Order of work: read → markup to text → drop boilerplate → cut into pieces sized for LM
 training → redact PII → drop near-empty, exact and near-duplicate pieces (across all
 documents, so nothing in held-out repeats train) → split by document, seeded.
 """
@@ -16,15 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slmforge.trainer.data_report import plot_dataset
+from slmforge.trainer.dedup import deduplicate
+from slmforge.trainer.ingest import Document, collect_files, read_documents
+from slmforge.trainer.pii import redact
+from slmforge.trainer.textclean import looks_like_text, remove_boilerplate, repeated_lines, to_plain_text
 from tqdm import tqdm
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from slmforge.manifest import ArtifactManifest, input_ref
-from slmforge.trainer.dedup import deduplicate
-from slmforge.trainer.ingest import Document, collect_files, read_documents
-from slmforge.trainer.pii import redact
-from slmforge.trainer.textclean import looks_like_text, remove_boilerplate, repeated_lines, to_plain_text
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class PrepareOptions:
     max_chars: int = 2000
     redact_pii: bool = True
     near_dup_threshold: float = 0.8
+    plot: bool = True
 
 
 @dataclass(frozen=True)
@@ -49,50 +51,42 @@ class Piece:
 
 def split_pieces(text: str, max_chars: int) -> list[str]:
     """Paragraphs packed into pieces of at most ``max_chars`` (long paragraphs cut at lines, then words)."""
-    pieces: list[str] = []
-    current = ""
-    for para in _paragraphs(text, max_chars):
-        if current and len(current) + 2 + len(para) > max_chars:
-            pieces.append(current)
-            current = ""
-        current = f"{current}\n\n{para}" if current else para
-    if current:
-        pieces.append(current)
-    return pieces
-
-
-def _paragraphs(text: str, max_chars: int) -> list[str]:
-    out: list[str] = []
+    paragraphs: list[str] = []
     for para in (p.strip("\n") for p in text.split("\n\n")):
         if not para.strip():
             continue
         if len(para) <= max_chars:
-            out.append(para)
-            continue
-        out.extend(_cut(para, max_chars))
-    return out
+            paragraphs.append(para)
+        else:
+            lines = [segment for line in para.split("\n") for segment in _split_line(line, max_chars)]
+            paragraphs.extend(_pack(lines, max_chars, "\n"))
+    return _pack(paragraphs, max_chars, "\n\n")
 
 
-def _cut(para: str, max_chars: int) -> list[str]:
-    """A too-long paragraph in chunks: at line breaks where possible, else at spaces, else hard."""
-    chunks: list[str] = []
+def _pack(parts: list[str], max_chars: int, sep: str) -> list[str]:
+    """Join consecutive parts with ``sep`` while the result stays within ``max_chars``."""
+    packed: list[str] = []
     current = ""
-    for line in para.split("\n"):
-        while len(line) > max_chars:
-            cut = line.rfind(" ", 0, max_chars)
-            cut = cut if cut > max_chars // 2 else max_chars
-            if current:
-                chunks.append(current)
-                current = ""
-            chunks.append(line[:cut].rstrip())
-            line = line[cut:].lstrip()
-        if current and len(current) + 1 + len(line) > max_chars:
-            chunks.append(current)
+    for part in parts:
+        if current and len(current) + len(sep) + len(part) > max_chars:
+            packed.append(current)
             current = ""
-        current = f"{current}\n{line}" if current else line
+        current = f"{current}{sep}{part}" if current else part
     if current:
-        chunks.append(current)
-    return chunks
+        packed.append(current)
+    return packed
+
+
+def _split_line(line: str, max_chars: int) -> list[str]:
+    """A line longer than ``max_chars`` cut at spaces where possible, else hard."""
+    segments = []
+    while len(line) > max_chars:
+        cut = line.rfind(" ", 0, max_chars)
+        cut = cut if cut > max_chars // 2 else max_chars
+        segments.append(line[:cut].rstrip())
+        line = line[cut:].lstrip()
+    segments.append(line)
+    return segments
 
 
 def split_by_document(doc_ids: list[str], fraction: float, seed: int) -> set[str]:
@@ -167,6 +161,8 @@ def _jsonl(pieces: list[Piece]) -> str:
 def prepare(paths: list[str | Path], out: str | Path, opts: PrepareOptions) -> dict[str, Any]:
     """Run the whole preparation and write the dataset directory atomically; return stats."""
     start = time.perf_counter()
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out}: a file is in the way; the dataset is a folder, pick another path")
     files, skipped = collect_files(paths)
     docs = read_documents(files)
     pieces, counts = build_pieces(docs, opts)
@@ -198,6 +194,8 @@ def prepare(paths: list[str | Path], out: str | Path, opts: PrepareOptions) -> d
         if held:
             atomic_write_text(tmp / "heldout.jsonl", _jsonl(held))
         atomic_write_json(tmp / "stats.json", stats)
+        if opts.plot:
+            plot_dataset([len(p.text) for p in train], [len(p.text) for p in held], stats, tmp / "stats.png")
         ArtifactManifest(kind="dataset", stage="prepare", inputs=inputs, params=params, seed=opts.seed,
                          metrics={k: v for k, v in stats.items() if k not in ("files_skipped", "heldout_doc_ids")},
                          duration_s=round(time.perf_counter() - start, 3)).write(tmp)

@@ -14,12 +14,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from slmforge.errors import UserError
-from slmforge.fileio import atomic_write_json, atomic_write_text
-from slmforge.manifest import ArtifactManifest, input_ref
 from slmforge.trainer.faq import QAPair, extract_pairs
 from slmforge.trainer.ingest import InputFile, collect_files, read_text
 from slmforge.trainer.pii import redact
+
+from slmforge.errors import UserError
+from slmforge.fileio import atomic_write_json, atomic_write_text
+from slmforge.manifest import ArtifactManifest, input_ref
 
 
 def sibling(out: Path, suffix: str) -> Path:
@@ -84,6 +85,8 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
     """Collect, clean, deduplicate and split QA pairs; write qa.jsonl, qa.heldout.jsonl, qa.slmforge.json."""
     start = time.perf_counter()
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; name the file to write, e.g. {out / 'qa.jsonl'}")
     files, _ = collect_files(paths)
     pairs: list[QAPair] = []
     per_file: Counter[str] = Counter()

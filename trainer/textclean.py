@@ -64,7 +64,7 @@ _FIELD = re.compile(r"^\s*:[\w -]+:(?:\s.*)?$")
 _ROLE = re.compile(r":(?:[\w-]+:)?([\w-]+):`([^`]+)`")
 _LINK = re.compile(r"`([^`<]+?)\s*<[^`>]+>`__?")
 _REF = re.compile(r"`([^`]+)`__?(?!\w)")
-_LITERAL = re.compile(r"``(.+?)``")
+_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
 _INTERPRETED = re.compile(r"(?<![\w`])`([^`]+)`(?![\w`])")
 _STRONG = re.compile(r"\*\*(\S(?:.*?\S)?)\*\*")
 _EMPHASIS = re.compile(r"(?<![\w*\\])\*(\S(?:[^*\n]*?\S)?)\*(?![\w*])")
@@ -91,7 +91,7 @@ _PREFIX_ROLES = {"pep": "PEP {}", "rfc": "RFC {}"}
 
 def _role(match: re.Match[str]) -> str:
     role, target = match.group(1), match.group(2).strip()
-    title = re.match(r"^(.*?)\s*<[^>]*>$", target, flags=re.S)
+    title = re.match(r"^(.*?)\s*<[^>]*>$", target, flags=re.DOTALL)
     if title and title.group(1):
         return title.group(1)
     target = target.lstrip("!")
@@ -159,8 +159,7 @@ def rest_to_text(text: str) -> str:
         if _TARGET_OR_COMMENT.match(line):  # ".. _label:" targets and ".." comments (with their block)
             i = _block_end(lines, i + 1, _indent(line))
             continue
-        if _ADORNMENT.match(stripped) or (stripped and _TABLE_RULE.match(line) and set(stripped) <= set("=+-| ")
-                                          and len(stripped) >= 3 and set(stripped) & set("=-")):
+        if _ADORNMENT.match(stripped) or (len(stripped) >= 3 and _TABLE_RULE.match(line)):  # headings, table rules
             i += 1
             continue
         if stripped == "::":
@@ -218,7 +217,11 @@ class _TextExtractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.skip:
             return
-        self.parts.append(data if self.pre else re.sub(r"\s+", " ", data))
+        if self.pre:
+            self.parts.append(data)
+            return
+        data = re.sub(r"\s+", " ", data)
+        self.parts.append(data.lstrip() if not self.parts or self.parts[-1].endswith("\n") else data)
 
 
 def html_to_text(text: str, headings_as_markdown: bool = False) -> str:
@@ -226,7 +229,7 @@ def html_to_text(text: str, headings_as_markdown: bool = False) -> str:
     parser = _TextExtractor(headings_as_markdown)
     parser.feed(text)
     parser.close()
-    return "\n".join(line.strip() if not parser.pre else line for line in "".join(parser.parts).split("\n"))
+    return "\n".join(line.rstrip() for line in "".join(parser.parts).split("\n"))
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -235,7 +238,7 @@ _MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _MD_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$")
 _MD_EMPHASIS = re.compile(r"(\*\*|__)(\S(?:.*?\S)?)\1")
-_HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 
 
 def markdown_inline(text: str) -> str:
@@ -286,7 +289,7 @@ _BOILERPLATE = re.compile(
     r"^(?:copyright\b|©|\(c\)\s*\d{4}|all rights reserved|skip to (?:main )?content|table of contents$|"
     r"previous topic$|next topic$|this page$|show source$|edit (?:this page|on github)|report a bug$|"
     r"(?:we use )?cookies?\b|privacy policy$|terms of (?:use|service)$|back to top$|navigation$)",
-    re.I,
+    re.IGNORECASE,
 )
 
 

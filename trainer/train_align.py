@@ -117,7 +117,8 @@ def build_trainer(method: str, model: Any, tokenizer: Any, dataset: Any, opts: T
     loss_type = opts.extra.get("loss_type") or DEFAULT_LOSS[method]
     args = training_arguments(opts, work)
     args.pop("remove_unused_columns")  # trl trainers choose their own columns
-    common = dict(beta=beta, max_length=opts.seq_len)
+    # trl turns on gradient checkpointing and bf16 by default: both slow a CPU down
+    common = dict(beta=beta, max_length=opts.seq_len, gradient_checkpointing=False)
     try:
         if method in ("dpo", "ipo"):
             from trl import DPOConfig, DPOTrainer

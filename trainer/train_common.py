@@ -133,6 +133,9 @@ def load_model_and_tokenizer(path: Path) -> tuple[Any, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    # no KV cache while training: with a cache transformers ignores the per-example position_ids of
+    # packed rows and lets examples attend to each other (save_output turns it back on)
+    model.config.use_cache = False
     return model, tokenizer
 
 
@@ -213,9 +216,9 @@ def training_arguments(opts: TrainOptions, work: Path, **overrides: Any) -> dict
         disable_tqdm=True,
         bf16=False,
         fp16=False,
-        gradient_checkpointing=False,
         include_num_input_tokens_seen="all",
         dataloader_num_workers=0,
+        dataloader_pin_memory=False,
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
     )
@@ -316,6 +319,7 @@ def save_output(trainer: Any, tokenizer: Any, opts: TrainOptions, stage: str, in
     adapter_kept = is_peft and opts.keep_adapter
     if is_peft and not opts.keep_adapter:
         model = model.merge_and_unload()
+    model.config.use_cache = True
     manifest = ArtifactManifest(
         kind="checkpoint",
         stage=stage,

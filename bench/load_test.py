@@ -1,0 +1,175 @@
+"""Loopback load test of `slmforge serve`: many clients at once, bounded, stopping by itself.
+
+32 clients × 10 chat requests (defaults) against one server with a bounded queue. Every
+request gets exactly one answer (no retries), so the run always ends. It reports p50/p95
+latency of answered requests, the count of each status (200, 429/503 = refused by the
+queue, 5xx = server errors), and the ratio of loaded to unloaded latency, the unloaded
+baseline being measured first in the same run. Afterwards /health must answer and the
+queue must be empty.
+
+    python -m slmforge.bench.load_test BUNDLE [--clients 32] [--requests 10] [--queue 4] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUESTIONS = [
+    "How do I copy a file in Python?", "How do I read a CSV file?", "What is a list comprehension?",
+    "How can I find the current working directory?", "How do I handle exceptions?", "What does json.dumps do?",
+    "How do I create a temporary file?", "What is the difference between a list and a tuple?",
+    "How do I generate a random number?", "How do I iterate over a dictionary?", "How do I define a class?",
+    "Why are floating point numbers inaccurate?", "How do I make a virtual environment?", "What is pathlib?",
+    "How do I sort a list?", "How do I open a file for writing?", "What is a module?", "What is a deque?",
+]
+
+
+def post_chat(url: str, question: str, max_tokens: int, timeout_s: float) -> tuple[int, float, dict[str, str]]:
+    """(status, seconds, headers) of one non-streamed chat request; connection failures are status 0."""
+    body = json.dumps({"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens}).encode()
+    req = urllib.request.Request(url + "/v1/chat/completions", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            payload = json.loads(resp.read())
+            headers = {"route": payload.get("slmforge", {}).get("route", "")}
+            return resp.status, time.perf_counter() - start, headers
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code, time.perf_counter() - start, {"Retry-After": exc.headers.get("Retry-After", "")}
+    except (urllib.error.URLError, OSError):
+        return 0, time.perf_counter() - start, {}
+
+
+def health(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def start_server(bundle: Path, queue: int, extra: list[str]) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = Path(tempfile.mkdtemp(prefix="slmforge-load-"))
+    cmd = [sys.executable, "-m", "slmforge.cli", "serve", str(bundle), "--port", str(port), "--queue", str(queue),
+           "--telemetry", str(workdir / "telemetry.db"), *extra]
+    with open(workdir / "server.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while health(url) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start: {(workdir / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def percentiles(seconds: list[float]) -> dict[str, float | None]:
+    if not seconds:
+        return {"p50_ms": None, "p95_ms": None}
+    return {"p50_ms": round(float(np.percentile(seconds, 50)) * 1000, 1),
+            "p95_ms": round(float(np.percentile(seconds, 95)) * 1000, 1)}
+
+
+def run_load(url: str, clients: int, requests: int, max_tokens: int, baseline_n: int) -> dict[str, Any]:
+    baseline = [post_chat(url, QUESTIONS[i % len(QUESTIONS)], max_tokens, 300) for i in range(baseline_n)]
+    results: list[tuple[int, float, dict[str, str]]] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for r in range(requests):
+            out = post_chat(url, QUESTIONS[(c * requests + r) % len(QUESTIONS)], max_tokens, 300)
+            with lock:
+                results.append(out)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    drained = None
+    for _ in range(60):  # the last refused clients may return before the running job ends
+        drained = health(url)
+        if drained and drained["queue"]["inflight"] == 0:
+            break
+        time.sleep(0.5)
+    codes = Counter(code for code, _, _ in results)
+    ok = [s for code, s, _ in results if code == 200]
+    base = percentiles([s for code, s, _ in baseline if code == 200])
+    loaded = percentiles(ok)
+    return {
+        "clients": clients, "requests_per_client": requests, "max_tokens": max_tokens,
+        "total": len(results), "wall_s": round(wall, 1),
+        "status_counts": {str(k): v for k, v in sorted(codes.items())},
+        "server_errors_5xx": sum(v for k, v in codes.items() if k >= 500 and k != 503),
+        "refused_429_503": codes.get(429, 0) + codes.get(503, 0),
+        "connection_failures": codes.get(0, 0),
+        "routes": dict(Counter(h.get("route", "") for code, _, h in results if code == 200)),
+        "latency_answered": loaded, "latency_baseline_unloaded": base,
+        "p50_ratio_vs_unloaded": round(loaded["p50_ms"] / base["p50_ms"], 2) if ok and base["p50_ms"] else None,
+        "answered_per_s": round(len(ok) / wall, 2) if wall > 0 else None,
+        "health_after": drained,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", nargs="?", type=Path, help="bundle to serve (or use --url)")
+    parser.add_argument("--url", help="an already running server instead of starting one")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--queue", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--baseline", type=int, default=5, help="unloaded requests measured first")
+    parser.add_argument("--no-cache", action="store_true", help="serve with --no-cache (every request generates)")
+    parser.add_argument("--out", type=Path, help="write the result JSON here")
+    args = parser.parse_args(argv)
+    if not args.url and not args.bundle:
+        parser.error("give a BUNDLE or --url")
+    extra = ["--no-cache"] if args.no_cache else []
+    server = contextlib.nullcontext(args.url) if args.url else start_server(args.bundle, args.queue, extra)
+    with server as url:
+        result = run_load(url, args.clients, args.requests, args.max_tokens, args.baseline)
+    result["queue"] = args.queue
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    ok = result["server_errors_5xx"] == 0 and result["connection_failures"] == 0 and result["health_after"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Training throughput: our packed CPT/SFT vs. a naive HF Trainer with padded batches.
+
+Both sides train the same model (LoRA, same seed) on the same texts for the same number of
+steps with the same batch size and sequence cap; we count *real* tokens (not padding) per
+second of ``trainer.train()``. Printed as ours ÷ baseline from one run, since absolute
+timings on a shared machine mean little. Goal: ≥ 1.5.
+
+    python -m slmforge.bench.train_throughput --data DATASET_DIR --qa qa.jsonl [--steps 4]
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import torch
+
+from slmforge.trainer.datasets import load_records, text_dataset_files, to_messages
+from slmforge.trainer.train_common import TrainOptions, load_model_and_tokenizer, training_arguments, wrap_lora
+from slmforge.trainer.train_pretrain import BlockDataset, collate_blocks, pack_blocks
+from slmforge.trainer.train_sft import IGNORE, PackedCollator, RowDataset, build_examples, pack_examples
+
+
+class CountingCollator:
+    """Wraps a collator and counts the real (non-padding) tokens it hands to the model."""
+
+    def __init__(self, collate: Callable[[list], dict[str, torch.Tensor]]) -> None:
+        self.collate = collate
+        self.real_tokens = 0
+
+    def __call__(self, features: list) -> dict[str, torch.Tensor]:
+        batch = self.collate(features)
+        mask = batch.get("attention_mask")
+        self.real_tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        return batch
+
+
+def padded_collator(pad_id: int) -> Callable[[list], dict[str, torch.Tensor]]:
+    """The naive baseline: one example per row, right-padded to the longest row, padding masked."""
+
+    def collate(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, mask = [], [], []
+        for f in features:
+            pad = width - len(f["input_ids"])
+            ids.append(f["input_ids"] + [pad_id] * pad)
+            labels.append(f.get("labels", f["input_ids"]) + [IGNORE] * pad)
+            mask.append([1] * len(f["input_ids"]) + [0] * pad)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+    return collate
+
+
+def timed_train(model_dir: Path, dataset: Any, collate: Callable, steps: int, batch_size: int,
+                work: Path) -> dict[str, float]:
+    """Train ``steps`` steps; return real tokens, seconds and tokens/s (warm-up step excluded)."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[tuple[float, int]] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append((time.perf_counter(), counter.real_tokens))
+
+    opts = TrainOptions(model=model_dir, data=model_dir, out=work, max_steps=steps + 1, batch_size=batch_size,
+                        lr=1e-4, save_every=0)
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model = wrap_lora(model, opts)
+    counter = CountingCollator(collate)
+    clock = StepClock()
+    args = TrainingArguments(**training_arguments(opts, work, disable_tqdm=False))
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counter, callbacks=[clock])
+    trainer.train()
+    (t0, n0), (t1, n1) = clock.marks[0], clock.marks[-1]
+    return {"tokens": n1 - n0, "seconds": round(t1 - t0, 2), "tokens_per_s": round((n1 - n0) / (t1 - t0), 1)}
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[dict[str, list[int]]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.items[i]
+
+
+def cpt_pair(tokenizer: Any, data: Path, seq_len: int, seed: int) -> tuple[tuple, tuple]:
+    train_file, _ = text_dataset_files(data)
+    _, records = load_records(train_file, "pretrain")
+    texts = [r["text"] for r in records]
+    random.Random(seed).shuffle(texts)
+    ours = (BlockDataset(pack_blocks(tokenizer, texts, seq_len)), collate_blocks)
+    naive_items = [{"input_ids": (tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:seq_len]}
+                   for t in texts]
+    return ours, (ListDataset(naive_items), padded_collator(tokenizer.pad_token_id))
+
+
+def sft_pair(tokenizer: Any, qa: Path, seq_len: int, seed: int) -> tuple[tuple, tuple]:
+    fmt, records = load_records(qa, "sft")
+    examples, _ = build_examples(tokenizer, [to_messages(fmt, r) for r in records], seq_len)
+    random.Random(seed).shuffle(examples)
+    ours = (RowDataset(pack_examples(examples, seq_len)), PackedCollator(tokenizer.pad_token_id))
+    naive = ListDataset([{"input_ids": ids, "labels": labels} for ids, labels in examples])
+    return ours, (naive, padded_collator(tokenizer.pad_token_id))
+
+
+@click.command()
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="HF checkpoint (default: the embedded SmolLM2-135M base import).")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset dir (train.jsonl) for CPT.")
+@click.option("--qa", type=click.Path(path_type=Path), required=True, help="SFT JSONL (messages or alpaca).")
+@click.option("--steps", type=click.IntRange(min=1), default=4, show_default=True, help="Timed steps per run.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=16), default=256, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-train-throughput.json"), show_default=True)
+def main(model: Path | None, data: Path, qa: Path, steps: int, batch_size: int, seq_len: int, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    if model is None:
+        from slmforge.trainer.base_import import import_base
+
+        model = import_base(None, out=None).checkpoint
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    work = out.parent / f".{out.stem}.work"
+    results: dict[str, Any] = {"model": str(model), "steps": steps, "batch_size": batch_size, "seq_len": seq_len}
+    for stage, (ours, naive) in (("cpt", cpt_pair(tokenizer, data, seq_len, 0)),
+                                 ("sft", sft_pair(tokenizer, qa, seq_len, 0))):
+        row = {"ours": timed_train(model, *ours, steps, batch_size, work / f"{stage}-ours"),
+               "baseline": timed_train(model, *naive, steps, batch_size, work / f"{stage}-naive")}
+        row["ratio"] = round(row["ours"]["tokens_per_s"] / row["baseline"]["tokens_per_s"], 2)
+        results[stage] = row
+        click.echo(f"{stage}: ours {row['ours']['tokens_per_s']} tok/s vs padded HF Trainer "
+                   f"{row['baseline']['tokens_per_s']} tok/s -> ratio {row['ratio']}x (goal >= 1.5)")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Will this quantization run on that device? Memory and decode-speed estimates per profile.
+
+Runtime memory = weights + KV cache at the profile's max_context + runtime overhead.
+  * KV cache is computed from the model config: layers x kv_heads x head_dim x 2 (K and V)
+    x bytes per value x context. llama.cpp keeps it in F16 (2 bytes); onnxruntime-genai's CPU
+    models keep it in float32 (4 bytes) and allocate it for the whole context up front.
+  * Overheads were measured once (docs/export.md, "Runtime overhead"): RSS after loading and
+    one decode step, minus the file size and the computed KV cache, on SmolLM2-135M.
+Decode speed = memory bandwidth / bytes read per token, where one token reads every weight
+once plus the KV cache (taken at full context: the worst case a user of the profile hits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from slmforge.profiles import DeviceProfile
+
+# llama-cpp-python 0.3.36, use_mmap=False, n_batch 512: 24.3-25.5 MB at n_ctx 1024/4096/8192 (Q8_0, Q4_K_M).
+LLAMACPP_OVERHEAD_BYTES = 32 * 1024 * 1024
+# onnxruntime-genai 0.18 int4 CPU: 78.9 MB at max_length 1024 and 4096.
+ORT_GENAI_OVERHEAD_BYTES = 96 * 1024 * 1024
+
+KV_BYTES_PER_VALUE = {"gguf": 2, "onnx": 4}
+OVERHEAD_BYTES = {"gguf": LLAMACPP_OVERHEAD_BYTES, "onnx": ORT_GENAI_OVERHEAD_BYTES}
+
+MB = 1e6
+
+
+def kv_cache_bytes(config: dict[str, Any], n_ctx: int, bytes_per_value: int) -> int:
+    """K and V for every layer at ``n_ctx`` positions."""
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
+    return int(config["num_hidden_layers"]) * kv_heads * head_dim * 2 * bytes_per_value * n_ctx
+
+
+@dataclass
+class Estimate:
+    format: str
+    quant: str
+    weights_bytes: int
+    kv_bytes: int
+    overhead_bytes: int
+    memory_bytes: int
+    decode_tok_s: float
+    fits_memory: bool
+    fast_enough: bool
+    measured: bool  # weights from the written file (True) or from nominal bits per weight (False)
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_memory and self.fast_enough
+
+    def why(self, profile: DeviceProfile) -> str:
+        mem = (f"est. memory {self.memory_bytes / MB:.0f} MB (weights {self.weights_bytes / MB:.0f} + KV@"
+               f"{profile.max_context} {self.kv_bytes / MB:.0f} + runtime {self.overhead_bytes / MB:.0f}) "
+               f"{'<=' if self.fits_memory else '>'} app memory {profile.app_memory_bytes / MB:.0f} MB")
+        speed = (f"est. decode {self.decode_tok_s:.1f} tok/s ({profile.memory_bandwidth_gbs} GB/s / "
+                 f"{(self.weights_bytes + self.kv_bytes) / MB:.0f} MB per token) "
+                 f"{'>=' if self.fast_enough else '<'} target {profile.target_decode_tok_s:g}")
+        return f"{self.quant}: {mem}; {speed}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate(fmt: str, quant: str, weights_bytes: int, config: dict[str, Any], profile: DeviceProfile,
+             measured: bool = True) -> Estimate:
+    """Memory and decode speed of one candidate on one profile."""
+    kv = kv_cache_bytes(config, profile.max_context, KV_BYTES_PER_VALUE[fmt])
+    overhead = OVERHEAD_BYTES[fmt]
+    memory = weights_bytes + kv + overhead
+    tok_s = profile.memory_bandwidth_gbs * 1e9 / (weights_bytes + kv)
+    return Estimate(fmt, quant, int(weights_bytes), kv, overhead, int(memory), round(tok_s, 2),
+                    memory <= profile.app_memory_bytes, tok_s >= profile.target_decode_tok_s, measured)
+
+
+def nominal_weights_bytes(parameters: int, bits_per_weight: float) -> int:
+    return int(parameters * bits_per_weight / 8)

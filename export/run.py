@@ -1,0 +1,258 @@
+"""The export stage: checkpoint -> artifacts that fit a profile, measured against the source.
+
+One function so that the CLI, the pipeline and tests drive the same path. Everything is built
+inside a temp folder renamed to --out at the end; the quality gate runs before the rename, and
+a failed gate still keeps the folder (marked "fail" in export.json) and then exits 3.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmforge.export import fit, onnx_genai, quality, quantize
+from slmforge.export.gguf_writer import architecture_of, load_config, write_gguf
+
+from slmforge.errors import QualityGateFailed, UserError
+from slmforge.fileio import atomic_dir, atomic_write_json, sha256_path
+from slmforge.manifest import EXPORT_MANIFEST_NAME, ExportedArtifact, ExportManifest, input_ref, lineage_of
+from slmforge.profiles import DeviceProfile
+
+FORMATS = ("gguf", "onnx", "all")
+REPO_DOCS = Path(__file__).resolve().parents[1] / "examples" / "python-docs" / "docs"
+TOOLS = ("gguf", "llama_cpp_python", "onnxruntime", "onnxruntime-genai", "transformers", "torch")
+
+
+@dataclass
+class ExportOptions:
+    formats: list[str]
+    quant: str | None = None
+    heldout: Path | None = None
+    eval_tokens: int = 2048
+    window: int = 512
+    threads: int | None = None
+    embedder: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Candidate:
+    """One artifact being considered: where it is, what it holds, whether it fits."""
+
+    format: str
+    quant: str
+    path: Path
+    size_bytes: int
+    bits_per_weight: float | None
+    estimate: fit.Estimate
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in TOOLS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+# ---------------------------------------------------------------------------- choosing
+
+
+def pick(ladder: list[str], nominal_bytes: Callable[[str], int], build: Callable[[str], Candidate],
+         discard: Callable[[Candidate], None], config: dict[str, Any], fmt: str,
+         profile: DeviceProfile) -> tuple[Candidate, list[str]]:
+    """Walk the ladder best-first: skip what cannot fit on nominal size, build the rest and
+    keep the first whose measured size fits. Returns the choice and why the others lost."""
+    rejected: list[str] = []
+    for quant in ladder:
+        guess = fit.estimate(fmt, quant, nominal_bytes(quant), config, profile, measured=False)
+        if not guess.fits_memory:
+            rejected.append(guess.why(profile) + " (nominal size)")
+            continue
+        candidate = build(quant)
+        if candidate.estimate.fits:
+            return candidate, rejected
+        rejected.append(candidate.estimate.why(profile))
+        discard(candidate)
+    reasons = "; ".join(rejected[-2:])
+    raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}")
+
+
+def _gguf_candidate(path: Path, quant: str, config: dict[str, Any], profile: DeviceProfile) -> Candidate:
+    contents = quantize.inspect_gguf(path)
+    est = fit.estimate("gguf", quant, contents.size_bytes, config, profile)
+    return Candidate("gguf", quant, path, contents.size_bytes, contents.bits_per_weight, est,
+                     {"tensor_types": contents.tensor_types})
+
+
+def _onnx_candidate(path: Path, quant: str, config: dict[str, Any], profile: DeviceProfile,
+                    parameters: int) -> Candidate:
+    size = onnx_genai.folder_size(path)
+    est = fit.estimate("onnx", quant, size, config, profile)
+    return Candidate("onnx", quant, path, size, round(8 * size / parameters, 3), est)
+
+
+def _discard(candidate: Candidate) -> None:
+    import shutil
+
+    if candidate.path.is_dir():
+        shutil.rmtree(candidate.path, ignore_errors=True)
+    else:
+        candidate.path.unlink(missing_ok=True)
+
+
+def export_gguf(checkpoint: Path, tmp: Path, scratch: Path, config: dict[str, Any], profile: DeviceProfile,
+                opts: ExportOptions, source_sha: str) -> tuple[Candidate, list[str]]:
+    """F16 GGUF first (the quantizer's input), then the chosen (or requested) quantization."""
+    f16_target = tmp if opts.quant and opts.quant.upper() == "F16" else scratch
+    f16 = write_gguf(checkpoint, f16_target / "model-F16.gguf", "F16", source_sha, progress=opts.progress)
+    parameters = f16.parameters
+
+    def build(quant: str) -> Candidate:
+        if quant == "F16":
+            return _gguf_candidate(f16.path, quant, config, profile)
+        out = tmp / f"model-{quant}.gguf"
+        if quant in quantize.FLOAT_TYPES:  # straight from the checkpoint, not through F16
+            write_gguf(checkpoint, out, quant, source_sha, progress=opts.progress)
+            return _gguf_candidate(out, quant, config, profile)
+        quantize.quantize_gguf(f16.path, out, quant, threads=opts.threads)
+        return _gguf_candidate(out, quant, config, profile)
+
+    def nominal(quant: str) -> int:
+        return fit.nominal_weights_bytes(parameters, quantize.NOMINAL_BPW[quant])
+
+    ladder = [quantize.check_quant(opts.quant)] if opts.quant else list(quantize.LADDER)
+    return pick(ladder, nominal, build, _discard, config, "gguf", profile)
+
+
+def export_onnx(checkpoint: Path, tmp: Path, config: dict[str, Any], profile: DeviceProfile,
+                opts: ExportOptions, parameters: int) -> tuple[Candidate, list[str]]:
+    """int8 if it fits, else int4 (fp32 only when asked for: it is the reference, not a target)."""
+    def build(precision: str) -> Candidate:
+        out = onnx_genai.build_onnx(checkpoint, tmp / f"onnx-{precision}", precision)
+        return _onnx_candidate(out, precision, config, profile, parameters)
+
+    def nominal(precision: str) -> int:
+        return fit.nominal_weights_bytes(parameters, {"fp32": 32.0, "int8": 8.5, "int4": 4.5}[precision])
+
+    ladder = [onnx_genai.check_precision(opts.quant)] if opts.quant else ["int8", "int4"]
+    return pick(ladder, nominal, build, _discard, config, "onnx", profile)
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def _gate(candidate: Candidate, reference: quality.Reference, profile: DeviceProfile,
+          opts: ExportOptions) -> dict[str, Any]:
+    windows = reference.windows
+    if candidate.format == "gguf":
+        def logits():
+            return quality.gguf_logits(candidate.path, windows, opts.threads, opts.progress)
+    else:
+        def logits():
+            return quality.onnx_logits(candidate.path, windows, opts.progress)
+    report, passed, bound = quality.evaluate(reference, logits, candidate.quant, profile.quality_gate)
+    verdict = (f"perplexity ratio {report.ppl_ratio:.4f} {'<=' if passed else '>'} {bound} "
+               f"(profile '{profile.name}' bound for {quantize.bit_class(candidate.quant)} quants)")
+    return {"report": report, "passed": passed, "verdict": verdict}
+
+
+def _artifact(candidate: Candidate, tmp: Path, gate: dict[str, Any] | None, why: str) -> ExportedArtifact:
+    report = gate["report"] if gate else None
+    return ExportedArtifact(
+        format=candidate.format, quant=candidate.quant, path=candidate.path.relative_to(tmp).as_posix(),
+        size_bytes=candidate.size_bytes, sha256=sha256_path(candidate.path),
+        bits_per_weight=candidate.bits_per_weight, est_memory_bytes=candidate.estimate.memory_bytes,
+        est_decode_tok_s=candidate.estimate.decode_tok_s,
+        ppl_source=report.ppl_source if report else None, ppl_exported=report.ppl_exported if report else None,
+        ppl_ratio=round(report.ppl_ratio, 5) if report else None, kl_mean=round(report.kl_mean, 6) if report else None,
+        top1_agreement=round(report.top1_agreement, 5) if report else None,
+        gate="skipped" if gate is None else ("pass" if gate["passed"] else "fail"),
+        reason=why + (f"; quality gate: {gate['verdict']}" if gate else ""),
+        estimate=candidate.estimate.as_dict(), **candidate.extra,
+    )
+
+
+def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptions) -> ExportManifest:
+    """Build the export folder at ``out``; raises QualityGateFailed (exit 3) after writing it
+    when an artifact failed its gate, UserError (exit 2) when nothing fits or input is bad."""
+    started = time.perf_counter()
+    model, out = Path(model), Path(out)
+    config = load_config(model)
+    if "gguf" in opts.formats:
+        architecture_of(config, model)
+    for fmt in opts.formats:
+        if fmt not in profile.formats:
+            raise UserError(f"profile '{profile.name}' does not run {fmt} (it lists {', '.join(profile.formats)}); "
+                            "choose --format accordingly")
+    if opts.quant:
+        if len(opts.formats) > 1:
+            raise UserError("--quant names one format's quantization; use it with --format gguf or --format onnx")
+        (quantize.check_quant if opts.formats[0] == "gguf" else onnx_genai.check_precision)(opts.quant)
+    heldout = opts.heldout or REPO_DOCS
+    texts = quality.load_heldout_texts(heldout)
+    source = input_ref("source", model)
+    artifacts: list[ExportedArtifact] = []
+    failed: list[str] = []
+    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".f16-", dir=tmp.parent) as scratch:
+        parameters = None
+        chosen: list[tuple[Candidate, list[str]]] = []
+        if "gguf" in opts.formats:
+            chosen.append(export_gguf(model, tmp, Path(scratch), config, profile, opts, source.sha256))
+            parameters = quantize.inspect_gguf(chosen[-1][0].path).parameters
+        if "onnx" in opts.formats:
+            if parameters is None:
+                parameters = _count_parameters(model)
+            chosen.append(export_onnx(model, tmp, config, profile, opts, parameters))
+        windows = quality.token_windows(model, texts, opts.window, opts.eval_tokens)
+        reference = quality.source_reference(model, windows, progress=opts.progress)
+        for candidate, rejected in chosen:
+            why = ("requested with --quant; " if opts.quant else "highest quality that fits; ") + \
+                candidate.estimate.why(profile) + (f"; better ones rejected: {' | '.join(rejected)}" if rejected else "")
+            gate = _gate(candidate, reference, profile, opts)
+            artifacts.append(_artifact(candidate, tmp, gate, why))
+            if not gate["passed"]:
+                failed.append(f"{candidate.format} {candidate.quant}: {gate['verdict']}")
+        embedder = None
+        if opts.embedder:
+            from slmforge.export.embedder import export_embedder
+
+            embedder = export_embedder(tmp / "embedder")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        manifest = ExportManifest(
+            profile=profile.name, source=source, lineage=lineage_of(model),
+            chat_template=tokenizer.chat_template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+            artifacts=artifacts, embedder=embedder, tool_versions=tool_versions(),
+            duration_s=round(time.perf_counter() - started, 1),
+            heldout={"path": str(Path(heldout).resolve()), "tokens": sum(len(w) for w in windows),
+                     "window": opts.window},
+        )
+        atomic_write_json(tmp / EXPORT_MANIFEST_NAME, manifest.model_dump(mode="json"))
+    if failed:
+        raise QualityGateFailed(f"{out}: quality gate failed ({'; '.join(failed)}); the artifact is kept and marked "
+                                "'fail' in export.json — choose a higher --quant or a profile with a looser bound")
+    return manifest
+
+
+def _count_parameters(model: Path) -> int:
+    """Parameter count from the safetensors headers (no weights loaded)."""
+    import math
+
+    from safetensors import safe_open
+    from slmforge.export.gguf_writer import safetensor_files
+
+    total = 0
+    for file in safetensor_files(model):
+        with safe_open(str(file), framework="pt") as handle:
+            total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())  # noqa: SIM118
+    return total

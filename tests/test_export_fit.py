@@ -1,0 +1,90 @@
+"""Profile fitting: KV cache from the config, memory and speed estimates, ladder choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slmforge.export import fit, quality
+from slmforge.export.run import Candidate, pick
+
+from slmforge.errors import UserError
+from slmforge.profiles import QualityBounds, load_profile
+
+SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
+           "head_dim": 64}
+
+
+def test_kv_cache_from_config():
+    # 30 layers x 3 kv heads x 64 dims x (K, V) x 2 bytes x 4096 positions
+    assert fit.kv_cache_bytes(SMOLLM2, 4096, 2) == 30 * 3 * 64 * 2 * 2 * 4096 == 94_371_840
+    no_gqa = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}
+    assert fit.kv_cache_bytes(no_gqa, 10, 4) == 2 * 4 * 16 * 2 * 4 * 10
+
+
+def test_estimate_memory_and_speed():
+    pi = load_profile("raspberry-pi-zero-2w")
+    est = fit.estimate("gguf", "Q8_0", 144_810_848, SMOLLM2, pi)
+    kv = fit.kv_cache_bytes(SMOLLM2, pi.max_context, 2)
+    assert est.memory_bytes == 144_810_848 + kv + fit.LLAMACPP_OVERHEAD_BYTES
+    assert est.decode_tok_s == pytest.approx(pi.memory_bandwidth_gbs * 1e9 / (144_810_848 + kv), rel=1e-3)
+    assert est.fits_memory == (est.memory_bytes <= pi.app_memory_bytes)
+    assert "app memory" in est.why(pi) and "tok/s" in est.why(pi)
+
+
+def _picker(sizes: dict[str, int], profile_name: str, **changes):
+    profile = load_profile(profile_name).model_copy(update=changes)
+    built: list[str] = []
+
+    def build(quant: str) -> Candidate:
+        built.append(quant)
+        return Candidate("gguf", quant, Path(quant), sizes[quant], None,
+                         fit.estimate("gguf", quant, sizes[quant], SMOLLM2, profile))
+
+    def nominal(quant: str) -> int:
+        return sizes[quant] // 2  # optimistic guesses: the measured size must decide
+
+    return profile, built, build, nominal
+
+
+def test_pick_takes_best_quant_whose_measured_size_fits():
+    sizes = {"Q8_0": 600_000_000, "Q6_K": 300_000_000, "Q4_K_M": 150_000_000, "Q2_K": 100_000_000}
+    profile, built, build, nominal = _picker(sizes, "raspberry-pi-zero-2w")  # 300 MB app memory
+    discarded: list[str] = []
+    chosen, rejected = pick(list(sizes), nominal, build, lambda c: discarded.append(c.quant), SMOLLM2, "gguf",
+                            profile)
+    assert chosen.quant == "Q4_K_M"
+    assert discarded == ["Q6_K"] and len(rejected) == 2
+    assert built == ["Q6_K", "Q4_K_M"]  # Q8_0 never built: even its nominal size cannot fit
+
+
+def test_pick_refuses_in_one_line_when_nothing_fits():
+    sizes = {"Q8_0": 4_000_000_000, "Q2_K": 1_000_000_000}
+    profile, _, build, nominal = _picker(sizes, "raspberry-pi-zero-2w")
+    with pytest.raises(UserError, match="no GGUF quantization of this model fits profile 'raspberry-pi-zero-2w'"):
+        pick(list(sizes), nominal, build, lambda c: None, SMOLLM2, "gguf", profile)
+
+
+def test_pick_refuses_too_slow_for_target():
+    sizes = {"Q8_0": 150_000_000}
+    profile, _, build, nominal = _picker(sizes, "raspberry-pi-zero-2w", target_decode_tok_s=50.0)
+    with pytest.raises(UserError, match="< target 50"):
+        pick(["Q8_0"], nominal, build, lambda c: None, SMOLLM2, "gguf", profile)
+
+
+def test_quality_compare_and_gate():
+    rng = np.random.default_rng(0)
+    windows = [list(rng.integers(0, 50, 33))]
+    logits = rng.normal(0, 3, (32, 50)).astype(np.float32)
+    lp = quality._log_softmax(logits)
+    reference = quality.Reference(windows, [lp.astype(np.float16)], quality._perplexity([lp], windows))
+    same = quality.compare(reference, iter([logits]))
+    assert same.ppl_ratio == pytest.approx(1.0, abs=1e-3)
+    assert same.kl_mean == pytest.approx(0.0, abs=1e-3) and same.top1_agreement == 1.0
+    bounds = QualityBounds()
+    noisy, passed, bound = quality.evaluate(reference, lambda: iter([logits + rng.normal(0, 3, logits.shape)]),
+                                            "Q4_K_M", bounds)
+    assert bound == bounds.max_ppl_ratio_low_bit
+    assert noisy.kl_mean > 0.1 and noisy.top1_agreement < 1.0
+    assert passed == (noisy.ppl_ratio <= bound)

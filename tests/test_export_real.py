@@ -1,0 +1,114 @@
+"""Export on the real SmolLM2-135M-Instruct (integration): the GGUF must be the same model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = ["How do I copy a file in Python?", "What is a tuple?", "How do I read a text file line by line?",
+           "Explain Python's try and except.", "What does the pathlib module do?"]
+
+
+@pytest.fixture(scope="module")
+def real_f16(real_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from slmforge.export.gguf_writer import write_gguf
+
+    return write_gguf(real_base, tmp_path_factory.mktemp("real") / "model-F16.gguf", progress=False).path
+
+
+def _chat_ids(tokenizer, question: str) -> list[int]:
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+
+
+def test_gguf_tokenizes_whole_corpus_like_hf(real_base: Path, real_f16: Path, corpus_dir: Path):
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_base)
+    llm = Llama(model_path=str(real_f16), vocab_only=True, verbose=False)
+    files = sorted(p for p in corpus_dir.rglob("*") if p.is_file())
+    assert len(files) > 30
+    compared = 0
+    try:
+        for file in files:
+            text = file.read_text(encoding="utf-8")
+            hf = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == hf, file.name
+            compared += len(hf)
+    finally:
+        llm.close()
+    assert compared > 200_000
+
+
+def test_greedy_chat_matches_transformers_and_stops_at_im_end(real_base: Path, real_f16: Path):
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_base)
+    model = AutoModelForCausalLM.from_pretrained(real_base, dtype=torch.float32)
+    ids = _chat_ids(tokenizer, PROMPTS[0])
+    with torch.no_grad():
+        hf = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):].tolist()
+    llm = Llama(model_path=str(real_f16), n_ctx=1024, n_threads=2, verbose=False)
+    try:
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert llm.token_eos() == im_end
+        produced: list[int] = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if token == llm.token_eos() or len(produced) >= 400:
+                break
+            produced.append(token)
+        assert produced[:32] == hf, (tokenizer.decode(produced[:32]), tokenizer.decode(hf))
+        assert len(produced) < 400, "generation did not stop at <|im_end|>"
+        reply = llm.create_chat_completion([{"role": "user", "content": "What is 2 + 2?"}], temperature=0.0,
+                                           max_tokens=200)
+        assert reply["choices"][0]["finish_reason"] == "stop"
+        assert "<|im_end|>" not in reply["choices"][0]["message"]["content"]
+    finally:
+        llm.close()
+
+
+def test_onnx_int4_greedy_matches_fp32_reference(real_base: Path, tmp_path: Path):
+    import onnxruntime_genai as og
+    from slmforge.export.onnx_genai import build_onnx
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_base)
+    folders = {p: build_onnx(real_base, tmp_path / f"onnx-{p}", p) for p in ("fp32", "int4")}
+    models = {p: og.Model(str(f)) for p, f in folders.items()}
+
+    def greedy(model, ids: list[int], n: int = 16) -> list[int]:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + n, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.array(ids, dtype=np.int32))
+        while not generator.is_done():
+            generator.generate_next_token()
+        return [int(t) for t in generator.get_sequence(0)][len(ids):]
+
+    for question in PROMPTS:
+        ids = _chat_ids(tokenizer, question)
+        reference, quantized = greedy(models["fp32"], ids), greedy(models["int4"], ids)
+        assert len(reference) == 16
+        assert quantized == reference, (question, tokenizer.decode(reference), tokenizer.decode(quantized))
+
+
+def test_export_cli_fits_pi_zero(real_base: Path, tmp_path: Path):
+    """The smallest shipped device: the chosen quant must fit 300 MB and pass its gate."""
+    from slmforge.export.run import ExportOptions, run_export
+
+    from slmforge.profiles import load_profile
+
+    profile = load_profile("raspberry-pi-zero-2w")
+    manifest = run_export(real_base, profile, tmp_path / "export",
+                          ExportOptions(formats=["gguf"], eval_tokens=512, embedder=False, progress=False))
+    (art,) = manifest.artifacts
+    assert art.est_memory_bytes <= profile.app_memory_bytes and art.est_decode_tok_s >= profile.target_decode_tok_s
+    assert art.gate == "pass" and art.ppl_ratio <= profile.quality_gate.max_ppl_ratio_8bit + 0.1
+    assert art.bits_per_weight > 4  # bits read back from the file, not the label

@@ -1,0 +1,65 @@
+"""Context budgeting: the prompt always fits; chunks go lowest-ranked first, then the oldest turns."""
+
+from __future__ import annotations
+
+import pytest
+from slmforge.runtime.chat_template import render_chat
+from slmforge.runtime.context_budget import plan_prompt
+from slmforge.runtime.index import Hit
+
+from slmforge.errors import UserError
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def render(messages: list[dict]) -> str:
+    return render_chat(None, messages)
+
+
+def hit(i: int, n_words: int) -> Hit:
+    return Hit(chunk_id=i, source=f"doc{i}.rst", heading=f"H{i}", text=" ".join([f"w{i}"] * n_words), score=1 / i,
+               vec_score=0.5, bm25_rank=i)
+
+
+def plan(question="What is x?", hits=(), history=(), n_ctx=200, max_tokens=50):
+    return plan_prompt(question, list(hits), list(history), "Be brief.", render, words, n_ctx, max_tokens)
+
+
+def test_everything_fits_untouched():
+    p = plan(hits=[hit(1, 10), hit(2, 10)])
+    assert [h.chunk_id for h in p.hits] == [1, 2] and p.dropped_chunks == 0
+    assert p.prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>") and p.prompt.endswith("assistant\n")
+    assert "[1] doc1.rst — H1" in p.prompt and "[2] doc2.rst — H2" in p.prompt
+    assert p.prompt_tokens + p.max_tokens <= 200
+
+
+def test_lowest_ranked_chunks_dropped_whole():
+    hits = [hit(i, 40) for i in range(1, 5)]
+    p = plan(hits=hits, n_ctx=150, max_tokens=40)
+    assert [h.chunk_id for h in p.hits] == [1, 2] and p.dropped_chunks == 2
+    assert p.prompt_tokens + 40 <= 150
+    assert p.prompt.count("w2") == 40  # a kept chunk is whole, never cut
+
+
+def test_history_trimmed_oldest_pair_first_after_chunks():
+    history = []
+    for i in range(4):
+        history += [{"role": "user", "content": f"old question {i} " + "q " * 20},
+                    {"role": "assistant", "content": f"old answer {i} " + "a " * 20}]
+    p = plan(hits=[hit(1, 30)], history=history, n_ctx=160, max_tokens=30)
+    assert p.dropped_chunks == 1 and p.dropped_turns >= 1
+    assert p.history == history[2 * p.dropped_turns:]
+    assert p.history[0]["role"] == "user" and "old question 3" in p.prompt
+    assert p.prompt_tokens + 30 <= 160
+
+
+def test_question_longer_than_context_is_one_clear_error():
+    with pytest.raises(UserError, match="question is too long.*context window is 100"):
+        plan(question="why " * 500, hits=[hit(1, 5)], n_ctx=100)
+
+
+def test_answer_shrinks_before_failing():
+    p = plan(question="why " * 60, n_ctx=100, max_tokens=50)
+    assert p.max_tokens == 100 - p.prompt_tokens and p.max_tokens >= 16

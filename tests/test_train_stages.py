@@ -1,0 +1,171 @@
+"""Each training stage on the tiny model: packing, loss masks, outputs, manifests, lineage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from slmforge.trainer.train_common import TrainOptions, work_dir_for
+
+DOC = ("Lists are mutable sequences; tuples are immutable. How do I copy a file? Use shutil.copy(). "
+       "Exceptions are raised with raise and handled with try and except clauses. ")
+QA = [("How do I copy a file?", "Use shutil.copy()."), ("What is a module?", "A file of Python definitions."),
+      ("Are tuples mutable?", "No, tuples are immutable."), ("How do I raise an error?", "Use raise."),
+      ("What is a list?", "A mutable sequence."), ("How do I read lines?", "Iterate over the file object.")]
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    (root / "ds").mkdir()
+    jsonl(root / "ds" / "train.jsonl", [{"text": DOC * (i + 1), "source": "a.rst", "doc_id": str(i)} for i in range(4)])
+    jsonl(root / "ds" / "heldout.jsonl", [{"text": DOC, "source": "b.rst", "doc_id": "9"}])
+    chat = jsonl(root / "qa.jsonl", [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                                     for q, a in QA])
+    alpaca = jsonl(root / "alpaca.jsonl", [{"instruction": q, "input": "", "output": a} for q, a in QA])
+    prefs = jsonl(root / "prefs.jsonl", [{"prompt": q, "chosen": a, "rejected": QA[(i + 1) % len(QA)][1]}
+                                         for i, (q, a) in enumerate(QA)])
+    kto = jsonl(root / "kto.jsonl", [{"prompt": q, "completion": c, "label": lab}
+                                     for i, (q, a) in enumerate(QA)
+                                     for c, lab in ((a, True), (QA[(i + 1) % len(QA)][1], False))])
+    return {"ds": root / "ds", "qa": chat, "alpaca": alpaca, "prefs": prefs, "kto": kto}
+
+
+def opts(model: Path, data: Path, out: Path, **kw) -> TrainOptions:
+    base = dict(max_steps=2, batch_size=2, seq_len=32, save_every=0, eval_tokens=256, lr=1e-3)
+    extra = kw.pop("extra", {})
+    return TrainOptions(model=model, data=data, out=out, **{**base, **kw}, extra=extra)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path / "model.safetensors")
+
+
+def manifest(path: Path) -> dict:
+    return json.loads((path / "slmforge.json").read_text())
+
+
+def changed(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# --------------------------------------------------------------------------- packing and masks
+
+def test_cpt_blocks_are_full_and_cover_the_stream_in_order(tiny_checkpoint):
+    from transformers import AutoTokenizer
+
+    from slmforge.trainer.train_pretrain import pack_blocks
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    blocks = pack_blocks(tok, [DOC, DOC * 2], seq_len=16)
+    stream = tok(DOC, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert all(len(b) == 16 for b in blocks)
+    assert sum(blocks, [])[: len(stream)] == stream
+
+
+def test_sft_learns_only_assistant_tokens_and_the_closing_eos(tiny_checkpoint):
+    from transformers import AutoTokenizer
+
+    from slmforge.trainer.train_sft import IGNORE, tokenize_conversation
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    msgs = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Yes."}]
+    ids, labels = tokenize_conversation(tok, msgs)
+    assert tok.decode(ids) == tok.apply_chat_template(msgs, tokenize=False)
+    learned = [i for i, lab in zip(ids, labels) if lab != IGNORE]
+    assert tok.decode(learned) == "Hello.<|im_end|>Yes.<|im_end|>"
+    assert [lab for lab in labels if lab != IGNORE] == learned
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_checkpoint):
+    from slmforge.trainer.train_common import load_model_and_tokenizer
+    from slmforge.trainer.train_sft import PackedCollator, pack_examples
+
+    model = load_model_and_tokenizer(tiny_checkpoint)[0].eval()
+    assert model.config.use_cache is False  # with a KV cache transformers would ignore the packing
+    a, b, c = list(range(5, 17)), list(range(20, 27)), list(range(30, 50))
+    rows = pack_examples([(a, a), (b, b), (c, c)], seq_len=24)
+    assert sorted(len(r["input_ids"]) for r in rows) == [19, 20]  # c alone; a and b share a row
+    row = next(r for r in rows if len(r["input_ids"]) == 19)
+    assert row["position_ids"] == list(range(12)) + list(range(7))
+    batch = PackedCollator(pad_id=0)(rows)
+    assert batch["input_ids"].shape == (2, 20) and (batch["labels"][batch["input_ids"] == 0] == -100).all()
+    with torch.no_grad():
+        packed = model(input_ids=torch.tensor([row["input_ids"]]), position_ids=torch.tensor([row["position_ids"]])).logits
+        alone = [model(input_ids=torch.tensor([x])).logits for x in (a, b)]
+    assert torch.allclose(packed, torch.cat(alone, dim=1), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- stages end to end
+
+def test_pretrain_lora_merges_and_records_ppl_and_lineage(tiny_checkpoint, data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from slmforge.trainer.train_pretrain import train_pretrain
+
+    out = tmp_path / "cpt"
+    metrics = train_pretrain(opts(tiny_checkpoint, data["ds"], out))
+    m = manifest(out)
+    assert m["stage"] == "pretrain" and m["params"]["adapter"] == "lora-merged" and m["seed"] == 0
+    assert [i["role"] for i in m["inputs"]] == ["base", "data", "data"] and all(len(i["sha256"]) == 64 for i in m["inputs"])
+    assert m["lineage"][-1]["stage"] == "tiny" and m["parent"] == str(tiny_checkpoint.resolve())
+    assert metrics["steps"] == 2 and metrics["padding_tokens"] == 0 and metrics["tokens_seen"] == 2 * 2 * 32
+    assert metrics["heldout_ppl_before"] > 1 and metrics["heldout_ppl_after"] > 1
+    assert not (out / "adapter_config.json").exists() and changed(out, tiny_checkpoint)
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+    assert not work_dir_for(out).exists()
+    AutoModelForCausalLM.from_pretrained(out)  # a plain HF checkpoint again
+
+
+def test_full_finetune_changes_every_trained_tensor(tiny_checkpoint, data, tmp_path):
+    from slmforge.trainer.train_pretrain import train_pretrain
+
+    out = tmp_path / "full"
+    train_pretrain(opts(tiny_checkpoint, data["ds"], out, full=True, eval_tokens=0))
+    assert manifest(out)["params"]["adapter"] == "full"
+    base, new = weights(tiny_checkpoint), weights(out)
+    assert all(not torch.equal(base[k], new[k]) for k in base if "norm" not in k)
+
+
+@pytest.mark.parametrize("fmt", ["qa", "alpaca"])
+def test_sft_on_each_format(tiny_checkpoint, data, tmp_path, fmt):
+    from slmforge.trainer.train_sft import train_sft
+
+    out = tmp_path / "sft"
+    metrics = train_sft(opts(tiny_checkpoint, data[fmt], out, seq_len=64, keep_adapter=(fmt == "alpaca")))
+    assert metrics["format"] == ("messages" if fmt == "qa" else "alpaca")
+    assert metrics["examples"] == len(QA) and metrics["heldout_examples"] == 1
+    assert metrics["heldout_loss_before"] > 0 and metrics["heldout_loss_after"] > 0
+    assert manifest(out)["stage"] == "sft"
+    if fmt == "alpaca":  # --keep-adapter: a PEFT adapter that points at its base
+        cfg = json.loads((out / "adapter_config.json").read_text())
+        assert cfg["base_model_name_or_path"] == str(tiny_checkpoint.resolve())
+        assert manifest(out)["params"]["adapter"] == "lora-kept"
+    else:
+        assert changed(out, tiny_checkpoint)
+
+
+@pytest.mark.parametrize("method,key", [("dpo", "prefs"), ("ipo", "prefs"), ("kto", "kto"), ("orpo", "prefs")])
+def test_align_methods_train_and_measure_the_margin(tiny_checkpoint, data, tmp_path, method, key):
+    from slmforge.trainer.train_align import train_align
+
+    out = tmp_path / method
+    extra = {"method": method, "beta": 0.1, "loss_type": None, "heldout_fraction": 0.34}
+    metrics = train_align(opts(tiny_checkpoint, data[key], out, seq_len=64, extra=extra))
+    m = manifest(out)
+    assert m["stage"] == f"align-{method}" and m["params"]["beta"] == 0.1
+    assert metrics["loss_type"] == {"dpo": "sigmoid", "ipo": "ipo", "kto": "kto", "orpo": None}[method]
+    assert metrics["heldout_pairs"] == 2 and metrics["steps"] == 2
+    assert metrics["margin_before"] != metrics["margin_after"] and changed(out, tiny_checkpoint)
