@@ -100,14 +100,16 @@ def percentiles(seconds: list[float]) -> dict[str, float | None]:
             "p95_ms": round(float(np.percentile(seconds, 95)) * 1000, 1)}
 
 
-def run_load(url: str, clients: int, requests: int, max_tokens: int, baseline_n: int) -> dict[str, Any]:
-    baseline = [post_chat(url, QUESTIONS[i % len(QUESTIONS)], max_tokens, 300) for i in range(baseline_n)]
+def run_load(url: str, clients: int, requests: int, max_tokens: int, baseline_n: int,
+             distinct: int = len(QUESTIONS)) -> dict[str, Any]:
+    questions = QUESTIONS[:max(1, distinct)]
+    baseline = [post_chat(url, questions[i % len(questions)], max_tokens, 900) for i in range(baseline_n)]
     results: list[tuple[int, float, dict[str, str]]] = []
     lock = threading.Lock()
 
     def client(c: int) -> None:
         for r in range(requests):
-            out = post_chat(url, QUESTIONS[(c * requests + r) % len(QUESTIONS)], max_tokens, 300)
+            out = post_chat(url, questions[(c * requests + r) % len(questions)], max_tokens, 900)
             with lock:
                 results.append(out)
 
@@ -129,7 +131,7 @@ def run_load(url: str, clients: int, requests: int, max_tokens: int, baseline_n:
     base = percentiles([s for code, s, _ in baseline if code == 200])
     loaded = percentiles(ok)
     return {
-        "clients": clients, "requests_per_client": requests, "max_tokens": max_tokens,
+        "clients": clients, "requests_per_client": requests, "max_tokens": max_tokens, "distinct_questions": len(questions),
         "total": len(results), "wall_s": round(wall, 1),
         "status_counts": {str(k): v for k, v in sorted(codes.items())},
         "server_errors_5xx": sum(v for k, v in codes.items() if k >= 500 and k != 503),
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--baseline", type=int, default=5, help="unloaded requests measured first")
     parser.add_argument("--no-cache", action="store_true", help="serve with --no-cache (every request generates)")
+    parser.add_argument("--distinct", type=int, default=len(QUESTIONS),
+                        help="how many different questions the clients ask (1 = all but the first hit the cache)")
     parser.add_argument("--out", type=Path, help="write the result JSON here")
     args = parser.parse_args(argv)
     if not args.url and not args.bundle:
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--no-cache"] if args.no_cache else []
     server = contextlib.nullcontext(args.url) if args.url else start_server(args.bundle, args.queue, extra)
     with server as url:
-        result = run_load(url, args.clients, args.requests, args.max_tokens, args.baseline)
+        result = run_load(url, args.clients, args.requests, args.max_tokens, args.baseline, args.distinct)
     result["queue"] = args.queue
     text = json.dumps(result, indent=2)
     print(text)

@@ -13,14 +13,19 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import torch
-
 from slmforge.trainer.datasets import load_records, text_dataset_files, to_messages
-from slmforge.trainer.train_common import TrainOptions, load_model_and_tokenizer, training_arguments, wrap_lora
+from slmforge.trainer.train_common import (
+    TrainOptions,
+    load_model_and_tokenizer,
+    training_arguments,
+    wrap_lora,
+)
 from slmforge.trainer.train_pretrain import BlockDataset, collate_blocks, pack_blocks
 from slmforge.trainer.train_sft import IGNORE, PackedCollator, RowDataset, build_examples, pack_examples
 
@@ -70,7 +75,7 @@ def timed_train(model_dir: Path, dataset: Any, collate: Callable, steps: int, ba
     opts = TrainOptions(model=model_dir, data=model_dir, out=work, max_steps=steps + 1, batch_size=batch_size,
                         lr=1e-4, save_every=0)
     torch.manual_seed(0)
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, _tokenizer = load_model_and_tokenizer(model_dir)
     model = wrap_lora(model, opts)
     counter = CountingCollator(collate)
     clock = StepClock()

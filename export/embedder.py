@@ -78,7 +78,10 @@ def _export_onnx(model, path: Path) -> None:
                               token_type_ids=token_type_ids).last_hidden_state
 
     ids = torch.ones((2, 16), dtype=torch.long)
+    # The second row is padded: with an all-ones mask transformers skips building the
+    # attention mask, the tracer records that branch, and the graph then ignores padding.
     mask = torch.ones((2, 16), dtype=torch.long)
+    mask[1, 10:] = 0
     types = torch.zeros((2, 16), dtype=torch.long)
     axes = {0: "batch", 1: "sequence"}
     with torch.no_grad():

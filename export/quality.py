@@ -164,7 +164,7 @@ def onnx_logits(folder: Path, windows: list[list[int]], progress: bool = True) -
 def compare(reference: Reference, exported: Iterable[np.ndarray]) -> QualityReport:
     """Perplexity ratio, mean KL(source || exported) and top-1 agreement over all positions."""
     kls, agree, logprobs = [], [], []
-    for ref_lp, logits in zip(reference.logprobs, exported):
+    for logits, ref_lp in zip(exported, reference.logprobs):  # exported first: lets it finish its loop
         ref = ref_lp.astype(np.float32)
         got = _log_softmax(logits)
         if got.shape != ref.shape:

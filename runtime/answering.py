@@ -23,6 +23,7 @@ from slmforge.runtime.drift import NULL_PROBES, IndexReference, answer_support
 from slmforge.runtime.escalate import EscalationError, EscalationPolicy, Escalator, context_messages
 from slmforge.runtime.feedback import parse_rating, record_feedback
 from slmforge.runtime.index import RagIndex
+from slmforge.runtime.server_gate import Overloaded
 from slmforge.runtime.telemetry import TelemetryStore, measure_resources
 
 from slmforge.errors import UserError
@@ -121,6 +122,7 @@ class AnswerService:
         self.reference = index_reference(engine.index, engine.embed)
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._recent_lock = threading.Lock()
+        self.stopping = threading.Event()
 
     # -- small pieces the server asks for ---------------------------------------------------------
 
@@ -172,6 +174,8 @@ class AnswerService:
             vector = self.engine.embed([question])[0]
             cacheable = self.cache is not None and not history and params.use_rag
             hit = self.cache.get(question, version, vector) if cacheable else None
+            if hit is not None and hit.value["finish_reason"] == "length" and params.max_tokens > hit.value["max_tokens"]:
+                hit = None  # a cut-off answer only stands in for requests that allow no more tokens
             if hit is not None:
                 self._fill_from_cache(reply, hit)
                 yield reply.text
@@ -184,6 +188,9 @@ class AnswerService:
                         if cancel is not None and cancel.is_set():
                             local.close()
                             return
+                        if self.stopping.is_set():  # SIGTERM: do not hold the shutdown for a long answer
+                            local.close()
+                            raise Overloaded(503, 5, "the server is shutting down; ask again later")
                         yield delta
                     answer = self.engine.last_answer
                 except UserError:
@@ -200,8 +207,9 @@ class AnswerService:
                         reply.escalation_reason = self.policy.reason(reply.retrieval.get("top1"), reply.support)
                         if reply.escalation_reason:
                             self._escalate(reply, question, history, answer.hits, params, fallback=answer.answer)
-                    if cacheable and reply.finish_reason == "stop" and reply.route in ("local", "escalated"):
-                        self.cache.put(question, version, reply.cached_copy(), vector)
+                    if cacheable and reply.route in ("local", "escalated"):
+                        self.cache.put(question, version, {**reply.cached_copy(), "max_tokens": params.max_tokens},
+                                       vector)
         reply.attrs = self._attrs(reply, question, history, params, vector, version, resources.attrs)
         self._remember(rid, question, reply.text)
         holder["reply"] = reply

@@ -113,6 +113,7 @@ def build_bundle(
     overlap: int = DEFAULT_OVERLAP,
     index_settings: dict[str, Any] | None = None,
     progress: bool = True,
+    index_from: Path | None = None,
 ) -> BundleResult:
     """Build the bundle folder (or ``.tar``) at ``out``; nothing is left behind on failure."""
     started = time.perf_counter()
@@ -137,7 +138,13 @@ def build_bundle(
             embedder_info = read_embedder_info(tmp / EMBEDDER_DIR)
             embedder = Embedder(tmp / EMBEDDER_DIR)
             settings = index_settings or {}
-            index = RagIndex.create(tmp / RAG_DB, dim=embedder.dim, embedder=embedder_info.name, **settings)
+            if index_from is not None and _reusable_index(Path(index_from), tmp / EMBEDDER_DIR, chunk_tokens, overlap):
+                shutil.copyfile(Path(index_from) / RAG_DB, tmp / RAG_DB)
+                index = RagIndex(tmp / RAG_DB)
+                if settings:
+                    index.set_settings(**settings)
+            else:
+                index = RagIndex.create(tmp / RAG_DB, dim=embedder.dim, embedder=embedder_info.name, **settings)
             try:
                 report = sync_documents(index, embedder, [Path(d) for d in docs], max_tokens=chunk_tokens,
                                         overlap=overlap, progress=progress)
@@ -175,6 +182,21 @@ def build_bundle(
         if tar:
             shutil.rmtree(build_target.parent, ignore_errors=True)
     return BundleResult(out, manifest, report, round(time.perf_counter() - started, 2))
+
+
+def _reusable_index(bundle_dir: Path, embedder_dir: Path, chunk_tokens: int, overlap: int) -> bool:
+    """True when another bundle's rag.db was built by the same embedder with the same chunking.
+
+    Bundles of one export run share documents and embedder; copying the index and letting the
+    incremental sync skip unchanged documents saves re-embedding the whole corpus per profile.
+    """
+    from slmforge.runtime.bundle import open_bundle
+
+    source = open_bundle(bundle_dir, verify=True)
+    same_embedder = sha256_path(source.embedder_dir) == sha256_path(embedder_dir)
+    same_chunks = (source.manifest.index.get("chunk_tokens"), source.manifest.index.get("overlap")) == (
+        chunk_tokens, overlap)
+    return same_embedder and same_chunks
 
 
 def index_entry(status: dict[str, Any], chunk_tokens: int, overlap: int, report: SyncReport | None) -> dict[str, Any]:

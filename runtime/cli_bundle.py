@@ -27,10 +27,13 @@ from slmforge.output import emit_json, json_option
               show_default=True, help="First-pass vector search in sqlite-vec.")
 @click.option("--vec-weight", type=float, default=1.0, show_default=True, help="Weight of vector ranks in fusion.")
 @click.option("--bm25-weight", type=float, default=1.0, show_default=True, help="Weight of BM25 ranks in fusion.")
+@click.option("--index-from", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Start from another bundle's rag.db when it used the same embedder and chunking "
+                   "(unchanged documents are not embedded again).")
 @json_option
 def bundle(export_dir: Path, docs: tuple[Path, ...], out: Path, tar: bool, system_prompt: str | None,
            quant: str | None, n_ctx: int | None, chunk_tokens: int, overlap: int, vector_mode: str,
-           vec_weight: float, bm25_weight: float, as_json: bool) -> None:
+           vec_weight: float, bm25_weight: float, index_from: Path | None, as_json: bool) -> None:
     """Package model, embedder and RAG index for a device."""
     from slmforge.runtime.bundle_build import build_bundle
 
@@ -38,7 +41,7 @@ def bundle(export_dir: Path, docs: tuple[Path, ...], out: Path, tar: bool, syste
         export_dir, list(docs), out, tar=tar, system_prompt=system_prompt, quant=quant, n_ctx=n_ctx,
         chunk_tokens=chunk_tokens, overlap=overlap,
         index_settings={"vector_mode": vector_mode, "vec_weight": vec_weight, "bm25_weight": bm25_weight},
-        progress=not as_json,
+        progress=not as_json, index_from=index_from,
     )
     m = result.manifest
     if as_json:

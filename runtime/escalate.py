@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_MIN_TOP1 = 0.35
-DEFAULT_MIN_SUPPORT = 0.45
+DEFAULT_MIN_SUPPORT = 0.30
 DEFAULT_TIMEOUT_S = 60.0
 
 

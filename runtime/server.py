@@ -184,7 +184,8 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        model_gate.draining = embed_gate.draining = True  # SIGTERM: refuse new work, finish what runs
+        model_gate.draining = embed_gate.draining = True  # SIGTERM: refuse new work, stop what runs
+        service.stopping.set()
         await asyncio.get_running_loop().run_in_executor(None, model_gate.shutdown)
         embed_gate.shutdown()
         service.close()
@@ -262,6 +263,8 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
             reply = await model_gate.run(service.ask, question, history, params, rid)
         except UserError as exc:
             raise ApiError(400, str(exc)) from None
+        except Overloaded as exc:
+            raise _overloaded(exc) from None
         finally:
             model_gate.release(time.perf_counter() - job_start)
         record("/v1/chat/completions", 200, reply.attrs, started_at=t0)
@@ -307,6 +310,8 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
             cancel.set()
             if isinstance(first[1], UserError):
                 raise ApiError(400, str(first[1]))
+            if isinstance(first[1], Overloaded):
+                raise _overloaded(first[1])
             raise first[1]
         base = {"id": rid, "object": "chat.completion.chunk", "model": service.model_name}
 

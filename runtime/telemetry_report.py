@@ -80,6 +80,8 @@ def plot_report(rows: list[dict[str, Any]], report: dict[str, Any], reference: I
     for ax, (label, values, threshold) in zip(axes, panels):
         ax.plot(x, values, marker=".", linewidth=0.8)
         ax.set_ylabel(label)
+        if not np.isfinite(values).any():
+            ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", va="center", color="grey")
         ax.grid(alpha=0.3)
         if threshold is not None:
             ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label=f"out-of-domain < {threshold}")

@@ -216,9 +216,11 @@ class PlanBuilder:
                      [model_stage, "prepare"], _json_metric("export.json", _export_metric))
             if s.bundle.enabled:
                 bundle = self.path(f"bundles/{profile}")
+                # Later bundles start from the first one's index: same documents, same embedder.
+                reuse = ["--index-from", str(bundles[0])] if bundles else []
                 self.add(f"bundle:{profile}", ["bundle", "--export", str(exp), *[a for d in docs for a in ("--docs", str(d))],
-                                               "--out", str(bundle)], [exp, *docs], bundle, s.bundle,
-                         [f"export:{profile}"])
+                                               "--out", str(bundle), *reuse], [exp, *docs, *bundles[:1]], bundle,
+                         s.bundle, [f"export:{profile}", *([f"bundle:{s.export.profiles[0]}"] if bundles else [])])
                 bundles.append(bundle)
         if bundles and s.answer.enabled:
             answer = self.path("answer.json")

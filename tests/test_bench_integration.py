@@ -26,7 +26,7 @@ def real_gguf() -> Path:
 def test_bench_run_and_report_on_the_real_model(real_gguf: Path, tmp_path: Path):
     results = tmp_path / "results.jsonl"
     proc = run_cli("bench", "run", str(real_gguf), "--repeats", "1", "--threads", "1",
-                   "--heldout", str(CORPUS / "faq" / "library.rst"), "--ppl-tokens", "256",
+                   "--heldout", str(CORPUS / "faq" / "library.rst"), "--ppl-tokens", "128",
                    "--emulate", "raspberry-pi-zero-2w", "--out", str(results), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = results.read_text().splitlines()

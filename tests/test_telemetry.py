@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 
@@ -166,3 +167,26 @@ def test_cache_is_bounded():
     for i in range(5):
         cache.put(f"question {i}", "v", i)
     assert len(cache) == 3 and cache.get("question 0", "v") is None and cache.get("question 4", "v").value == 4
+
+
+# -- escalation -------------------------------------------------------------------------------------
+
+
+def test_escalation_policy_and_offline_endpoint():
+    from slmforge.runtime.escalate import EscalationError, EscalationPolicy, Escalator, context_messages
+
+    policy = EscalationPolicy(min_top1=0.35, min_support=0.3)
+    assert policy.reason(0.2, 0.1) and "low confidence" in policy.reason(0.2, 0.1)
+    assert policy.reason(0.6, 0.1) is None and policy.reason(0.2, 0.5) is None
+    assert "context window" in policy.reason(None, None, context_overflow=True)
+    messages = context_messages([{"role": "system", "content": "x"}, {"role": "user", "content": "q?"}],
+                                [("faq.rst — Copy", "Use shutil.copy().")])
+    assert messages[0]["role"] == "system" and "[1] faq.rst — Copy" in messages[0]["content"]
+    assert messages[1:] == [{"role": "user", "content": "q?"}]
+    with socket.socket() as s:  # a port nobody listens on: the device is offline for this endpoint
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    offline = Escalator(f"http://127.0.0.1:{port}/v1", timeout_s=5)
+    assert offline.endpoint.endswith("/v1/chat/completions")
+    with pytest.raises(EscalationError, match="unreachable"):
+        offline.complete([{"role": "user", "content": "q?"}], max_tokens=8)

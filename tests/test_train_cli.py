@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from slmforge.trainer.train_common import TrainOptions, work_dir_for
 
 from slmforge.cli import main
-from slmforge.trainer.train_common import TrainOptions, work_dir_for
 
 DOC = "Lists are mutable sequences. How do I copy a file? Use shutil.copy(). Tuples are immutable. "
 
@@ -74,11 +74,10 @@ def test_kto_needs_a_batch_of_two(tiny_checkpoint, tmp_path, capsys):
 def test_killed_run_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
     """SIGKILL after step 4's checkpoint, --resume, and compare with an uninterrupted run (same seed)."""
     from safetensors.torch import load_file
-
     from slmforge.trainer.train_pretrain import train_pretrain
 
     data = write(tmp_path / "corpus.jsonl", [json.dumps({"text": DOC * n}) for n in range(1, 7)])
-    flags = dict(max_steps=24, batch_size=2, seq_len=32, save_every=4, eval_tokens=0, lr=1e-3, seed=3)
+    flags = {"max_steps": 24, "batch_size": 2, "seq_len": 32, "save_every": 4, "eval_tokens": 0, "lr": 1e-3, "seed": 3}
     out = tmp_path / "resumed"
     argv = [sys.executable, "-m", "slmforge.cli", "train", "pretrain", "--model", str(tiny_checkpoint),
             "--data", str(data), "--out", str(out)]
@@ -95,7 +94,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
     first.wait()
     assert marker.exists() and not out.exists(), "the run should have been killed mid-training"
 
-    second = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resuming from" in second.stderr
     metrics = json.loads((out / "slmforge.json").read_text())["metrics"]

@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
-
-from slmforge.errors import UserError
 from slmforge.trainer.datasets import load_records, text_dataset_files, to_kto, to_messages
 from slmforge.trainer.perplexity import load_texts, perplexity
+
+from slmforge.errors import UserError
 
 PAIR = {"prompt": "How do I copy a file?", "chosen": "Use shutil.copy().", "rejected": "You cannot."}
 KTO = {"prompt": "How do I copy a file?", "completion": "Use shutil.copy().", "label": True}

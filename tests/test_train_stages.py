@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from pathlib import Path
 
 import pytest
 import torch
-
 from slmforge.trainer.train_common import TrainOptions, work_dir_for
 
 DOC = ("Lists are mutable sequences; tuples are immutable. How do I copy a file? Use shutil.copy(). "
@@ -40,7 +41,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 
 def opts(model: Path, data: Path, out: Path, **kw) -> TrainOptions:
-    base = dict(max_steps=2, batch_size=2, seq_len=32, save_every=0, eval_tokens=256, lr=1e-3)
+    base = {"max_steps": 2, "batch_size": 2, "seq_len": 32, "save_every": 0, "eval_tokens": 256, "lr": 1e-3}
     extra = kw.pop("extra", {})
     return TrainOptions(model=model, data=data, out=out, **{**base, **kw}, extra=extra)
 
@@ -63,21 +64,19 @@ def changed(a: Path, b: Path) -> bool:
 # --------------------------------------------------------------------------- packing and masks
 
 def test_cpt_blocks_are_full_and_cover_the_stream_in_order(tiny_checkpoint):
-    from transformers import AutoTokenizer
-
     from slmforge.trainer.train_pretrain import pack_blocks
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
     blocks = pack_blocks(tok, [DOC, DOC * 2], seq_len=16)
     stream = tok(DOC, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert all(len(b) == 16 for b in blocks)
-    assert sum(blocks, [])[: len(stream)] == stream
+    assert functools.reduce(operator.iadd, blocks, [])[: len(stream)] == stream
 
 
 def test_sft_learns_only_assistant_tokens_and_the_closing_eos(tiny_checkpoint):
-    from transformers import AutoTokenizer
-
     from slmforge.trainer.train_sft import IGNORE, tokenize_conversation
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
     msgs = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
@@ -111,9 +110,8 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_checkpoint):
 # --------------------------------------------------------------------------- stages end to end
 
 def test_pretrain_lora_merges_and_records_ppl_and_lineage(tiny_checkpoint, data, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     from slmforge.trainer.train_pretrain import train_pretrain
+    from transformers import AutoModelForCausalLM
 
     out = tmp_path / "cpt"
     metrics = train_pretrain(opts(tiny_checkpoint, data["ds"], out))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from slmforge.trainer.train_common import common_options, options_from
 
 from slmforge.output import emit_json, json_option
-from slmforge.trainer.train_common import common_options, options_from
 
 
 def _report(metrics: dict[str, Any], out: Any, as_json: bool, keys: tuple[str, ...]) -> None:

@@ -8,8 +8,9 @@ one-line error instead of a KeyError deep inside a trainer.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from slmforge.errors import UserError
 

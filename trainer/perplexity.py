@@ -11,8 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from slmforge.errors import UserError
 from slmforge.trainer.datasets import iter_jsonl
+
+from slmforge.errors import UserError
 
 HELDOUT_NAME = "heldout.jsonl"
 

@@ -15,14 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from slmforge.errors import UserError
 from slmforge.trainer.datasets import load_records, to_kto
 from slmforge.trainer.train_common import (
-    TrainOptions, check_model_dir, check_out, cleanup_failed_start, load_model_and_tokenizer, prepare_work_dir,
-    run_training, save_output, seed_everything, standard_inputs, training_arguments, wrap_lora,
+    TrainOptions,
+    check_model_dir,
+    check_out,
+    cleanup_failed_start,
+    load_model_and_tokenizer,
+    prepare_work_dir,
+    run_training,
+    save_output,
+    seed_everything,
+    standard_inputs,
+    training_arguments,
+    wrap_lora,
 )
 from slmforge.trainer.train_sft import IGNORE, tokenize_conversation
+
+from slmforge.errors import UserError
 
 DEFAULT_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "kto": "kto", "orpo": None}
 
@@ -118,7 +128,7 @@ def build_trainer(method: str, model: Any, tokenizer: Any, dataset: Any, opts: T
     args = training_arguments(opts, work)
     args.pop("remove_unused_columns")  # trl trainers choose their own columns
     # trl turns on gradient checkpointing and bf16 by default: both slow a CPU down
-    common = dict(beta=beta, max_length=opts.seq_len, gradient_checkpointing=False)
+    common = {"beta": beta, "max_length": opts.seq_len, "gradient_checkpointing": False}
     try:
         if method in ("dpo", "ipo"):
             from trl import DPOConfig, DPOTrainer

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from transformers import TrainerCallback
@@ -196,37 +197,37 @@ def prepare_work_dir(out: Path, resume: bool) -> tuple[Path, Path | None]:
 
 def training_arguments(opts: TrainOptions, work: Path, **overrides: Any) -> dict[str, Any]:
     """TrainingArguments fields shared by HF and TRL trainers, with CPU-sane defaults."""
-    args: dict[str, Any] = dict(
-        output_dir=str(work),
-        max_steps=opts.max_steps or -1,
-        num_train_epochs=opts.epochs,
-        learning_rate=opts.lr,
-        per_device_train_batch_size=opts.batch_size,
-        gradient_accumulation_steps=opts.grad_accum,
-        lr_scheduler_type="cosine",
-        warmup_steps=0,
-        weight_decay=0.0,
-        seed=opts.seed,
-        data_seed=opts.seed,
-        save_strategy="steps" if opts.save_every else "no",
-        save_steps=opts.save_every or 500,
-        save_total_limit=2,
-        logging_steps=1,
-        report_to=[],
-        disable_tqdm=True,
-        bf16=False,
-        fp16=False,
-        include_num_input_tokens_seen="all",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        remove_unused_columns=False,
-        ddp_find_unused_parameters=False,
-    )
+    args: dict[str, Any] = {
+        "output_dir": str(work),
+        "max_steps": opts.max_steps or -1,
+        "num_train_epochs": opts.epochs,
+        "learning_rate": opts.lr,
+        "per_device_train_batch_size": opts.batch_size,
+        "gradient_accumulation_steps": opts.grad_accum,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "seed": opts.seed,
+        "data_seed": opts.seed,
+        "save_strategy": "steps" if opts.save_every else "no",
+        "save_steps": opts.save_every or 500,
+        "save_total_limit": 2,
+        "logging_steps": 1,
+        "report_to": [],
+        "disable_tqdm": True,
+        "bf16": False,
+        "fp16": False,
+        "include_num_input_tokens_seen": "all",
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
+        "remove_unused_columns": False,
+        "ddp_find_unused_parameters": False,
+    }
     args.update(overrides)
     return args
 
 
-def attach_progress(trainer: Any) -> "ProgressBar":
+def attach_progress(trainer: Any) -> ProgressBar:
     """Replace the trainer's own printing with one tqdm bar showing loss and tokens/s."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -15,13 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from slmforge.errors import UserError
 from slmforge.trainer.datasets import load_records, to_messages
 from slmforge.trainer.train_common import (
-    TrainOptions, check_model_dir, check_out, cleanup_failed_start, load_model_and_tokenizer, prepare_work_dir,
-    run_training, save_output, seed_everything, standard_inputs, training_arguments, wrap_lora,
+    TrainOptions,
+    check_model_dir,
+    check_out,
+    cleanup_failed_start,
+    load_model_and_tokenizer,
+    prepare_work_dir,
+    run_training,
+    save_output,
+    seed_everything,
+    standard_inputs,
+    training_arguments,
+    wrap_lora,
 )
+
+from slmforge.errors import UserError
 
 IGNORE = -100
 HELDOUT_FRACTION = 0.1
