@@ -230,7 +230,8 @@ class AnswerService:
         reply.prompt_tokens, reply.completion_tokens = answer.tokens["prompt"], answer.tokens["completion"]
         reply.timings = dict(answer.timings)
         ranked = sorted(scores, reverse=True)  # fusion may rank a BM25 match first; similarity is the signal here
-        reply.retrieval = {"top1": ranked[0] if ranked else None, "k": len(ranked),
+        top1 = answer.retrieval.get("top1")  # the nearest vector candidate, even when k cut it from the hits
+        reply.retrieval = {"top1": top1 if top1 is not None else (ranked[0] if ranked else None), "k": len(ranked),
                            "gap": round(ranked[0] - ranked[-1], 4) if len(ranked) > 1 else None}
         reply.support = answer_support(answer.answer, [h.text for h in answer.hits], self.engine.embed)
 

@@ -51,10 +51,12 @@ def citation(hit: Hit) -> dict[str, Any]:
     return {"source": hit.source, "heading": hit.heading, "chunk_id": hit.chunk_id, "score": round(float(score), 4)}
 
 
-def retrieval_summary(hits: list[Hit]) -> dict[str, Any]:
-    """Top similarity and its lead over the next: low values mean the question is off the documents."""
+def retrieval_summary(hits: list[Hit], nearest: float | None = None) -> dict[str, Any]:
+    """Top similarity and its lead over the next: low values mean the question is off the documents.
+
+    ``top1`` is ``nearest`` (the best cosine over all vector candidates) when known, else the hits' best."""
     scores = [h.vec_score for h in hits if h.vec_score is not None]
-    top1 = scores[0] if scores else None
+    top1 = nearest if nearest is not None else (max(scores) if scores else None)
     gap = round(scores[0] - scores[1], 4) if len(scores) > 1 else None
     return {"top1": top1, "gap": gap, "scores": scores}
 
@@ -88,6 +90,7 @@ class Engine:
             chat_template=manifest.chat_template,
         )
         self.last_answer: Answer | None = None
+        self.last_nearest: float | None = None
 
     @property
     def n_ctx(self) -> int:
@@ -97,11 +100,11 @@ class Engine:
         return self.embedder.embed(texts)
 
     def retrieve(self, question: str, k: int = 4) -> tuple[list[Hit], dict[str, float]]:
-        """Hits for ``question`` and the embed/search times in ms."""
+        """Hits for ``question`` and the embed/search times in ms (``last_nearest``: the best cosine seen)."""
         t0 = time.perf_counter()
         vec = self.embedder.embed([question])[0]
         t1 = time.perf_counter()
-        hits = self.index.search(vec, question, k=k)
+        hits, self.last_nearest = self.index.search_scored(vec, question, k=k)
         t2 = time.perf_counter()
         return hits, {"embed_ms": round((t1 - t0) * 1000, 2), "search_ms": round((t2 - t1) * 1000, 2)}
 
@@ -115,6 +118,7 @@ class Engine:
             raise UserError("the question is empty; ask something")
         if k < 0:
             raise UserError(f"--k must be 0 or more, not {k}")
+        self.last_nearest = None
         hits, timings = self.retrieve(question, k) if use_rag and k > 0 else ([], {"embed_ms": 0.0, "search_ms": 0.0})
         plan = plan_prompt(
             question, hits, history or [], self.system_prompt, self.backend.render_chat, self._count,
@@ -136,6 +140,7 @@ class Engine:
         self.last_answer = None
         started = time.perf_counter()
         plan, timings = self.plan(question, k, use_rag, history, max_tokens)
+        nearest = self.last_nearest
         defaults = {"temperature": float(self.generation.get("temperature", 0.0)),
                     "top_p": float(self.generation.get("top_p", 1.0)), "seed": self.generation.get("seed")}
         overrides = {key: v for key, v in (sampling or {}).items() if key in defaults and v is not None}
@@ -151,7 +156,7 @@ class Engine:
             citations=[citation(h) for h in plan.hits],
             timings=timings,
             tokens={"prompt": result.prompt_tokens, "completion": result.completion_tokens},
-            retrieval=retrieval_summary(plan.hits),
+            retrieval=retrieval_summary(plan.hits, nearest),
             finish_reason=result.finish_reason,
             dropped_chunks=plan.dropped_chunks,
             dropped_turns=plan.dropped_turns,

@@ -291,8 +291,22 @@ class RagIndex:
         bm25_weight: float | None = None,
     ) -> list[Hit]:
         """The ``k`` best chunks by reciprocal rank fusion of vector and BM25 rankings."""
+        return self.search_scored(query_vec, query_text, k, vec_weight, bm25_weight)[0]
+
+    def search_scored(
+        self,
+        query_vec: np.ndarray,
+        query_text: str,
+        k: int = 4,
+        vec_weight: float | None = None,
+        bm25_weight: float | None = None,
+    ) -> tuple[list[Hit], float | None]:
+        """``search`` plus the best cosine among all vector candidates.
+
+        Fusion may rank a BM25 match with a weak cosine first, and ``k`` may be 1, so the hits alone
+        understate how close the question is to the documents; drift and escalation need the nearest."""
         if k <= 0:
-            return []
+            return [], None
         s = self.settings
         depth = max(k, int(s["fusion_depth"]))
         w_vec = s["vec_weight"] if vec_weight is None else vec_weight
@@ -306,8 +320,9 @@ class RagIndex:
         for rank, cid in enumerate(bm25_ids, 1):
             fused[cid] = fused.get(cid, 0.0) + w_bm25 / (rrf_k + rank)
         best = sorted(fused, key=lambda c: -fused[c])[:k]
+        nearest = round(vec_hits[0][1], 4) if vec_hits else None
         if not best:
-            return []
+            return [], nearest
         cosine = dict(vec_hits)
         vec_rank = {cid: r for r, (cid, _) in enumerate(vec_hits, 1)}
         bm25_rank = {cid: r for r, cid in enumerate(bm25_ids, 1)}
@@ -320,12 +335,13 @@ class RagIndex:
                 f"SELECT chunk_id, source, heading, text, char_start, char_end FROM chunks WHERE chunk_id IN ({marks})",
                 best)
         }
-        return [
+        hits = [
             Hit(chunk_id=c, source=rows[c][1], heading=rows[c][2], text=rows[c][3], score=round(fused[c], 6),
                 vec_score=round(cosine[c], 4) if c in cosine else None, bm25_rank=bm25_rank.get(c),
                 vec_rank=vec_rank.get(c), char_start=rows[c][4], char_end=rows[c][5])
             for c in best if c in rows
         ]
+        return hits, nearest
 
     def close(self) -> None:
         self.conn.close()
