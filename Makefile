@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
 test-unit: setup

@@ -8,6 +8,7 @@ a failed gate still keeps the folder (marked "fail" in export.json) and then exi
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,10 +18,18 @@ from typing import Any
 
 from slmforge.export import fit, onnx_genai, quality, quantize
 from slmforge.export.gguf_writer import architecture_of, load_config, write_gguf
+from slmforge.export.reuse import PriorExport, link_or_copy, take_artifact
 
 from slmforge.errors import QualityGateFailed, UserError
 from slmforge.fileio import atomic_dir, atomic_write_json, sha256_path
-from slmforge.manifest import EXPORT_MANIFEST_NAME, ExportedArtifact, ExportManifest, input_ref, lineage_of
+from slmforge.manifest import (
+    EXPORT_MANIFEST_NAME,
+    EmbedderInfo,
+    ExportedArtifact,
+    ExportManifest,
+    input_ref,
+    lineage_of,
+)
 from slmforge.profiles import DeviceProfile
 
 FORMATS = ("gguf", "onnx", "all")
@@ -38,6 +47,7 @@ class ExportOptions:
     threads: int | None = None
     embedder: bool = True
     progress: bool = True
+    reuse: Path | None = None  # an earlier export of the same checkpoint (see export/reuse.py)
 
 
 @dataclass
@@ -51,6 +61,7 @@ class Candidate:
     bits_per_weight: float | None
     estimate: fit.Estimate
     extra: dict[str, Any] = field(default_factory=dict)
+    prior: ExportedArtifact | None = None  # taken from an earlier export, with its measured gate figures
 
 
 def tool_versions() -> dict[str, str]:
@@ -109,22 +120,45 @@ def _discard(candidate: Candidate) -> None:
         candidate.path.unlink(missing_ok=True)
 
 
+def _from_prior(prior: PriorExport | None, fmt: str, quant: str, out: Path,
+                make: Callable[[Path], Candidate]) -> Candidate | None:
+    """The earlier export's artifact for (fmt, quant) at ``out``, if it has an intact one."""
+    art = prior.artifact(fmt, quant) if prior else None
+    if art is None or not take_artifact(prior, art, out):
+        return None
+    candidate = make(out)
+    candidate.prior = art
+    candidate.extra["reused_from"] = str(prior.folder.resolve())
+    return candidate
+
+
 def export_gguf(checkpoint: Path, tmp: Path, scratch: Path, config: dict[str, Any], profile: DeviceProfile,
-                opts: ExportOptions, source_sha: str) -> tuple[Candidate, list[str]]:
-    """F16 GGUF first (the quantizer's input), then the chosen (or requested) quantization."""
+                opts: ExportOptions, source_sha: str, prior: PriorExport | None = None) -> tuple[Candidate, list[str]]:
+    """F16 GGUF first (the quantizer's input, written only when something is built), then the
+    chosen (or requested) quantization."""
     f16_target = tmp if opts.quant and opts.quant.upper() == "F16" else scratch
-    f16 = write_gguf(checkpoint, f16_target / "model-F16.gguf", "F16", source_sha, progress=opts.progress)
-    parameters = f16.parameters
+    written: dict[str, Any] = {}
+
+    def f16() -> Path:
+        if "f16" not in written:
+            written["f16"] = write_gguf(checkpoint, f16_target / "model-F16.gguf", "F16", source_sha,
+                                        progress=opts.progress)
+        return written["f16"].path
 
     def build(quant: str) -> Candidate:
+        out = (f16_target if quant == "F16" else tmp) / f"model-{quant}.gguf"
+        reused = _from_prior(prior, "gguf", quant, out, lambda p: _gguf_candidate(p, quant, config, profile))
+        if reused is not None:
+            return reused
         if quant == "F16":
-            return _gguf_candidate(f16.path, quant, config, profile)
-        out = tmp / f"model-{quant}.gguf"
+            return _gguf_candidate(f16(), quant, config, profile)
         if quant in quantize.FLOAT_TYPES:  # straight from the checkpoint, not through F16
             write_gguf(checkpoint, out, quant, source_sha, progress=opts.progress)
             return _gguf_candidate(out, quant, config, profile)
-        quantize.quantize_gguf(f16.path, out, quant, threads=opts.threads)
+        quantize.quantize_gguf(f16(), out, quant, threads=opts.threads)
         return _gguf_candidate(out, quant, config, profile)
+
+    parameters = _count_parameters(checkpoint)
 
     def nominal(quant: str) -> int:
         return fit.nominal_weights_bytes(parameters, quantize.NOMINAL_BPW[quant])
@@ -134,9 +168,13 @@ def export_gguf(checkpoint: Path, tmp: Path, scratch: Path, config: dict[str, An
 
 
 def export_onnx(checkpoint: Path, tmp: Path, config: dict[str, Any], profile: DeviceProfile,
-                opts: ExportOptions, parameters: int) -> tuple[Candidate, list[str]]:
+                opts: ExportOptions, parameters: int, prior: PriorExport | None = None) -> tuple[Candidate, list[str]]:
     """int8 if it fits, else int4 (fp32 only when asked for: it is the reference, not a target)."""
     def build(precision: str) -> Candidate:
+        reused = _from_prior(prior, "onnx", precision, tmp / f"onnx-{precision}",
+                             lambda p: _onnx_candidate(p, precision, config, profile, parameters))
+        if reused is not None:
+            return reused
         out = onnx_genai.build_onnx(checkpoint, tmp / f"onnx-{precision}", precision)
         return _onnx_candidate(out, precision, config, profile, parameters)
 
@@ -150,16 +188,26 @@ def export_onnx(checkpoint: Path, tmp: Path, config: dict[str, Any], profile: De
 # ---------------------------------------------------------------------------- the stage
 
 
-def _gate(candidate: Candidate, reference: quality.Reference, profile: DeviceProfile,
-          opts: ExportOptions) -> dict[str, Any]:
-    windows = reference.windows
+def _gate(candidate: Candidate, reference: Callable[[], quality.Reference], profile: DeviceProfile,
+          opts: ExportOptions, tokens: int) -> dict[str, Any]:
+    if candidate.prior is not None:  # measured by the earlier export on the same text; this profile's bound
+        p = candidate.prior
+        report = quality.QualityReport(ppl_source=p.ppl_source, ppl_exported=p.ppl_exported, ppl_ratio=p.ppl_ratio,
+                                       kl_mean=p.kl_mean, top1_agreement=p.top1_agreement, tokens=tokens)
+        bound = quality.gate_bound(candidate.quant, profile.quality_gate)
+        passed = report.ppl_ratio <= bound
+        verdict = (f"perplexity ratio {report.ppl_ratio:.4f} {'<=' if passed else '>'} {bound} "
+                   f"(profile '{profile.name}' bound for {quantize.bit_class(candidate.quant)} quants; "
+                   f"measured by {candidate.extra['reused_from']})")
+        return {"report": report, "passed": passed, "verdict": verdict}
+    windows = reference().windows
     if candidate.format == "gguf":
         def logits():
             return quality.gguf_logits(candidate.path, windows, opts.threads, opts.progress)
     else:
         def logits():
             return quality.onnx_logits(candidate.path, windows, opts.progress)
-    report, passed, bound = quality.evaluate(reference, logits, candidate.quant, profile.quality_gate)
+    report, passed, bound = quality.evaluate(reference(), logits, candidate.quant, profile.quality_gate)
     verdict = (f"perplexity ratio {report.ppl_ratio:.4f} {'<=' if passed else '>'} {bound} "
                f"(profile '{profile.name}' bound for {quantize.bit_class(candidate.quant)} quants)")
     return {"report": report, "passed": passed, "verdict": verdict}
@@ -200,24 +248,34 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
     heldout = opts.heldout or REPO_DOCS
     texts = quality.load_heldout_texts(heldout)
     source = input_ref("source", model)
+    heldout_key = {"path": str(Path(heldout).resolve()), "sha256": sha256_path(heldout), "window": opts.window,
+                   "eval_tokens": opts.eval_tokens}
+    prior = PriorExport.open(opts.reuse) if opts.reuse else None
+    if prior is not None and not prior.matches(source.sha256, heldout_key):
+        prior = None  # another checkpoint or another gate: nothing there is this export's
     artifacts: list[ExportedArtifact] = []
     failed: list[str] = []
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".f16-", dir=tmp.parent) as scratch:
         parameters = None
         chosen: list[tuple[Candidate, list[str]]] = []
         if "gguf" in opts.formats:
-            chosen.append(export_gguf(model, tmp, Path(scratch), config, profile, opts, source.sha256))
+            chosen.append(export_gguf(model, tmp, Path(scratch), config, profile, opts, source.sha256, prior))
             parameters = quantize.inspect_gguf(chosen[-1][0].path).parameters
         if "onnx" in opts.formats:
             if parameters is None:
                 parameters = _count_parameters(model)
-            chosen.append(export_onnx(model, tmp, config, profile, opts, parameters))
+            chosen.append(export_onnx(model, tmp, config, profile, opts, parameters, prior))
         windows = quality.token_windows(model, texts, opts.window, opts.eval_tokens)
-        reference = quality.source_reference(model, windows, progress=opts.progress)
+        computed: list[quality.Reference] = []
+
+        def reference() -> quality.Reference:  # the source's logits: only when an artifact is new
+            if not computed:
+                computed.append(quality.source_reference(model, windows, progress=opts.progress))
+            return computed[0]
         for candidate, rejected in chosen:
             why = ("requested with --quant; " if opts.quant else "highest quality that fits; ") + \
                 candidate.estimate.why(profile) + (f"; better ones rejected: {' | '.join(rejected)}" if rejected else "")
-            gate = _gate(candidate, reference, profile, opts)
+            gate = _gate(candidate, reference, profile, opts, sum(len(w) for w in windows))
             artifacts.append(_artifact(candidate, tmp, gate, why))
             if not gate["passed"]:
                 failed.append(f"{candidate.format} {candidate.quant}: {gate['verdict']}")
@@ -225,7 +283,7 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
         if opts.embedder:
             from slmforge.export.embedder import export_embedder
 
-            embedder = export_embedder(tmp / "embedder")
+            embedder = _prior_embedder(prior, tmp) or export_embedder(tmp / "embedder")
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model)
@@ -234,14 +292,29 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
             chat_template=tokenizer.chat_template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
             artifacts=artifacts, embedder=embedder, tool_versions=tool_versions(),
             duration_s=round(time.perf_counter() - started, 1),
-            heldout={"path": str(Path(heldout).resolve()), "tokens": sum(len(w) for w in windows),
-                     "window": opts.window},
+            heldout={**heldout_key, "tokens": sum(len(w) for w in windows)},
         )
         atomic_write_json(tmp / EXPORT_MANIFEST_NAME, manifest.model_dump(mode="json"))
     if failed:
         raise QualityGateFailed(f"{out}: quality gate failed ({'; '.join(failed)}); the artifact is kept and marked "
                                 "'fail' in export.json — choose a higher --quant or a profile with a looser bound")
     return manifest
+
+
+def _prior_embedder(prior: PriorExport | None, tmp: Path) -> EmbedderInfo | None:
+    """The earlier export's device embedder, when it was exported from the same encoder."""
+    from slmforge.export.embedder import embedded_embedder
+    from slmforge.runtime.embedder import EMBEDDER_CONFIG
+
+    info = prior.embedder() if prior else None
+    if info is None or info.quant != "int8":
+        return None
+    src = prior.folder / info.path
+    config = json.loads((src / EMBEDDER_CONFIG).read_text())
+    if config.get("source_sha256") != sha256_path(embedded_embedder()):
+        return None
+    link_or_copy(src, tmp / "embedder")
+    return info.model_copy(update={"path": "embedder"})
 
 
 def _count_parameters(model: Path) -> int:

@@ -39,9 +39,11 @@ class ChatParams:
     seed: int | None = None
     use_rag: bool = True
     k: int = 4
+    repeat_penalty: float | None = None
 
     def sampling(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+                "repeat_penalty": self.repeat_penalty}
 
 
 @dataclass
@@ -127,9 +129,10 @@ class AnswerService:
     # -- small pieces the server asks for ---------------------------------------------------------
 
     def params(self, max_tokens: int, temperature: float | None = None, top_p: float | None = None,
-               seed: int | None = None, use_rag: bool = True, k: int | None = None) -> ChatParams:
+               seed: int | None = None, use_rag: bool = True, k: int | None = None,
+               repeat_penalty: float | None = None) -> ChatParams:
         return ChatParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, use_rag=use_rag,
-                          k=k or self.default_k)
+                          k=k or self.default_k, repeat_penalty=repeat_penalty)
 
     def cache_stats(self) -> dict[str, Any] | None:
         return None if self.cache is None else self.cache.stats()

@@ -45,7 +45,8 @@ class Backend(Protocol):
     def render_chat(self, messages: list[dict]) -> str: ...
 
     def stream(
-        self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None
+        self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+        repeat_penalty: float = 1.0,
     ) -> Iterator[str]: ...
 
     def generate(self, prompt: str, **kw: Any) -> GenerationResult: ...

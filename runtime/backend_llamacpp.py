@@ -80,7 +80,8 @@ class LlamaCppBackend:
         return render_chat(self.chat_template, messages, bos_token=self.bos_token, eos_token=self.eos_token)
 
     def stream(
-        self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None
+        self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+        repeat_penalty: float = 1.0,
     ) -> Iterator[str]:
         self.last_result = None
         tokens = self.tokenize(prompt)
@@ -91,7 +92,7 @@ class LlamaCppBackend:
         timer = StreamTimer(prompt_tokens=len(tokens))
         finish = "length"
         sampling: dict[str, Any] = {"temp": temperature, "top_p": top_p, "top_k": 0 if temperature > 0 else 1,
-                                    "min_p": 0.0, "repeat_penalty": 1.0}
+                                    "min_p": 0.0, "repeat_penalty": repeat_penalty}
         _reset_perf(self._llm)
         for token in self._llm.generate(tokens, **sampling):
             if self._is_end(token):

@@ -79,7 +79,8 @@ class OnnxGenaiBackend:
         return render_chat(self.chat_template, messages, bos_token=self.bos_token, eos_token=self.eos_token)
 
     def stream(
-        self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None
+        self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+        repeat_penalty: float = 1.0,
     ) -> Iterator[str]:
         import onnxruntime_genai as og
 
@@ -91,6 +92,8 @@ class OnnxGenaiBackend:
         options: dict[str, Any] = {"max_length": len(tokens) + budget, "do_sample": temperature > 0}
         if temperature > 0:
             options.update(temperature=temperature, top_p=top_p, top_k=0)
+        if repeat_penalty != 1.0:
+            options["repetition_penalty"] = repeat_penalty
         if seed is not None:
             options["random_seed"] = int(seed)
         params.set_search_options(**options)

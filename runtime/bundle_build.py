@@ -20,7 +20,7 @@ from slmforge.runtime.bundle import RAG_DB, write_manifest
 from slmforge.runtime.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP
 from slmforge.runtime.embedder import Embedder, read_embedder_info
 from slmforge.runtime.engine import DEFAULT_MAX_TOKENS as DEFAULT_ANSWER_TOKENS
-from slmforge.runtime.engine import DEFAULT_SYSTEM_PROMPT
+from slmforge.runtime.engine import DEFAULT_REPEAT_PENALTY, DEFAULT_SYSTEM_PROMPT
 from slmforge.runtime.index import INDEX_VERSION, RagIndex
 from slmforge.runtime.indexing import SyncReport, sync_documents
 from slmforge.runtime.modelfile import render_modelfile
@@ -85,7 +85,7 @@ def _copy_artifact(src: Path, dst: Path, expected_sha: str | None) -> None:
 
 def generation_defaults(profile_max_context: int | None, n_ctx: int | None, max_tokens: int | None) -> dict[str, Any]:
     ctx = n_ctx or min(DEFAULT_N_CTX, profile_max_context or DEFAULT_N_CTX)
-    return {"temperature": 0.0, "top_p": 1.0, "max_tokens": max_tokens or DEFAULT_ANSWER_TOKENS, "n_ctx": ctx,
+    return {"temperature": 0.0, "top_p": 1.0, "repeat_penalty": DEFAULT_REPEAT_PENALTY, "max_tokens": max_tokens or DEFAULT_ANSWER_TOKENS, "n_ctx": ctx,
             "stop": ["<|im_end|>"], "seed": 0}
 
 

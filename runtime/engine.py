@@ -22,6 +22,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "If the context does not contain the answer, say that you do not know."
 )
 DEFAULT_MAX_TOKENS = 256
+# Small models loop on greedy decoding; Ollama's default over the last 64 tokens (llama.cpp's window).
+DEFAULT_REPEAT_PENALTY = 1.1
 
 
 @dataclass
@@ -142,7 +144,8 @@ class Engine:
         plan, timings = self.plan(question, k, use_rag, history, max_tokens)
         nearest = self.last_nearest
         defaults = {"temperature": float(self.generation.get("temperature", 0.0)),
-                    "top_p": float(self.generation.get("top_p", 1.0)), "seed": self.generation.get("seed")}
+                    "top_p": float(self.generation.get("top_p", 1.0)), "seed": self.generation.get("seed"),
+                    "repeat_penalty": float(self.generation.get("repeat_penalty", DEFAULT_REPEAT_PENALTY))}
         overrides = {key: v for key, v in (sampling or {}).items() if key in defaults and v is not None}
         yield from self.backend.stream(plan.prompt, max_tokens=plan.max_tokens, **{**defaults, **overrides})
         result = self.backend.last_result

@@ -87,6 +87,7 @@ class ChatRequest(_Body):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
+    repeat_penalty: float | None = Field(default=None, ge=1, le=2)  # llama.cpp's extension; bundle default 1.1
     n: int = Field(default=1, ge=1, le=1)
     rag: bool = True  # slmforge extension: retrieval on by default
     k: int | None = Field(default=None, ge=1, le=32)  # slmforge extension: passages to retrieve
@@ -249,7 +250,7 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(400, "the last user message is empty", param="messages")
         history = [{"role": m.role, "content": m.text()} for m in body.messages[:-1] if m.role in ("user", "assistant")]
         params = service.params(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed, use_rag=body.rag, k=body.k)
+                                seed=body.seed, use_rag=body.rag, k=body.k, repeat_penalty=body.repeat_penalty)
         rid = new_request_id()
         try:
             model_gate.admit()

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+    except Exception as exc:  # last line of defence: one line, not a traceback
         if os.environ.get("SLMFORGE_DEBUG"):
             raise
         click.echo(

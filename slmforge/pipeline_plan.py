@@ -9,8 +9,9 @@ verb that will run it, so a typo in a recipe fails before any work starts.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import yaml
@@ -34,7 +35,7 @@ STAGE_VERBS: dict[str, tuple[str, ...]] = {
 }
 # Options the pipeline sets itself (paths and wiring); a recipe may not override them.
 WIRED = {"model", "data", "out", "docs", "export", "teacher", "student", "qa", "kto_out", "profile", "heldout",
-         "json", "as_json", "resume", "emulate"}
+         "json", "as_json", "resume", "emulate", "heldout_text", "reuse", "index_from"}
 
 
 def _command_for(path: tuple[str, ...]) -> click.Command:
@@ -99,6 +100,48 @@ def _ppl_metric(m: dict) -> str | None:
     return None
 
 
+def _sft_metric(m: dict) -> str | None:
+    metrics = m.get("metrics", {})
+    parts = [_ppl_metric(m)]
+    before, after = metrics.get("heldout_loss_before"), metrics.get("heldout_loss_after")
+    if before is not None and after is not None:
+        parts.append(f"answer loss {before:.3f} → {after:.3f}")
+    return ", ".join(p for p in parts if p) or None
+
+
+def _align_metric(m: dict) -> str | None:
+    metrics = m.get("metrics", {})
+    before, after = metrics.get("margin_before"), metrics.get("margin_after")
+    if before is None or after is None:
+        return None
+    return (f"{metrics.get('method', '')} held-out margin {before:.2f} → {after:.2f}, "
+            f"accuracy {metrics.get('accuracy_before', 0):.2f} → {metrics.get('accuracy_after', 0):.2f}").strip()
+
+
+def _lines_metric(label: str) -> Callable[[Path], str | None]:
+    def read(output: Path) -> str | None:
+        with output.open(encoding="utf-8") as handle:
+            return f"{sum(1 for line in handle if line.strip())} {label}"
+
+    return read
+
+
+def _bundle_metric(m: dict) -> str | None:
+    model, index = m.get("model", {}), m.get("index", {})
+    return f"{model.get('quant')} + {index.get('chunks', 0)} chunks from {index.get('documents', 0)} documents"
+
+
+def _bench_metric(output: Path) -> str | None:
+    for line in output.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("mode") == "measured":
+            metrics = row.get("metrics", {})
+            tg, pp = metrics.get("tg128_tok_s", {}).get("value"), metrics.get("pp512_tok_s", {}).get("value")
+            if tg and pp:
+                return f"{row['bundle']['name']} on this host: pp512 {pp:.0f} tok/s, tg128 {tg:.1f} tok/s"
+    return None
+
+
 def _export_metric(m: dict) -> str | None:
     parts = []
     for a in m.get("artifacts", []):
@@ -115,8 +158,10 @@ def _answer_metric(m: dict) -> str | None:
 class PlanBuilder:
     """Builds the stage list for one recipe file."""
 
-    def __init__(self, recipe: Recipe, recipe_path: Path, out_override: Path | None = None) -> None:
+    def __init__(self, recipe: Recipe, recipe_path: Path, out_override: Path | None = None,
+                 dry_run: bool = False) -> None:
         self.recipe = recipe
+        self.dry_run = dry_run
         self.base_dir = recipe_path.resolve().parent
         self.run_dir = out_override or (self.base_dir / recipe.output_dir.format(name=recipe.name)).resolve()
         self.stages: list[Stage] = []
@@ -161,7 +206,7 @@ class PlanBuilder:
         qa_dir = self.path("qa")
         qa_inputs = docs + [(self.base_dir / q).resolve() for q in r.qa]
         self.add("qa", ["data", "qa", *map(str, qa_inputs), "--out", str(qa_dir / "qa.jsonl"), *seed], qa_inputs,
-                 qa_dir / "qa.jsonl", s.qa, [])
+                 qa_dir / "qa.jsonl", s.qa, [], _lines_metric("training Q&A pairs"))
         model, model_stage = base, "base"
         if s.pretrain.enabled:
             cpt = self.path("cpt")
@@ -173,20 +218,22 @@ class PlanBuilder:
         if s.sft.enabled:
             sft = self.path("sft")
             self.add("sft", ["train", "sft", "--model", str(model), "--data", str(qa_dir / "qa.jsonl"), "--out", str(sft),
-                             *seed], [model, qa_dir / "qa.jsonl"], sft, s.sft, [model_stage, "qa"],
-                     _json_metric("slmforge.json", _ppl_metric))
+                             "--heldout-text", str(data / "heldout.jsonl"), *seed],
+                     [model, qa_dir / "qa.jsonl", data / "heldout.jsonl"], sft,
+                     s.sft, [model_stage, "qa", "prepare"], _json_metric("slmforge.json", _sft_metric))
             model, model_stage = sft, "sft"
         if s.align.enabled:
             prefs = self.path("prefs")
             self.add("pairs", ["data", "pairs", "--qa", str(qa_dir / "qa.jsonl"), "--model", str(model),
                                "--out", str(prefs / "prefs.jsonl"), "--kto-out", str(prefs / "kto.jsonl"), *seed],
-                     [model, qa_dir / "qa.jsonl"], prefs / "prefs.jsonl", s.pairs, [model_stage, "qa"])
+                     [model, qa_dir / "qa.jsonl"], prefs / "prefs.jsonl", s.pairs, [model_stage, "qa"],
+                     _lines_metric("preference pairs"))
             align = self.path("align")
             method = str(s.align.cli_options().get("method", "dpo"))
             pref_file = prefs / ("kto.jsonl" if method == "kto" else "prefs.jsonl")
             self.add("align", ["train", "align", "--model", str(model), "--data", str(pref_file), "--out", str(align),
                                *seed], [model, pref_file], align, s.align, [model_stage, "pairs"],
-                     _json_metric("slmforge.json", lambda m: json.dumps(m.get("metrics", {}))[:80]))
+                     _json_metric("slmforge.json", _align_metric))
             model, model_stage = align, "align"
         if s.merge.enabled and model != cpt_model and cpt_stage == "pretrain":
             merged = self.path("merged")
@@ -211,16 +258,21 @@ class PlanBuilder:
         for profile in s.export.profiles if s.export.enabled else []:
             exp = self.path(f"export/{profile}")
             heldout = data / "heldout.jsonl"
+            # Later profiles link what the first export built and measured when they pick the same quant.
+            first = s.export.profiles[0]
+            reuse = ["--reuse", str(self.path(f"export/{first}"))] if profile != first else []
             self.add(f"export:{profile}", ["export", "--model", str(model), "--profile", profile, "--out", str(exp),
-                                           "--heldout", str(heldout)], [model, data], exp, s.export,
-                     [model_stage, "prepare"], _json_metric("export.json", _export_metric))
+                                           "--heldout", str(heldout), *reuse], [model, data], exp, s.export,
+                     [model_stage, "prepare", *([f"export:{first}"] if reuse else [])],
+                     _json_metric("export.json", _export_metric))
             if s.bundle.enabled:
                 bundle = self.path(f"bundles/{profile}")
                 # Later bundles start from the first one's index: same documents, same embedder.
                 reuse = ["--index-from", str(bundles[0])] if bundles else []
                 self.add(f"bundle:{profile}", ["bundle", "--export", str(exp), *[a for d in docs for a in ("--docs", str(d))],
                                                "--out", str(bundle), *reuse], [exp, *docs, *bundles[:1]], bundle,
-                         s.bundle, [f"export:{profile}", *([f"bundle:{s.export.profiles[0]}"] if bundles else [])])
+                         s.bundle, [f"export:{profile}", *([f"bundle:{s.export.profiles[0]}"] if bundles else [])],
+                         _json_metric("manifest.json", _bundle_metric))
                 bundles.append(bundle)
         if bundles and s.answer.enabled:
             answer = self.path("answer.json")
@@ -232,11 +284,11 @@ class PlanBuilder:
             emulate = [a for p in s.bench.emulate for a in ("--emulate", p)]
             opts = {k: v for k, v in s.bench.cli_options().items()}
             self.stages.append(Stage("bench", ["bench", "run", *map(str, bundles), *emulate, "--out", str(results),
-                                               *options_to_argv("bench", opts)], bundles, results, opts, None,
+                                               *options_to_argv("bench", opts)], bundles, results, opts, _bench_metric,
                                      [f"bundle:{p}" for p in s.export.profiles]))
             report = self.path("bench/report")
             self.stages.append(Stage("report", ["bench", "report", str(results), "--out", str(report)], [results],
-                                     report, {}, None, ["bench"]))
+                                     report, {}, lambda out: str(out / "report.md"), ["bench"]))
         return self.stages
 
     def _write_merge_config(self, path: Path, cpt: Path, tuned: Path) -> None:
@@ -248,6 +300,8 @@ class PlanBuilder:
                 entry["parameters"] = {"weight": weight}
         config = {"merge_method": m.merge_method, "base_model": str(cpt), "models": models,
                   "parameters": m.parameters, "dtype": "float32", "tokenizer_source": str(tuned)}
+        if self.dry_run and not path.exists():  # a plan writes nothing; with no run yet, merge would run anyway
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(config, sort_keys=False)
         if not path.exists() or path.read_text() != text:

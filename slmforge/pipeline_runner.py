@@ -8,6 +8,7 @@ training is returned to the OS between stages); its output goes to `logs/<stage>
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -15,9 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -163,8 +165,8 @@ class PipelineRunner:
             log.write("$ slmforge " + " ".join(stage.argv) + "\n")
             log.flush()
             captured = stage.stdout_to.with_name(stage.stdout_to.name + ".partial-out") if stage.stdout_to else None
-            sink = open(captured, "w", encoding="utf-8") if captured else None
-            try:
+            with contextlib.ExitStack() as stack:
+                sink = stack.enter_context(open(captured, "w", encoding="utf-8")) if captured else None
                 proc = subprocess.Popen(cmd, stdout=sink or subprocess.PIPE,
                                         stderr=subprocess.PIPE if sink else subprocess.STDOUT,
                                         text=True, bufsize=1, errors="replace")
@@ -173,9 +175,6 @@ class PipelineRunner:
                 pump.start()
                 code = proc.wait()
                 pump.join(timeout=5)
-            finally:
-                if sink:
-                    sink.close()
             if captured is not None:
                 if code == 0:
                     captured.replace(stage.stdout_to)  # type: ignore[arg-type]

@@ -55,7 +55,7 @@ class DeviceProfile(BaseModel):
     detected: bool = Field(default=False, description="true for the host profile measured at run time")
 
     @model_validator(mode="after")
-    def _app_memory_within_ram(self) -> "DeviceProfile":
+    def _app_memory_within_ram(self) -> DeviceProfile:
         if self.app_memory_gb > self.ram_gb:
             raise ValueError(f"app_memory_gb ({self.app_memory_gb}) exceeds ram_gb ({self.ram_gb})")
         return self

@@ -49,4 +49,5 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )

@@ -61,6 +61,44 @@ def test_export_writes_fitting_gguf_and_manifest(tiny_checkpoint: Path, tmp_path
     assert _leftovers(tmp_path) == []
 
 
+def test_reuse_links_the_same_quant_and_applies_this_profiles_bound(tiny_checkpoint: Path, tmp_path: Path,
+                                                                     capsys, monkeypatch):
+    """A second profile picking the same quant links the file and its gate figures; nothing is rebuilt."""
+    from slmforge.export import quality, quantize
+
+    args = ["--model", str(tiny_checkpoint), "--no-embedder", "--eval-tokens", "256", "--threads", "1", "--json"]
+    first = tmp_path / "pi5"
+    assert _cli(capsys, *args, "--profile", "raspberry-pi-5-8gb", "--out", str(first))[0] == 0
+    built = ExportManifest.model_validate_json((first / "export.json").read_text()).artifacts[0]
+
+    def refuse(*_a, **_k):
+        raise AssertionError("rebuilt or re-measured although an identical export was given")
+
+    monkeypatch.setattr(quantize, "quantize_gguf", refuse)
+    monkeypatch.setattr(quality, "source_reference", refuse)
+    bound = 1.0005
+    strict = _profile_yaml(tmp_path, "strict", quality_gate={"max_ppl_ratio_low_bit": bound,
+                                                             "max_ppl_ratio_mid_bit": bound, "max_ppl_ratio_8bit": bound})
+    second = tmp_path / "strict-export"
+    code, _, err = _cli(capsys, *args, "--profile", str(strict), "--out", str(second), "--reuse", str(first))
+    assert (second / "export.json").is_file(), err
+    art = ExportManifest.model_validate_json((second / "export.json").read_text()).artifacts[0]
+    assert (art.quant, art.sha256, art.ppl_ratio, art.kl_mean) == (built.quant, built.sha256, built.ppl_ratio,
+                                                                   built.kl_mean)
+    assert art.reused_from == str(first.resolve())
+    assert (second / art.path).stat().st_ino == (first / built.path).stat().st_ino  # linked, not copied
+    # the figures are shared, the verdict is this profile's
+    assert f"<= {bound} (profile 'strict'" in art.reason or f"> {bound} (profile 'strict'" in art.reason
+    assert (art.gate, code) == (("pass", 0) if built.ppl_ratio <= bound else ("fail", 3)), err
+
+    monkeypatch.undo()  # another held-out budget: nothing reusable, so the export measures again
+    third = tmp_path / "other-budget"
+    assert _cli(capsys, "--model", str(tiny_checkpoint), "--no-embedder", "--eval-tokens", "128", "--threads", "1",
+                "--profile", "raspberry-pi-5-8gb", "--out", str(third), "--reuse", str(first))[0] == 0
+    again = ExportManifest.model_validate_json((third / "export.json").read_text()).artifacts[0]
+    assert getattr(again, "reused_from", None) is None and again.sha256 == built.sha256
+
+
 def test_nothing_fits_is_one_line_exit_2(tiny_checkpoint: Path, tmp_path: Path, capsys):
     tight = _profile_yaml(tmp_path, "tight", app_memory_gb=0.01)
     code, _, err = _cli(capsys, "--model", str(tiny_checkpoint), "--profile", str(tight), "--out",

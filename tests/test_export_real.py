@@ -133,3 +133,31 @@ def test_export_cli_fits_pi_zero(real_base: Path, tmp_path: Path):
     assert art.est_memory_bytes <= profile.app_memory_bytes and art.est_decode_tok_s >= profile.target_decode_tok_s
     assert art.gate == "pass" and art.ppl_ratio <= profile.quality_gate.max_ppl_ratio_8bit + 0.1
     assert art.bits_per_weight > 4  # bits read back from the file, not the label
+
+
+def test_embedder_export_passes_its_gate_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """int8 MiniLM vs torch on the shipped docs; the second export is a copy of the cached, gated one."""
+    import json
+
+    from slmforge.export import embedder as embedder_export
+    from slmforge.runtime.embedder import Embedder
+
+    from slmforge.fileio import sha256_file
+
+    monkeypatch.setenv("SLMFORGE_CACHE", str(tmp_path / "cache"))
+    first = embedder_export.export_embedder(tmp_path / "a" / "embedder")
+    check = json.loads((tmp_path / "a" / "embedder" / "embedder.json").read_text())["check"]
+    assert check["chunks"] >= 100 and check["mean_cosine"] >= 0.99 and check["min_cosine"] >= 0.97, check
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("re-exported although the cache holds this encoder's gated export")
+
+    monkeypatch.setattr(embedder_export, "_load_torch_encoder", refuse)
+    second = embedder_export.export_embedder(tmp_path / "b" / "vectors")
+    assert second.path == "vectors" and second.model_dump(exclude={"path"}) == first.model_dump(exclude={"path"})
+    a, b = tmp_path / "a" / "embedder", tmp_path / "b" / "vectors"
+    assert sha256_file(b / "model.onnx") == sha256_file(a / "model.onnx")
+    texts = ["How do I copy a file?", "shutil.copy2 keeps metadata"]
+    assert np.allclose(Embedder(b).embed(texts), Embedder(a).embed(texts))
+    with pytest.raises(AssertionError, match="re-exported"):  # another check folder is another gate: no cache
+        embedder_export.export_embedder(tmp_path / "c" / "embedder", check_docs=tmp_path / "no-docs")

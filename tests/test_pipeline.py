@@ -135,3 +135,15 @@ def test_pipeline_killed_mid_stage_completes_on_rerun(tmp_path, tiny_checkpoint,
     statuses = _statuses(rerun.stdout)
     assert statuses["prepare"] == "skipped" and statuses["qa"] == "skipped" and statuses["pretrain"] == "ran"
     assert not list((tmp_path / "run").glob("*.partial-*"))
+
+
+@pytest.mark.parametrize("recipe", ["recipe.yaml", "recipe-quick.yaml"])
+def test_shipped_demo_recipes_plan_every_stage(recipe: str, tmp_path: Path):
+    """The demo's recipes stay valid as the verbs' options change (a typo would only show at stage N)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "python-docs" / recipe
+    proc = run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    planned = [line.split()[0] for line in proc.stdout.splitlines() if "would-run" in line]
+    assert planned[:8] == ["base", "prepare", "qa", "pretrain", "sft", "pairs", "align", "merge"]
+    assert sum(name.startswith("export:") for name in planned) == 3 and planned[-3:] == ["answer", "bench", "report"]
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

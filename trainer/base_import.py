@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmforge.cache import cache_dir
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir, sha256_file, sha256_path
 from slmforge.manifest import ArtifactManifest, InputRef
@@ -39,7 +39,7 @@ class ImportResult:
 
 def cache_root() -> Path:
     """Where imported base checkpoints live ($SLMFORGE_CACHE or ~/.cache/slmforge)."""
-    return Path(os.environ.get("SLMFORGE_CACHE", Path.home() / ".cache" / "slmforge")) / "base"
+    return cache_dir("base")
 
 
 def embedded_gguf() -> Path:
@@ -62,7 +62,7 @@ def _gguf_metadata(path: Path) -> dict[str, Any]:
 
     try:
         reader = GGUFReader(str(path))
-    except Exception as exc:  # gguf raises ValueError/struct errors on corrupt files
+    except Exception as exc:  # noqa: BLE001 - gguf raises ValueError/struct errors on corrupt files
         raise UserError(f"{path}: not a readable GGUF file ({exc.__class__.__name__}: {exc})") from None
     wanted = {
         "general.architecture": "architecture",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -37,6 +38,9 @@ def pretrain(as_json: bool, **kwargs: Any) -> None:
 
 @train.command("sft")
 @common_options(default_lr=2e-4)
+@click.option("--heldout-text", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Held-out documents (a dataset dir, .jsonl or text) whose perplexity is measured before and "
+                   "after, so the cost of instruction tuning to the domain knowledge shows.")
 @json_option
 def sft(as_json: bool, **kwargs: Any) -> None:
     """Instruction tuning on chat {"messages"} or alpaca JSONL; loss on assistant tokens only."""
@@ -45,7 +49,7 @@ def sft(as_json: bool, **kwargs: Any) -> None:
     opts = options_from(kwargs)
     metrics = train_sft(opts)
     _report(metrics, opts.out, as_json, ("steps", "examples", "heldout_loss_before", "heldout_loss_after",
-                                         "tokens_per_s"))
+                                         "heldout_ppl_before", "heldout_ppl_after", "tokens_per_s"))
 
 
 @train.command("align")

@@ -151,6 +151,18 @@ def wrap_lora(model: Any, opts: TrainOptions) -> Any:
     return get_peft_model(model, config)
 
 
+EVAL_WINDOW = 512  # held-out perplexity windows, whatever --seq-len, so the stages' figures compare
+
+
+def heldout_ppl(model: Any, tokenizer: Any, texts: list[str], opts: TrainOptions) -> float | None:
+    """Perplexity on the first ``--eval-tokens`` held-out tokens (None when there is nothing to measure)."""
+    from slmforge.trainer.perplexity import perplexity
+
+    if not texts or opts.eval_tokens == 0:
+        return None
+    return round(perplexity(model, tokenizer, texts, seq_len=EVAL_WINDOW, max_tokens=opts.eval_tokens), 4)
+
+
 def seed_everything(seed: int) -> None:
     from transformers import set_seed
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 from slmforge.trainer.datasets import load_records, text_dataset_files
-from slmforge.trainer.perplexity import perplexity
 from slmforge.trainer.train_common import (
     TrainOptions,
     check_model_dir,
     check_out,
     cleanup_failed_start,
+    heldout_ppl,
     load_model_and_tokenizer,
     prepare_work_dir,
     run_training,
@@ -82,12 +82,6 @@ def split_texts(data: Path, seed: int) -> tuple[list[Path], list[str], list[str]
     held_idx = set(order[:n_held])
     return ([train_file], [t for i, t in enumerate(train) if i not in held_idx],
             [t for i, t in enumerate(train) if i in held_idx], f"{HELDOUT_FRACTION:.0%} of lines (seed {seed})")
-
-
-def heldout_ppl(model: Any, tokenizer: Any, texts: list[str], opts: TrainOptions) -> float | None:
-    if not texts or opts.eval_tokens == 0:
-        return None
-    return round(perplexity(model, tokenizer, texts, seq_len=opts.seq_len, max_tokens=opts.eval_tokens), 4)
 
 
 def build_trainer(model: Any, tokenizer: Any, blocks: list[list[int]], opts: TrainOptions, work: Path) -> Any:

@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 from slmforge.trainer.datasets import load_records, to_messages
+from slmforge.trainer.perplexity import load_texts
 from slmforge.trainer.train_common import (
     TrainOptions,
     check_model_dir,
     check_out,
     cleanup_failed_start,
+    heldout_ppl,
     load_model_and_tokenizer,
     prepare_work_dir,
     run_training,
@@ -187,6 +189,8 @@ def train_sft(opts: TrainOptions) -> dict[str, Any]:
     train_ex, held_ex = split_heldout(examples, opts.seed)
     rows = pack_examples(train_ex, opts.seq_len)
     loss_before = assistant_loss(model, held_ex)
+    held_texts = load_texts(opts.extra["heldout_text"]) if opts.extra.get("heldout_text") else []
+    ppl_before = heldout_ppl(model, tokenizer, held_texts, opts)
     model = wrap_lora(model, opts)
     work, resume_from = prepare_work_dir(opts.out, opts.resume)
     try:
@@ -196,6 +200,7 @@ def train_sft(opts: TrainOptions) -> dict[str, Any]:
         cleanup_failed_start(opts.out)
         raise
     loss_after = assistant_loss(trainer.model, held_ex)
+    ppl_after = heldout_ppl(trainer.model, tokenizer, held_texts, opts)
     real = sum(len(ids) for ids, _ in train_ex)
     metrics = {
         **run,
@@ -208,6 +213,7 @@ def train_sft(opts: TrainOptions) -> dict[str, Any]:
         "assistant_tokens": sum(sum(lab != IGNORE for lab in labels) for _, labels in train_ex),
         "heldout_loss_before": loss_before,
         "heldout_loss_after": loss_after,
+        **({"heldout_ppl_before": ppl_before, "heldout_ppl_after": ppl_after} if held_texts else {}),
     }
     save_output(trainer, tokenizer, opts, "sft", standard_inputs(opts, [opts.data]), metrics, started)
     return metrics

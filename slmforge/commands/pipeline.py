@@ -18,7 +18,7 @@ def run_recipe(recipe_path: Path, from_stage: str | None = None, until_stage: st
                dry_run: bool = False, out: Path | None = None) -> tuple[Path, list[StageOutcome]]:
     """Plan and (unless ``dry_run``) run a recipe; returns the run directory and per-stage outcomes."""
     recipe = load_recipe(recipe_path)
-    builder = PlanBuilder(recipe, recipe_path, out)
+    builder = PlanBuilder(recipe, recipe_path, out, dry_run)
     stages = builder.build()
     runner = PipelineRunner(builder.run_dir, stages)
     selected = runner.select(from_stage, until_stage)
