@@ -72,6 +72,23 @@ def test_generation_stops_at_eos(real_bundle: Path):
         assert "".join(deltas).strip() == engine.last_answer.answer and len(engine.last_answer.citations) == 2
 
 
+def test_repeat_penalty_stops_greedy_loops(real_bundle: Path):
+    """Greedy 135M decoding loops ('* `assert`' 120 times) without the bundle's default penalty (1.1)."""
+    from slmforge.runtime.bundle import open_bundle
+    from slmforge.runtime.engine import DEFAULT_REPEAT_PENALTY, Engine
+
+    def distinct(text: str) -> float:
+        ids = engine.backend.tokenize(text)
+        return len(set(ids)) / max(1, len(ids))
+
+    question = "List the Python keywords."
+    with Engine(open_bundle(real_bundle)) as engine:
+        looping = engine.answer(question, use_rag=False, max_tokens=128, sampling={"repeat_penalty": 1.0}).answer
+        default = engine.answer(question, use_rag=False, max_tokens=128).answer
+        assert distinct(looping) < 0.2 and distinct(default) > 0.3, (looping, default)  # measured 0.10 vs 0.38
+    assert DEFAULT_REPEAT_PENALTY == 1.1
+
+
 def test_empty_and_too_long_questions_are_one_line(real_bundle: Path):
     for question, expected in (("   ", "question is empty"), ("why " * 5000, "question is too long")):
         proc = run_cli("run", str(real_bundle), question)

@@ -10,6 +10,7 @@ import click
 
 from slmforge.commands.pipeline import run_recipe, summary_table
 from slmforge.errors import UserError
+from slmforge.recipe import load_recipe
 
 
 def examples_dir() -> Path:
@@ -23,7 +24,8 @@ def examples_dir() -> Path:
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="Same path with fewer training steps (about 5 minutes).")
+@click.option("--quick", is_flag=True,
+              help="Same path on the FAQ part of the excerpt with a few steps per stage (about 8 minutes on 2 cores).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Run directory (default: runs/python-docs[-quick]).")
 def demo(quick: bool, out: Path | None) -> None:
     """Base import → prepare → CPT → SFT → DPO → merge → export for three profiles → bundles →
@@ -34,11 +36,12 @@ def demo(quick: bool, out: Path | None) -> None:
     answer_path = run_dir / "answer.json"
     if answer_path.is_file():
         answer = json.loads(answer_path.read_text())
-        click.echo(f"\nQ: {answer.get('question', '')}".rstrip())
+        click.echo(f"\nQ: {load_recipe(recipe).stages.answer.question}")
         click.echo(f"A: {answer.get('answer', '').strip()}")
         for i, c in enumerate(answer.get("citations", []), 1):
             click.echo(f"  [{i}] {c.get('source')} — {c.get('heading')} (score {c.get('score', 0):.3f})")
-    bundles = sorted((run_dir / "bundles").glob("*"))
+    profiles = load_recipe(recipe).stages.export.profiles
+    bundles = [run_dir / "bundles" / p for p in profiles if (run_dir / "bundles" / p).is_dir()]
     first = bundles[0] if bundles else run_dir / "bundles" / "<profile>"
     click.echo(f"\nbundles: {', '.join(str(b) for b in bundles)}")
     click.echo(f"bench report: {run_dir / 'bench' / 'report' / 'report.md'}")
