@@ -250,9 +250,9 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
     source = input_ref("source", model)
     heldout_key = {"path": str(Path(heldout).resolve()), "sha256": sha256_path(heldout), "window": opts.window,
                    "eval_tokens": opts.eval_tokens}
-    prior = PriorExport.open(opts.reuse) if opts.reuse else None
-    if prior is not None and not prior.matches(source.sha256, heldout_key):
-        prior = None  # another checkpoint or another gate: nothing there is this export's
+    earlier = PriorExport.open(opts.reuse) if opts.reuse else None
+    # Models are this export's only for the same checkpoint and gate; the embedder depends on neither.
+    prior = earlier if earlier is not None and earlier.matches(source.sha256, heldout_key) else None
     artifacts: list[ExportedArtifact] = []
     failed: list[str] = []
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".f16-", dir=tmp.parent) as scratch:
@@ -283,7 +283,7 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
         if opts.embedder:
             from slmforge.export.embedder import export_embedder
 
-            embedder = _prior_embedder(prior, tmp) or export_embedder(tmp / "embedder")
+            embedder = _prior_embedder(earlier, tmp) or export_embedder(tmp / "embedder")
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model)
