@@ -18,7 +18,7 @@ from typing import Any
 
 from slmforge.runtime.bundle import RAG_DB, write_manifest
 from slmforge.runtime.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP
-from slmforge.runtime.embedder import Embedder, read_embedder_info
+from slmforge.runtime.embedder import MODEL_FILE, TOKENIZER_FILE, Embedder, read_embedder_info
 from slmforge.runtime.engine import DEFAULT_MAX_TOKENS as DEFAULT_ANSWER_TOKENS
 from slmforge.runtime.engine import DEFAULT_REPEAT_PENALTY, DEFAULT_SYSTEM_PROMPT
 from slmforge.runtime.index import INDEX_VERSION, RagIndex
@@ -193,10 +193,19 @@ def _reusable_index(bundle_dir: Path, embedder_dir: Path, chunk_tokens: int, ove
     from slmforge.runtime.bundle import open_bundle
 
     source = open_bundle(bundle_dir, verify=True)
-    same_embedder = sha256_path(source.embedder_dir) == sha256_path(embedder_dir)
+    same_embedder = _vector_identity(source.embedder_dir) == _vector_identity(embedder_dir)
     same_chunks = (source.manifest.index.get("chunk_tokens"), source.manifest.index.get("overlap")) == (
         chunk_tokens, overlap)
     return same_embedder and same_chunks
+
+
+def _vector_identity(embedder_dir: Path) -> tuple:
+    """What decides the vectors: the model and tokenizer bytes and the pooling settings (not the
+    export's timing or check records in embedder.json, which differ between identical exports)."""
+    info = read_embedder_info(embedder_dir)
+    model_file = getattr(info, "model_file", None) or MODEL_FILE
+    return (sha256_path(embedder_dir / model_file), sha256_path(embedder_dir / TOKENIZER_FILE),
+            info.pooling, info.max_tokens, info.normalize, info.dim)
 
 
 def index_entry(status: dict[str, Any], chunk_tokens: int, overlap: int, report: SyncReport | None) -> dict[str, Any]:

@@ -140,3 +140,33 @@ def test_bundle_cli_bad_export(tmp_path: Path, corpus_dir: Path):
     proc = run_cli("bundle", "--export", str(tmp_path), "--docs", str(corpus_dir), "--out", str(tmp_path / "b"))
     assert proc.returncode == 2 and "export.json" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_index_from_reuses_an_index_of_the_same_vectors(built, tmp_path: Path, corpus_dir: Path, monkeypatch):
+    """A second profile's bundle copies the first one's index when only embedder.json's records differ."""
+    import json
+    import shutil
+
+    from slmforge.runtime import indexing
+    from slmforge.runtime.index import RagIndex
+
+    folder, _ = built
+    export = tmp_path / "export2"
+    shutil.copytree(folder.parent / "export", export)
+    config_path = export / "embedder" / "embedder.json"
+    config = json.loads(config_path.read_text()) | {"duration_s": 123.4}  # another export run, same vectors
+    config_path.write_text(json.dumps(config))
+    embedded = []
+    original = indexing.sync_documents
+
+    def counting(index, embedder, *args, **kwargs):
+        real_embed = embedder.embed
+        embedder.embed = lambda texts: (embedded.extend(texts), real_embed(texts))[1]
+        return original(index, embedder, *args, **kwargs)
+
+    monkeypatch.setattr("slmforge.runtime.bundle_build.sync_documents", counting)
+    second = build_bundle(export, [folder.parent / "docs"], tmp_path / "b2", progress=False,
+                          index_from=folder).path
+    assert embedded == []  # every document was already in the copied index
+    with RagIndex(second / "rag.db", readonly=True) as a, RagIndex(folder / "rag.db", readonly=True) as b:
+        assert a.count() == b.count() > 0
