@@ -317,3 +317,32 @@ def test_bundle_description_from_a_bare_model_name(tmp_path: Path):
     onnx.mkdir()
     (onnx / "model.onnx").write_bytes(b"y" * 5)
     assert describe(onnx, None).quant == "int4" and describe(onnx, None).format == "onnx"
+
+
+def test_merge_quality_scores_parents_and_merge(tiny_checkpoint: Path, tmp_path: Path, capsys):
+    """The merge-quality bench scores every checkpoint the same way and places the merge."""
+    import json
+    import shutil
+
+    from slmforge.bench.merge_quality import main, verdict
+
+    assert verdict(10.0, [12.0, 11.0], higher_is_better=False) == "above both"
+    assert verdict(11.5, [12.0, 11.0], higher_is_better=False) == "between"
+    assert verdict(0.1, [0.2, 0.3], higher_is_better=True) == "below both"
+    a, b = shutil.copytree(tiny_checkpoint, tmp_path / "a"), shutil.copytree(tiny_checkpoint, tmp_path / "b")
+    (tmp_path / "held.jsonl").write_text(json.dumps({"text": "the pump must be primed before use " * 20}) + "\n")
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "How do I prime the pump?",
+                                                   "answer": "Fill the housing with water."}) + "\n")
+    code = main(["--parent", str(a), "--parent", str(b), "--merged", str(tiny_checkpoint), "--heldout",
+                 str(tmp_path / "held.jsonl"), "--qa", str(tmp_path / "qa.jsonl"), "--ppl-tokens", "64",
+                 "--max-new-tokens", "4", "--out", str(tmp_path / "r.json")])
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    ppls = {m["ppl"] for m in result["models"].values()}
+    assert len(result["models"]) == 3 and len(ppls) == 1 and ppls.pop() > 1  # same weights, same figures
+    assert result["ppl_verdict"] == "above both" and result["models"][str(a)]["questions"] == 1
+    capsys.readouterr()
+    assert main(["--parent", str(a), "--merged", str(b), "--heldout", str(tmp_path / "none.jsonl"),
+                 "--qa", str(tmp_path / "qa.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "none.jsonl" in err[0]
