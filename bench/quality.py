@@ -166,7 +166,7 @@ def faq_retrieval(engine: Any, k: int) -> tuple[dict[str, Metric], list[float]]:
     hits = 0
     for q in tqdm(questions, desc=f"FAQ hit@{k}", unit="q", file=sys.stderr, leave=False):
         start = time.perf_counter()
-        found, _ = engine.retrieve(q.question, k)
+        found = engine.retrieve(q.question, k)[0]
         latencies.append((time.perf_counter() - start) * 1000)
         hits += any(h.source == q.source and h.heading == q.heading for h in found)
     if not questions:

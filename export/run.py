@@ -7,6 +7,7 @@ a failed gate still keeps the folder (marked "fail" in export.json) and then exi
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import tempfile
@@ -137,13 +138,10 @@ def export_gguf(checkpoint: Path, tmp: Path, scratch: Path, config: dict[str, An
     """F16 GGUF first (the quantizer's input, written only when something is built), then the
     chosen (or requested) quantization."""
     f16_target = tmp if opts.quant and opts.quant.upper() == "F16" else scratch
-    written: dict[str, Any] = {}
 
+    @functools.cache
     def f16() -> Path:
-        if "f16" not in written:
-            written["f16"] = write_gguf(checkpoint, f16_target / "model-F16.gguf", "F16", source_sha,
-                                        progress=opts.progress)
-        return written["f16"].path
+        return write_gguf(checkpoint, f16_target / "model-F16.gguf", "F16", source_sha, progress=opts.progress).path
 
     def build(quant: str) -> Candidate:
         out = (f16_target if quant == "F16" else tmp) / f"model-{quant}.gguf"
@@ -266,12 +264,10 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
                 parameters = _count_parameters(model)
             chosen.append(export_onnx(model, tmp, config, profile, opts, parameters, prior))
         windows = quality.token_windows(model, texts, opts.window, opts.eval_tokens)
-        computed: list[quality.Reference] = []
 
+        @functools.cache
         def reference() -> quality.Reference:  # the source's logits: only when an artifact is new
-            if not computed:
-                computed.append(quality.source_reference(model, windows, progress=opts.progress))
-            return computed[0]
+            return quality.source_reference(model, windows, progress=opts.progress)
         for candidate, rejected in chosen:
             why = ("requested with --quant; " if opts.quant else "highest quality that fits; ") + \
                 candidate.estimate.why(profile) + (f"; better ones rejected: {' | '.join(rejected)}" if rejected else "")

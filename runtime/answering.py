@@ -201,7 +201,7 @@ class AnswerService:
                         raise
                 if answer is None:  # the question alone is over the local context: only escalation can answer
                     reply.escalation_reason = self.policy.reason(None, None, context_overflow=True)
-                    hits, _ = self.engine.retrieve(question, params.k) if params.use_rag else ([], {})
+                    hits = self.engine.retrieve(question, params.k)[0] if params.use_rag else []
                     self._escalate(reply, question, history, hits, params, fallback=None)
                     yield reply.text
                 else:

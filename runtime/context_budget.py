@@ -28,6 +28,7 @@ class PromptPlan:
     dropped_chunks: int = 0
     dropped_turns: int = 0
     messages: list[dict] = field(default_factory=list)
+    nearest: float | None = None  # best cosine over all vector candidates, even those k cut from ``hits``
 
 
 def context_block(hits: Sequence[Hit]) -> str:

@@ -92,7 +92,6 @@ class Engine:
             chat_template=manifest.chat_template,
         )
         self.last_answer: Answer | None = None
-        self.last_nearest: float | None = None
 
     @property
     def n_ctx(self) -> int:
@@ -101,14 +100,14 @@ class Engine:
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
 
-    def retrieve(self, question: str, k: int = 4) -> tuple[list[Hit], dict[str, float]]:
-        """Hits for ``question`` and the embed/search times in ms (``last_nearest``: the best cosine seen)."""
+    def retrieve(self, question: str, k: int = 4) -> tuple[list[Hit], dict[str, float], float | None]:
+        """Hits for ``question``, the embed/search times in ms, and the best cosine over all candidates."""
         t0 = time.perf_counter()
         vec = self.embedder.embed([question])[0]
         t1 = time.perf_counter()
-        hits, self.last_nearest = self.index.search_scored(vec, question, k=k)
+        hits, nearest = self.index.search_scored(vec, question, k=k)
         t2 = time.perf_counter()
-        return hits, {"embed_ms": round((t1 - t0) * 1000, 2), "search_ms": round((t2 - t1) * 1000, 2)}
+        return hits, {"embed_ms": round((t1 - t0) * 1000, 2), "search_ms": round((t2 - t1) * 1000, 2)}, nearest
 
     def plan(
         self, question: str, k: int = 4, use_rag: bool = True, history: list[dict] | None = None,
@@ -120,12 +119,13 @@ class Engine:
             raise UserError("the question is empty; ask something")
         if k < 0:
             raise UserError(f"--k must be 0 or more, not {k}")
-        self.last_nearest = None
-        hits, timings = self.retrieve(question, k) if use_rag and k > 0 else ([], {"embed_ms": 0.0, "search_ms": 0.0})
+        hits, timings, nearest = (self.retrieve(question, k) if use_rag and k > 0
+                                  else ([], {"embed_ms": 0.0, "search_ms": 0.0}, None))
         plan = plan_prompt(
             question, hits, history or [], self.system_prompt, self.backend.render_chat, self._count,
             self.n_ctx, max_tokens or int(self.generation.get("max_tokens", DEFAULT_MAX_TOKENS)),
         )
+        plan.nearest = nearest
         return plan, timings
 
     def _count(self, prompt: str) -> int:
@@ -142,7 +142,6 @@ class Engine:
         self.last_answer = None
         started = time.perf_counter()
         plan, timings = self.plan(question, k, use_rag, history, max_tokens)
-        nearest = self.last_nearest
         defaults = {"temperature": float(self.generation.get("temperature", 0.0)),
                     "top_p": float(self.generation.get("top_p", 1.0)), "seed": self.generation.get("seed"),
                     "repeat_penalty": float(self.generation.get("repeat_penalty", DEFAULT_REPEAT_PENALTY))}
@@ -159,7 +158,7 @@ class Engine:
             citations=[citation(h) for h in plan.hits],
             timings=timings,
             tokens={"prompt": result.prompt_tokens, "completion": result.completion_tokens},
-            retrieval=retrieval_summary(plan.hits, nearest),
+            retrieval=retrieval_summary(plan.hits, plan.nearest),
             finish_reason=result.finish_reason,
             dropped_chunks=plan.dropped_chunks,
             dropped_turns=plan.dropped_turns,
