@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmforge.bench.bandwidth import PROBES_AT_START, PROBES_BETWEEN_BUNDLES, BandwidthSampler
 from slmforge.bench.emulate import emulate, threads_cap
 from slmforge.bench.records import (
     BenchRecord,
@@ -27,7 +28,9 @@ from slmforge.bench.records import (
 from slmforge.bench.run_bundle import DEFAULT_QUESTION, BundleJob, BundleResult, run_in_subprocess
 
 from slmforge.fileio import atomic_write_text
-from slmforge.profiles import DeviceProfile, detect_host_profile, load_profile, measure_memory_bandwidth_gbs
+from slmforge.profiles import DeviceProfile, detect_host_profile, load_profile
+
+QUALITY_METRICS = ("perplexity", "qa_token_f1")
 
 
 def profile_ref(profile: DeviceProfile) -> ProfileRef:
@@ -40,7 +43,7 @@ def profile_ref(profile: DeviceProfile) -> ProfileRef:
 class Campaign:
     device: DeviceProfile
     facts: DeviceFacts
-    host_bandwidth_gbs: float
+    bandwidth: BandwidthSampler
     threads: int
     emulated: list[DeviceProfile]
     run_id: str = field(default_factory=new_run_id)
@@ -49,15 +52,12 @@ class Campaign:
     def prepare(cls, profile_name: str | None, emulate_names: list[str], threads: int | None) -> Campaign:
         """Profiles resolved and the host measured before any model loads (bad names fail fast)."""
         emulated = [load_profile(name) for name in emulate_names]
-        if profile_name and profile_name != "host":
-            device = load_profile(profile_name)
-            host_bw = measure_memory_bandwidth_gbs()
-        else:
-            device = detect_host_profile()
-            host_bw = device.memory_bandwidth_gbs
+        device = load_profile(profile_name) if profile_name and profile_name != "host" else detect_host_profile()
+        bandwidth = BandwidthSampler()
+        bandwidth.sample(PROBES_AT_START)
         facts = device_facts()
         chosen = threads or min(facts.cores_physical, device.cpu.cores)
-        return cls(device, facts, host_bw, chosen, emulated)
+        return cls(device, facts, bandwidth, chosen, emulated)
 
     def thread_counts(self) -> list[int]:
         caps = {threads_cap(p, self.facts.cores_physical) for p in self.emulated}
@@ -67,15 +67,26 @@ class Campaign:
             heldout: Path | None, ppl_tokens: int, k: int, question: str | None) -> list[BenchRecord]:
         previous = out.read_text() if append and out.is_file() else ""
         records: list[BenchRecord] = []
+        quality_by_identity: dict[str, tuple[str, dict[str, Any]]] = {}
         for path in bundles:
+            identity = quality_identity(path)
+            earlier = quality_by_identity.get(identity) if identity else None
             by_threads: dict[int, BundleResult] = {}
             for n in self.thread_counts():
-                job = BundleJob(path=str(path), threads=n, repeats=repeats, bandwidth_gbs=self.host_bandwidth_gbs,
+                job = BundleJob(path=str(path), threads=n, repeats=repeats, bandwidth_gbs=self.bandwidth.median,
+                                bandwidth_note=self.bandwidth.describe(),
                                 app_memory_gb=self.device.app_memory_gb, k=k, question=question or DEFAULT_QUESTION,
                                 heldout=str(heldout) if heldout else None, ppl_tokens=ppl_tokens,
-                                qa=str(qa) if qa else None, qa_limit=qa_limit, quality=not by_threads)
+                                qa=str(qa) if qa else None, qa_limit=qa_limit,
+                                quality=not by_threads and earlier is None)
                 print(f"bench: {path.name} at {n} thread(s)", file=sys.stderr)
                 by_threads[n] = run_in_subprocess(job)
+            main = by_threads[self.threads]
+            if earlier is not None:
+                copy_quality(main, *earlier)
+            elif identity:
+                quality_by_identity[identity] = (path.name, main.metrics)
+            self.bandwidth.sample(PROBES_BETWEEN_BUNDLES)
             records.extend(self.records_for(by_threads, repeats))
             text = previous + "".join(json.dumps(r.model_dump(mode="json")) + "\n" for r in records)
             atomic_write_text(out, text)  # after each bundle: an interrupted campaign keeps whole records
@@ -98,7 +109,7 @@ class Campaign:
                 records[0].notes.append(f"--emulate {profile.name}: no host measurement at {n} threads "
                                         f"({'; '.join(result.errors) or 'worker failed'})")
                 continue
-            metrics, emulation, notes = emulate(profile, at_n, self.host_bandwidth_gbs, result.weight_bytes, n,
+            metrics, emulation, notes = emulate(profile, at_n, self.bandwidth, result.weight_bytes, n,
                                                 str(result.bundle.get("format")))
             records.append(BenchRecord(mode="emulated", profile=profile_ref(profile), emulation=emulation,
                                        bundle=result.bundle, threads=n, metrics=metrics, errors=result.errors,
@@ -120,3 +131,31 @@ class Campaign:
                          fmt(r.metrics.get("qa_token_f1"))))
         return headers, rows
 
+
+
+def quality_identity(path: Path) -> str | None:
+    """What decides a bundle's quality figures: model file, index content and settings, generation.
+
+    Profiles that ship the same model and index differ only in context size and threads; their
+    perplexity and QA F1 are measured once (speed and memory are still measured per bundle)."""
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        m = json.loads(manifest.read_text())
+        index = {k: v for k, v in (m.get("index") or {}).items() if k not in ("path", "updated")}
+        key = {"model": m["model"]["sha256"], "index": index, "generation": m.get("generation"),
+               "system_prompt": m.get("system_prompt"), "embedder": m.get("embedder")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the worker reports an unreadable bundle itself
+    return json.dumps(key, sort_keys=True)
+
+
+def copy_quality(result: BundleResult, source_name: str, source: dict[str, Any]) -> None:
+    """Carry quality figures over from an identical bundle, saying where they were measured."""
+    for name in QUALITY_METRICS:
+        if name in source:
+            metric = dict(source[name])
+            metric["note"] = "; ".join(filter(None, [metric.get("note"),
+                                                     f"measured on {source_name} (same model, index and generation)"]))
+            result.metrics[name] = metric

@@ -9,6 +9,7 @@ are left unknown rather than guessed.
 
 from __future__ import annotations
 
+from slmforge.bench.bandwidth import BandwidthSampler
 from slmforge.bench.measure import ceiling_metrics, memory_metrics
 from slmforge.bench.records import Emulation, Metric, unknown
 
@@ -21,7 +22,7 @@ NOT_PROJECTED = {"load_ms": "ms", "pp512_tok_s": "tok/s", "tg128_tok_s": "tok/s"
 NOT_PROJECTED_WHY = ("not projected: depends on the device's compute, storage or power, not on bandwidth; "
                      "run 'slmforge bench run' on the device")
 METHOD = ("tg128 measured on the host with threads capped to the profile's cores, × (profile bandwidth ÷ "
-          "host measured bandwidth), capped at the profile's bandwidth ceiling; memory and quality measured on the host")
+          "host bandwidth, the median of copy probes taken through the run), capped at the profile's bandwidth ceiling; memory and quality measured on the host")
 
 
 def threads_cap(profile: DeviceProfile, host_cores: int) -> int:
@@ -29,9 +30,10 @@ def threads_cap(profile: DeviceProfile, host_cores: int) -> int:
     return max(1, min(profile.cpu.cores, host_cores))
 
 
-def emulate(profile: DeviceProfile, host: dict[str, Metric], host_bandwidth_gbs: float, weight_bytes: int,
+def emulate(profile: DeviceProfile, host: dict[str, Metric], bandwidth: BandwidthSampler, weight_bytes: int,
             threads: int, bundle_format: str) -> tuple[dict[str, Metric], Emulation, list[str]]:
     """Metrics of a bundle on ``profile`` from the host's metrics at ``threads`` threads, with notes."""
+    host_bandwidth_gbs = bandwidth.median
     ratio = profile.memory_bandwidth_gbs / host_bandwidth_gbs
     metrics: dict[str, Metric] = {}
     tg = host.get("tg128_tok_s")
@@ -65,5 +67,6 @@ def emulate(profile: DeviceProfile, host: dict[str, Metric], host_bandwidth_gbs:
         notes.append(f"{profile.name} prefers {'/'.join(profile.formats)}; this bundle is {bundle_format}")
     emulation = Emulation(profile=profile.name, threads_cap=threads, host_bandwidth_gbs=round(host_bandwidth_gbs, 3),
                           profile_bandwidth_gbs=profile.memory_bandwidth_gbs, bandwidth_ratio=round(ratio, 4),
-                          method=METHOD)
+                          method=METHOD, host_bandwidth_probes=len(bandwidth.samples),
+                          host_bandwidth_range_gbs=[round(v, 3) for v in bandwidth.spread])
     return metrics, emulation, notes

@@ -115,6 +115,8 @@ class Emulation(BaseModel):
     profile_bandwidth_gbs: float
     bandwidth_ratio: float
     method: str
+    host_bandwidth_probes: int | None = None  # schema 1 records predate the sampler
+    host_bandwidth_range_gbs: list[float] | None = None
 
 
 class BundleInfo(BaseModel):

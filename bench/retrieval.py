@@ -93,11 +93,12 @@ def bench_size(n: int, real: np.ndarray, queries: np.ndarray, workdir: Path, can
     methods: dict[str, Callable[[np.ndarray], list[int]]] = {"numpy brute force": numpy_top}
     methods["sqlite-vec float"] = lambda q: [c for c, _ in idx.vector_search(q, RECALL_AT, mode="float")]
     for cand in candidates:
-        for mode in ("bit+rescore", "int8+rescore"):
+        for mode in ("bitscan+rescore", "bit+rescore", "int8+rescore"):
             def run(q: np.ndarray, mode: str = mode, cand: int = cand) -> list[int]:
                 idx.settings["rescore_candidates"] = cand
                 return [c for c, _ in idx.vector_search(q, RECALL_AT, mode=mode)]
-            methods[f"sqlite-vec {mode} ({cand})"] = run
+            label = "numpy bit scan+rescore" if mode == "bitscan+rescore" else f"sqlite-vec {mode}"
+            methods[f"{label} ({cand})"] = run
     rows = []
     for name, fn in methods.items():
         fn(queries[0])  # warm the page cache
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--sizes", default="1000,10000,100000")
-    ap.add_argument("--candidates", default="32,64,128", help="first-pass candidates re-scored exactly")
+    ap.add_argument("--candidates", default="64,128,256", help="first-pass candidates re-scored exactly")
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--out", type=Path, default=Path("bench/results/retrieval"))
     ap.add_argument("--vectors-db", type=Path, default=None,

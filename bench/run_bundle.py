@@ -37,6 +37,7 @@ class BundleJob:
     repeats: int
     bandwidth_gbs: float
     app_memory_gb: float
+    bandwidth_note: str = "numpy copy test"
     k: int = 4
     question: str = DEFAULT_QUESTION
     rag_max_tokens: int = 32
@@ -159,7 +160,7 @@ def measure_bundle(job: BundleJob) -> BundleResult:
                            ("retrieval_p50_ms", "ms"), ("retrieval_p95_ms", "ms"), ("qa_token_f1", "F1")):
             steps.metrics[name] = unknown(unit, why, "skipped")
     steps.metrics.update(measure.memory_metrics(measure.peak_rss_bytes(), job.app_memory_gb))
-    steps.metrics["memory_bandwidth_gbs"] = measured(job.bandwidth_gbs, "GB/s", note="numpy copy test, best of 5")
+    steps.metrics["memory_bandwidth_gbs"] = measured(job.bandwidth_gbs, "GB/s", note=job.bandwidth_note)
     steps.metrics.update(measure.ceiling_metrics(probe.weight_bytes, job.bandwidth_gbs,
                                                  steps.metrics.get("tg128_tok_s")))
     if job.quality:
@@ -179,9 +180,9 @@ def _quality(job: BundleJob, backend: Any, engine: Any, steps: _Steps) -> None:
     if engine is None:
         return
     if job.qa:
-        items = quality.load_qa(job.qa)[: job.qa_limit]
-        steps.run({"qa_token_f1": "F1"},
-                  lambda: {"qa_token_f1": quality.qa_f1(engine, items, job.k, job.qa_max_tokens)})
+        qa_file = job.qa
+        steps.run({"qa_token_f1": "F1"}, lambda: {"qa_token_f1": quality.qa_f1(
+            engine, quality.load_qa(qa_file)[: job.qa_limit], job.k, job.qa_max_tokens)})
     else:
         steps.metrics["qa_token_f1"] = unknown("F1", "no --qa file given", "skipped")
 

@@ -1,11 +1,15 @@
 """Will this quantization run on that device? Memory and decode-speed estimates per profile.
 
-Runtime memory = weights + KV cache at the profile's max_context + runtime overhead.
+Runtime memory = weights + KV cache at the profile's max_context + generator overhead + the
+runtime process.
   * KV cache is computed from the model config: layers x kv_heads x head_dim x 2 (K and V)
     x bytes per value x context. llama.cpp keeps it in F16 (2 bytes); onnxruntime-genai's CPU
     models keep it in float32 (4 bytes) and allocate it for the whole context up front.
   * Overheads were measured once (docs/export.md, "Runtime overhead"): RSS after loading and
     one decode step, minus the file size and the computed KV cache, on SmolLM2-135M.
+  * The runtime process (Python, numpy, onnxruntime with the embedder, SQLite, the CLI) is the
+    peak RSS of ``slmforge run`` minus all of the above (bench/runtime_footprint.py): a base
+    plus the embedder file. A device runs the model inside it, so app memory must hold both.
 Decode speed = memory bandwidth / bytes read per token, where one token reads every weight
 once plus the KV cache (taken at full context: the worst case a user of the profile hits).
 """
@@ -21,6 +25,13 @@ from slmforge.profiles import DeviceProfile
 LLAMACPP_OVERHEAD_BYTES = 32 * 1024 * 1024
 # onnxruntime-genai 0.18 int4 CPU: 78.9 MB at max_length 1024 and 4096.
 ORT_GENAI_OVERHEAD_BYTES = 96 * 1024 * 1024
+
+# bench/runtime_footprint.py: `slmforge run` minus model, KV, generator and the embedder file was 128.0 / 128.5 MB
+# (demo Q8_0 bundles, int8 embedder) and 131.7 MB (test bundle, fp32 embedder); + margin.
+RUNTIME_BASE_BYTES = 140 * 1024 * 1024
+# The int8 all-MiniLM-L6-v2 that export writes into every bundle (22.95 MB); onnxruntime holds it in memory.
+DEFAULT_EMBEDDER_BYTES = 23_000_000
+RUNTIME_PROCESS_BYTES = RUNTIME_BASE_BYTES + DEFAULT_EMBEDDER_BYTES
 
 KV_BYTES_PER_VALUE = {"gguf": 2, "onnx": 4}
 OVERHEAD_BYTES = {"gguf": LLAMACPP_OVERHEAD_BYTES, "onnx": ORT_GENAI_OVERHEAD_BYTES}
@@ -55,7 +66,8 @@ class Estimate:
 
     def why(self, profile: DeviceProfile) -> str:
         mem = (f"est. memory {self.memory_bytes / MB:.0f} MB (weights {self.weights_bytes / MB:.0f} + KV@"
-               f"{profile.max_context} {self.kv_bytes / MB:.0f} + runtime {self.overhead_bytes / MB:.0f}) "
+               f"{profile.max_context} {self.kv_bytes / MB:.0f} + generator {self.overhead_bytes / MB:.0f} + "
+               f"runtime process {RUNTIME_PROCESS_BYTES / MB:.0f}) "
                f"{'<=' if self.fits_memory else '>'} app memory {profile.app_memory_bytes / MB:.0f} MB")
         speed = (f"est. decode {self.decode_tok_s:.1f} tok/s ({profile.memory_bandwidth_gbs} GB/s / "
                  f"{(self.weights_bytes + self.kv_bytes) / MB:.0f} MB per token) "
@@ -71,7 +83,7 @@ def estimate(fmt: str, quant: str, weights_bytes: int, config: dict[str, Any], p
     """Memory and decode speed of one candidate on one profile."""
     kv = kv_cache_bytes(config, profile.max_context, KV_BYTES_PER_VALUE[fmt])
     overhead = OVERHEAD_BYTES[fmt]
-    memory = weights_bytes + kv + overhead
+    memory = weights_bytes + kv + overhead + RUNTIME_PROCESS_BYTES
     tok_s = profile.memory_bandwidth_gbs * 1e9 / (weights_bytes + kv)
     return Estimate(fmt, quant, int(weights_bytes), kv, overhead, int(memory), round(tok_s, 2),
                     memory <= profile.app_memory_bytes, tok_s >= profile.target_decode_tok_s, measured)

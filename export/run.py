@@ -95,7 +95,8 @@ def pick(ladder: list[str], nominal_bytes: Callable[[str], int], build: Callable
         rejected.append(candidate.estimate.why(profile))
         discard(candidate)
     reasons = "; ".join(rejected[-2:])
-    raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}")
+    raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}; "
+                    "make the model smaller ('slmforge compress' then 'slmforge distill') or pick a larger profile")
 
 
 def _gguf_candidate(path: Path, quant: str, config: dict[str, Any], profile: DeviceProfile) -> Candidate:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from slmforge.runtime.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP
+from slmforge.runtime.index import DEFAULTS, VECTOR_MODES
 
 from slmforge.output import emit_json, json_option
 
@@ -23,8 +24,8 @@ from slmforge.output import emit_json, json_option
 @click.option("--chunk-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True,
               help="Chunk size in embedder tokens.")
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True, help="Overlap between chunks.")
-@click.option("--vector-mode", type=click.Choice(["bit+rescore", "float", "int8+rescore"]), default="bit+rescore",
-              show_default=True, help="First-pass vector search in sqlite-vec.")
+@click.option("--vector-mode", type=click.Choice(list(VECTOR_MODES)), default=DEFAULTS["vector_mode"],
+              show_default=True, help="First pass of vector search (bitscan: in-memory Hamming scan of the bit vectors), re-scored exactly.")
 @click.option("--vec-weight", type=float, default=1.0, show_default=True, help="Weight of vector ranks in fusion.")
 @click.option("--bm25-weight", type=float, default=1.0, show_default=True, help="Weight of BM25 ranks in fusion.")
 @click.option("--index-from", type=click.Path(path_type=Path, file_okay=False), default=None,

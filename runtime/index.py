@@ -1,8 +1,9 @@
 """The RAG index (``rag.db``): chunks in SQLite, vectors in sqlite-vec, words in FTS5.
 
-Search fuses two rankings by reciprocal rank fusion: nearest vectors (sqlite-vec
-``MATCH … AND k = ?``; a binary first pass re-scored exactly with the float
-vectors, or exact float KNN) and BM25 over the same chunks. Every document is
+Search fuses two rankings by reciprocal rank fusion: nearest vectors and BM25 over the
+same chunks. The default vector path is a Hamming scan of sqlite-vec's bit vectors held in
+memory (runtime/bitscan.py) whose candidates are re-scored exactly with the float vectors;
+the other modes query sqlite-vec directly, always through ``MATCH … AND k = ?``. Every document is
 written in its own transaction, so an interrupted update leaves whole documents.
 """
 
@@ -17,20 +18,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from slmforge.runtime.bitscan import BitScan
 from slmforge.runtime.chunking import Chunk
 from slmforge.runtime.sqlite import connect, database_error
 
 from slmforge.errors import UserError
 
 INDEX_VERSION = 1
-VectorMode = Literal["bit+rescore", "float", "int8+rescore"]
-VECTOR_MODES: tuple[str, ...] = ("bit+rescore", "float", "int8+rescore")
+VectorMode = Literal["bitscan+rescore", "bit+rescore", "float", "int8+rescore"]
+VECTOR_MODES: tuple[str, ...] = ("bitscan+rescore", "bit+rescore", "float", "int8+rescore")
 DEFAULTS: dict[str, Any] = {
-    "vector_mode": "bit+rescore",
+    "vector_mode": "bitscan+rescore",
     "vec_weight": 1.0,
     "bm25_weight": 1.0,
     "rrf_k": 60,
-    "rescore_candidates": 64,
+    "rescore_candidates": 128,
     "fusion_depth": 20,
 }
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -112,6 +114,7 @@ class RagIndex:
         self.dim = int(meta["dim"])
         self.embedder = meta.get("embedder", "")
         self.settings = {k: type(v)(meta[k]) if k in meta else v for k, v in DEFAULTS.items()}
+        self.bitscan = BitScan(self.conn)
 
     # -- creation -------------------------------------------------------------------------------------
 
@@ -200,6 +203,7 @@ class RagIndex:
                     self.conn.execute("INSERT INTO vec_int8(rowid, embedding) VALUES (?, vec_quantize_int8(?, 'unit'))",
                                       (cid, blob))
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (_now(),))
+            self.bitscan.invalidate()
             written += 1
         return written
 
@@ -211,6 +215,7 @@ class RagIndex:
                 self.conn.execute("BEGIN IMMEDIATE")
                 removed += self._delete_source(source)
                 self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (_now(),))
+            self.bitscan.invalidate()
         return removed
 
     def _delete_source(self, source: str) -> int:
@@ -253,13 +258,16 @@ class RagIndex:
             rows = self.conn.execute(
                 "SELECT rowid, distance FROM vec_float WHERE embedding MATCH ? AND k = ?", (q, k)).fetchall()
             return [(int(r), 1.0 - float(d)) for r, d in rows]
+        n = max(k, int(self.settings["rescore_candidates"]))
+        if mode == "bitscan+rescore":
+            query_bits = self.conn.execute("SELECT vec_quantize_binary(?)", (q,)).fetchone()[0]
+            return self._rescore(self.bitscan.nearest(query_bits, n), np.frombuffer(q, dtype=np.float32), k)
         if mode == "bit+rescore":
             sql = "SELECT rowid FROM vec_bit WHERE embedding MATCH vec_quantize_binary(?) AND k = ?"
         elif mode == "int8+rescore":
             sql = "SELECT rowid FROM vec_int8 WHERE embedding MATCH vec_quantize_int8(?, 'unit') AND k = ?"
         else:
             raise UserError(f"vector mode '{mode}' is not one of {', '.join(VECTOR_MODES)}")
-        n = max(k, int(self.settings["rescore_candidates"]))
         ids = [int(r[0]) for r in self.conn.execute(sql, (q, n))]
         return self._rescore(ids, np.frombuffer(q, dtype=np.float32), k)
 

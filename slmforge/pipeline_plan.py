@@ -138,7 +138,9 @@ def _bench_metric(output: Path) -> str | None:
             metrics = row.get("metrics", {})
             tg, pp = metrics.get("tg128_tok_s", {}).get("value"), metrics.get("pp512_tok_s", {}).get("value")
             if tg and pp:
-                return f"{row['bundle']['name']} on this host: pp512 {pp:.0f} tok/s, tg128 {tg:.1f} tok/s"
+                ppl, f1 = (metrics.get(name, {}).get("value") for name in ("perplexity", "qa_token_f1"))
+                quality = "".join([f", ppl {ppl:.2f}" if ppl else "", f", QA F1 {f1:.3f}" if f1 is not None else ""])
+                return f"{row['bundle']['name']} on this host: pp512 {pp:.0f} tok/s, tg128 {tg:.1f} tok/s{quality}"
     return None
 
 
@@ -283,9 +285,12 @@ class PlanBuilder:
             results = self.path("bench/results.jsonl")
             emulate = [a for p in s.bench.emulate for a in ("--emulate", p)]
             opts = {k: v for k, v in s.bench.cli_options().items()}
+            # Quality next to speed: held-out perplexity and answers to the held-out FAQ questions.
+            quality = [data / "heldout.jsonl", qa_dir / "qa.heldout.jsonl"]
             self.stages.append(Stage("bench", ["bench", "run", *map(str, bundles), *emulate, "--out", str(results),
-                                               *options_to_argv("bench", opts)], bundles, results, opts, _bench_metric,
-                                     [f"bundle:{p}" for p in s.export.profiles]))
+                                               "--heldout", str(quality[0]), "--qa", str(quality[1]),
+                                               *options_to_argv("bench", opts)], [*bundles, *quality], results, opts,
+                                     _bench_metric, [f"bundle:{p}" for p in s.export.profiles] + ["prepare", "qa"]))
             report = self.path("bench/report")
             self.stages.append(Stage("report", ["bench", "report", str(results), "--out", str(report)], [results],
                                      report, {}, lambda out: str(out / "report.md"), ["bench"]))

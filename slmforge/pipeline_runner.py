@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,7 @@ class StageOutcome:
     seconds: float = 0.0
     metric: str | None = None
     reason: str = ""
+    command: str | None = None  # set by --dry-run: what would be run
 
 
 class PipelineRunner:
@@ -129,6 +131,7 @@ class PipelineRunner:
             else:
                 fresh, why = self.up_to_date(stage)
                 outcomes.append(StageOutcome(stage.name, "would-skip" if fresh else "would-run", reason=why))
+            outcomes[-1].command = shlex.join(["slmforge", *stage.argv])
             if outcomes[-1].status == "would-run":
                 will_change.add(stage.name)
         return outcomes

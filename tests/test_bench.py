@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 from slmforge.bench import measure
+from slmforge.bench.bandwidth import BandwidthSampler
+from slmforge.bench.campaign import copy_quality, quality_identity
 from slmforge.bench.emulate import emulate
 from slmforge.bench.quality import load_qa, token_f1
 from slmforge.bench.records import (
@@ -25,6 +27,7 @@ from slmforge.bench.records import (
     validate_record,
 )
 from slmforge.bench.report import build_report
+from slmforge.bench.run_bundle import BundleResult
 
 from slmforge.profiles import load_profile
 from tests.conftest import run_cli
@@ -100,9 +103,46 @@ def test_record_schema_rejects_unknown_top_level_fields():
 
 # -- emulation ----------------------------------------------------------------------------------------------
 
+def steady_bandwidth(gbs: float) -> BandwidthSampler:
+    sampler = BandwidthSampler(probe=lambda: gbs)
+    sampler.sample(3)
+    return sampler
+
+
+def test_bandwidth_sampler_projects_from_the_median_not_one_probe():
+    probes = iter([11.2, 22.7, 12.0, 11.8, 30.0])
+    sampler = BandwidthSampler(probe=lambda: next(probes))
+    sampler.sample(5)
+    assert sampler.median == pytest.approx(12.0) and sampler.spread == (11.2, 30.0)
+    pi5 = load_profile("raspberry-pi-5-8gb")  # 10.5 GB/s
+    metrics, emulation, _ = emulate(pi5, host_metrics(tg=50.0), sampler, 100_000_000, 2, "gguf")
+    assert metrics["tg128_projected_tok_s"].value == pytest.approx(50.0 * 10.5 / 12.0)
+    assert emulation.host_bandwidth_probes == 5 and emulation.host_bandwidth_range_gbs == [11.2, 30.0]
+
+
+def test_identical_bundles_share_quality_figures_but_not_other_contexts(tmp_path: Path):
+    def bundle(name: str, n_ctx: int, sha: str = "ab" * 32) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        manifest = {"model": {"sha256": sha}, "index": {"path": "rag.db", "chunks": 10, "updated": name},
+                    "generation": {"n_ctx": n_ctx}, "system_prompt": "s", "embedder": {"model": "e"}}
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        return path
+
+    pi5, android, zero = bundle("pi5", 2048), bundle("android", 2048), bundle("zero", 1024)
+    other_model = bundle("other", 2048, sha="cd" * 32)
+    assert quality_identity(pi5) == quality_identity(android)  # index 'updated' time does not matter
+    assert quality_identity(pi5) not in (quality_identity(zero), quality_identity(other_model))
+    assert quality_identity(tmp_path / "bare.gguf") is None
+    result = BundleResult(bundle={}, metrics={"tg128_tok_s": {"value": 60.0, "unit": "tok/s"}})
+    copy_quality(result, "pi5", {"perplexity": {"value": 15.2, "unit": "ppl", "note": None},
+                                 "tg128_tok_s": {"value": 99.0, "unit": "tok/s"}})
+    assert result.metrics["perplexity"]["value"] == 15.2 and "measured on pi5" in result.metrics["perplexity"]["note"]
+    assert result.metrics["tg128_tok_s"]["value"] == 60.0  # speed is never carried over
+
 def test_emulation_projects_decode_and_labels_it():
     pi5 = load_profile("raspberry-pi-5-8gb")  # 10.5 GB/s
-    metrics, emulation, notes = emulate(pi5, host_metrics(tg=50.0), host_bandwidth_gbs=21.0,
+    metrics, emulation, notes = emulate(pi5, host_metrics(tg=50.0), steady_bandwidth(21.0),
                                         weight_bytes=100_000_000, threads=2, bundle_format="gguf")
     projected = metrics["tg128_projected_tok_s"]
     assert projected.status == "projected" and projected.value == pytest.approx(25.0)
@@ -118,7 +158,7 @@ def test_emulation_projects_decode_and_labels_it():
 
 def test_emulation_caps_projection_at_the_bandwidth_ceiling_and_checks_memory():
     zero = load_profile("raspberry-pi-zero-2w")  # 1.8 GB/s, 0.3 GB app memory
-    metrics, _, notes = emulate(zero, host_metrics(tg=500.0, rss_mb=400.0), host_bandwidth_gbs=2.0,
+    metrics, _, notes = emulate(zero, host_metrics(tg=500.0, rss_mb=400.0), steady_bandwidth(2.0),
                                 weight_bytes=100_000_000, threads=2, bundle_format="onnx")
     ceiling = 1.8e9 / 100_000_000
     assert metrics["tg128_projected_tok_s"].value == pytest.approx(ceiling)
@@ -213,7 +253,7 @@ def test_qa_file_formats_and_errors(tmp_path: Path):
 def test_report_over_mixed_versions_and_missing_fields(tmp_path: Path):
     current = [make_record(quant=q, metrics=host_metrics(tg=t)) for q, t in (("Q8_0", 40.0), ("Q4_K_M", 60.0))]
     pi5 = load_profile("raspberry-pi-5-8gb")
-    metrics, emulation, notes = emulate(pi5, host_metrics(), 21.0, 100_000_000, 2, "gguf")
+    metrics, emulation, notes = emulate(pi5, host_metrics(), steady_bandwidth(21.0), 100_000_000, 2, "gguf")
     emulated = make_record(mode="emulated", emulation=emulation, metrics=metrics, notes=notes,
                            profile="raspberry-pi-5-8gb")
     a = tmp_path / "a.jsonl"

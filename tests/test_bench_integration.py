@@ -62,3 +62,16 @@ def test_runtime_overhead_reports_ratios(real_gguf: Path, tmp_path: Path):
     prof = result["gguf_profile"]
     assert 0 < prof["llama_decode_s"] <= prof["total_s"] and 0 <= prof["outside_decode_share"] < 1
     assert "backend_llamacpp.py" in prof["top_functions"] or "llama.py" in prof["top_functions"]
+
+
+def test_runtime_process_term_of_the_fit_check_covers_the_measured_process(tmp_path_factory: pytest.TempPathFactory):
+    """export's memory estimate adds a runtime base plus the embedder for everything but the model; the
+    real `slmforge run` process must not outgrow it, or profiles would be told a model fits when it does not."""
+    from slmforge.bench.runtime_footprint import measure
+    from slmforge.export import fit
+
+    from tests.serve_helpers import real_bundle_path
+
+    row = measure(real_bundle_path(tmp_path_factory))
+    assert row["peak_rss_mb"] > row["model_file_mb"] + row["kv_cache_mb"]
+    assert 50 < row["runtime_base_mb"] <= fit.RUNTIME_BASE_BYTES / 1e6

@@ -120,18 +120,26 @@ def test_onnx_int4_greedy_matches_fp32_reference(onnx_greedy: dict[str, list[lis
     assert onnx_greedy["int4"] == onnx_greedy["fp32"]
 
 
-def test_export_cli_fits_pi_zero(real_base: Path, tmp_path: Path):
-    """The smallest shipped device: the chosen quant must fit 300 MB and pass its gate."""
+def test_pi_zero_refuses_the_full_model_and_a_larger_budget_fits(real_base: Path, tmp_path: Path):
+    """The smallest shipped device: 300 MB must hold the model *and* the runtime process (~150 MB
+    measured), which the 135M model cannot; the refusal says why in one line and leaves nothing."""
     from slmforge.export.run import ExportOptions, run_export
 
+    from slmforge.errors import UserError
     from slmforge.profiles import load_profile
 
     profile = load_profile("raspberry-pi-zero-2w")
-    manifest = run_export(real_base, profile, tmp_path / "export",
-                          ExportOptions(formats=["gguf"], eval_tokens=512, embedder=False, progress=False))
+    options = ExportOptions(formats=["gguf"], eval_tokens=512, embedder=False, progress=False)
+    with pytest.raises(UserError) as refused:
+        run_export(real_base, profile, tmp_path / "zero", options)
+    message = str(refused.value)
+    assert "fits profile 'raspberry-pi-zero-2w'" in message and "runtime process" in message and "\n" not in message
+    assert not (tmp_path / "zero").exists() and not list(tmp_path.glob("*.partial*"))
+    roomier = profile.model_copy(update={"app_memory_gb": 0.4})
+    manifest = run_export(real_base, roomier, tmp_path / "export", options)
     (art,) = manifest.artifacts
-    assert art.est_memory_bytes <= profile.app_memory_bytes and art.est_decode_tok_s >= profile.target_decode_tok_s
-    assert art.gate == "pass" and art.ppl_ratio <= profile.quality_gate.max_ppl_ratio_8bit + 0.1
+    assert art.est_memory_bytes <= roomier.app_memory_bytes and art.est_decode_tok_s >= roomier.target_decode_tok_s
+    assert art.gate == "pass" and art.ppl_ratio <= roomier.quality_gate.max_ppl_ratio_8bit + 0.1
     assert art.bits_per_weight > 4  # bits read back from the file, not the label
 
 

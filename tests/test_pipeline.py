@@ -147,3 +147,6 @@ def test_shipped_demo_recipes_plan_every_stage(recipe: str, tmp_path: Path):
     assert planned[:8] == ["base", "prepare", "qa", "pretrain", "sft", "pairs", "align", "merge"]
     assert sum(name.startswith("export:") for name in planned) == 3 and planned[-3:] == ["answer", "bench", "report"]
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    plan = json.loads(run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"), "--json").stdout)
+    bench = next(s["command"] for s in plan["stages"] if s["name"] == "bench")
+    assert "--heldout" in bench and "qa.heldout.jsonl" in bench  # quality measured next to speed

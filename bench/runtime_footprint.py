@@ -1,0 +1,90 @@
+"""What the on-device runtime process costs besides the model: the term export's fit check adds.
+
+Runs ``slmforge run BUNDLE QUESTION --json`` (what a device user runs) in a child process per
+bundle and reads the child's peak RSS from the kernel (``wait4``), then subtracts what export
+already counts — the model file, the KV cache at the bundle's context and the generator's own
+buffers (``fit.OVERHEAD_BYTES``) — leaving the process: Python, numpy, the embedder's
+onnxruntime session, SQLite and the CLI. Minus the embedder's file it is the base that
+``fit.RUNTIME_BASE_BYTES`` must cover.
+
+    python -m slmforge.bench.runtime_footprint BUNDLE... [--out bench/results/runtime_footprint.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from slmforge.export import fit
+from slmforge.runtime.bundle import open_bundle
+
+from slmforge.fileio import atomic_write_json
+from slmforge.output import format_table
+
+QUESTION = "How do I copy a file in Python?"
+MB = 1e6
+
+
+def peak_rss_of(argv: list[str]) -> int:
+    """Peak resident bytes of a child process running ``argv`` (Linux reports ru_maxrss in KiB)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {' '.join(argv)} exited {proc.returncode}: {proc.stderr.read().decode()[-300:]}")
+    return int(usage.ru_maxrss) * 1024
+
+
+def gguf_config(model: Path) -> dict[str, Any]:
+    """The few hyperparameters the KV-cache formula needs, read from the GGUF's metadata."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(model)
+    arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+
+    def value(key: str) -> int:
+        return int(reader.fields[f"{arch}.{key}"].parts[-1][0])
+
+    heads = value("attention.head_count")
+    return {"num_hidden_layers": value("block_count"), "num_attention_heads": heads,
+            "num_key_value_heads": value("attention.head_count_kv"), "hidden_size": value("embedding_length")}
+
+
+def measure(bundle_path: Path) -> dict[str, Any]:
+    bundle = open_bundle(bundle_path)
+    m = bundle.manifest
+    if m.model.get("format") != "gguf":
+        raise SystemExit(f"error: {bundle_path}: only GGUF bundles are measured here (the generator term is llama.cpp's)")
+    n_ctx = int(m.generation["n_ctx"])
+    cli = "from slmforge.cli import main; main()"
+    peak = peak_rss_of([sys.executable, "-c", cli, "run", str(bundle_path), QUESTION, "--json"])
+    kv = fit.kv_cache_bytes(gguf_config(bundle.model_path), n_ctx, fit.KV_BYTES_PER_VALUE["gguf"])
+    generator = fit.OVERHEAD_BYTES["gguf"]
+    model_bytes = bundle.model_path.stat().st_size
+    embedder_bytes = (bundle.embedder_dir / "model.onnx").stat().st_size
+    process = peak - model_bytes - kv - generator
+    return {"bundle": str(bundle_path), "quant": m.model["quant"], "n_ctx": n_ctx, "peak_rss_mb": round(peak / MB, 1),
+            "model_file_mb": round(model_bytes / MB, 1), "kv_cache_mb": round(kv / MB, 1),
+            "generator_overhead_mb": round(generator / MB, 1), "runtime_process_mb": round(process / MB, 1),
+            "embedder_file_mb": round(embedder_bytes / MB, 1), "runtime_base_mb": round((process - embedder_bytes) / MB, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/runtime_footprint.json"))
+    args = ap.parse_args(argv)
+    rows = [measure(path) for path in args.bundles]
+    print(format_table(list(rows[0]), [list(r.values()) for r in rows]))
+    used = fit.RUNTIME_BASE_BYTES / MB
+    print(f"fit.RUNTIME_BASE_BYTES = {used:.1f} MB; measured max {max(r['runtime_base_mb'] for r in rows):.1f} MB")
+    atomic_write_json(args.out, {"question": QUESTION, "rows": rows, "fit_runtime_base_mb": round(used, 1)})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
