@@ -83,6 +83,12 @@ def plot_speed(rows: list[Row], path: Path) -> bool:
                  "Tokens/s by device and quantization (hatched = projected from host bandwidth, not measured)")
 
 
+def bundle_labels(rows: list[Row]) -> dict[int, str]:
+    """Format and quant per row, plus the bundle's name when several bundles share a quant (else they overprint)."""
+    shared = {q for q in (r.fmt_quant for r in rows) if len({r.bundle for r in rows if r.fmt_quant == q}) > 1}
+    return {id(r): f"{r.fmt_quant} · {r.bundle}" if r.fmt_quant in shared else r.fmt_quant for r in rows}
+
+
 def plot_quality_speed(rows: list[Row], path: Path) -> bool:
     """Each measured bundle as a point: decode speed against perplexity and against retrieval/answer quality."""
     plt = _pyplot()
@@ -95,9 +101,10 @@ def plot_quality_speed(rows: list[Row], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.3), squeeze=False)
     devices = list(dict.fromkeys(r.device for r in measured))
+    labels = bundle_labels(measured)
     markers = "osD^v<>"
     for ax, (name, label) in zip(axes[0], panels):
-        for r in measured:
+        for i, r in enumerate(measured):
             y, _, _ = _value(r, name)
             x, xerr, _ = _value(r, "tg128_tok_s")
             if y is None:
@@ -105,7 +112,7 @@ def plot_quality_speed(rows: list[Row], path: Path) -> bool:
             d = devices.index(r.device)
             ax.errorbar(x, y, xerr=xerr or None, fmt=markers[d % len(markers)], color=plt.cm.tab10.colors[d % 10],
                         capsize=3, label=r.device)
-            ax.annotate(r.fmt_quant, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(labels[id(r)], (x, y), textcoords="offset points", xytext=(5, 4 + 9 * (i % 3)), fontsize=7)
         ax.set_xlabel("decode tg128 tok/s (measured)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -127,7 +134,8 @@ def plot_memory(rows: list[Row], path: Path) -> bool:
         ax.annotate(f"{rss:.0f} / {budget:.0f} MB", (rss, i), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize=7)
     ax.set_yticks(range(len(items)))
-    ax.set_yticklabels([f"{r.device} | {r.fmt_quant}" for r, _, _ in items], fontsize=8)
+    labels = bundle_labels([r for r, _, _ in items])
+    ax.set_yticklabels([f"{r.device} | {labels[id(r)]}" for r, _, _ in items], fontsize=8)
     ax.set_xscale("log")
     ax.set_xlim(left=10 ** math.floor(math.log10(min(rss for _, rss, _ in items))),
                 right=max(max(b for _, _, b in items), max(rss for _, rss, _ in items)) * 3)

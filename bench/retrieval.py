@@ -137,10 +137,11 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         pts = [r for r in rows if r["method"] == method]
-        ax1.plot([p["chunks"] for p in pts], [p["p50_ms"] for p in pts], marker="o", label=method)
-        ax2.scatter([p["p50_vs_numpy"] for p in pts], [p["recall@10"] for p in pts], label=method)
+        style = {"color": plt.cm.tab20(i % 20), "marker": "os^D"[i % 4]}  # 11 methods: tab10 would repeat a colour
+        ax1.plot([p["chunks"] for p in pts], [p["p50_ms"] for p in pts], label=method, **style)
+        ax2.scatter([p["p50_vs_numpy"] for p in pts], [p["recall@10"] for p in pts], label=method, **style)
     ax1.set(xscale="log", yscale="log", xlabel="chunks", ylabel="p50 search latency (ms)",
             title="Vector search latency by index size")
     ax2.set(xscale="log", xlabel="p50 latency / numpy brute force (same run)", ylabel="recall@10 vs exact",

@@ -75,17 +75,24 @@ def test_greedy_chat_matches_transformers_and_stops_at_im_end(real_base: Path, r
 
 
 @pytest.fixture(scope="module")
-def onnx_greedy(real_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list[int]]]:
+def onnx_builds(real_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fp32 and int4 onnxruntime-genai folders of the real model."""
+    from slmforge.export.onnx_genai import build_onnx
+
+    tmp = tmp_path_factory.mktemp("onnx")
+    return {precision: build_onnx(real_base, tmp / f"onnx-{precision}", precision) for precision in ("fp32", "int4")}
+
+
+@pytest.fixture(scope="module")
+def onnx_greedy(real_base: Path, onnx_builds: dict[str, Path]) -> dict[str, list[list[int]]]:
     """Greedy 16-token continuations of the chat prompts from the fp32 and int4 ONNX exports."""
     import onnxruntime_genai as og
-    from slmforge.export.onnx_genai import build_onnx
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(real_base)
-    tmp = tmp_path_factory.mktemp("onnx")
     results: dict[str, list[list[int]]] = {}
     for precision in ("fp32", "int4"):
-        model = og.Model(str(build_onnx(real_base, tmp / f"onnx-{precision}", precision)))
+        model = og.Model(str(onnx_builds[precision]))
         results[precision] = []
         for question in PROMPTS:
             ids = _chat_ids(tokenizer, question)
@@ -118,6 +125,29 @@ def test_onnx_fp32_greedy_matches_transformers(real_base: Path, onnx_greedy: dic
                    "tokens 0/4/13/3/5 of the 5 prompts; k_quant_mixed at 9/4/13/8/6 (issue #5 note)")
 def test_onnx_int4_greedy_matches_fp32_reference(onnx_greedy: dict[str, list[list[int]]]):
     assert onnx_greedy["int4"] == onnx_greedy["fp32"]
+
+
+def test_onnx_backend_streams_the_reference_tokens_and_stops_at_eos(real_base: Path, onnx_builds: dict[str, Path],
+                                                                     onnx_greedy: dict[str, list[list[int]]]):
+    """The runtime's ONNX generation path (chat template, tokenizer, streaming, EOS) on the fp32 export:
+    the same prompt ids as transformers' chat template, the same 16 greedy tokens as the raw generator
+    loop, and a short answer that ends by itself at <|im_end|> without showing it."""
+    from slmforge.runtime.backend_onnx import OnnxGenaiBackend
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_base)
+    backend = OnnxGenaiBackend(onnx_builds["fp32"], n_ctx=1024, threads=2)
+    try:
+        prompt = backend.render_chat([{"role": "user", "content": PROMPTS[0]}])
+        assert backend.tokenize(prompt) == _chat_ids(tokenizer, PROMPTS[0])
+        deltas = list(backend.stream(prompt, max_tokens=16, temperature=0.0))
+        assert "".join(deltas) == tokenizer.decode(onnx_greedy["fp32"][0])
+        assert backend.last_result.completion_tokens == 16 and backend.last_result.finish_reason == "length"
+        short = backend.generate(backend.render_chat([{"role": "user", "content": "What is 2 + 2?"}]), max_tokens=200)
+        assert short.finish_reason == "stop" and 0 < short.completion_tokens < 200
+        assert "<|im_end|>" not in short.text
+    finally:
+        backend.close()
 
 
 def test_pi_zero_refuses_the_full_model_and_a_larger_budget_fits(real_base: Path, tmp_path: Path):

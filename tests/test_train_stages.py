@@ -11,6 +11,8 @@ import pytest
 import torch
 from slmforge.trainer.train_common import TrainOptions, work_dir_for
 
+from tests.conftest import run_cli
+
 DOC = ("Lists are mutable sequences; tuples are immutable. How do I copy a file? Use shutil.copy(). "
        "Exceptions are raised with raise and handled with try and except clauses. ")
 QA = [("How do I copy a file?", "Use shutil.copy()."), ("What is a module?", "A file of Python definitions."),
@@ -167,3 +169,30 @@ def test_align_methods_train_and_measure_the_margin(tiny_checkpoint, data, tmp_p
     assert metrics["loss_type"] == {"dpo": "sigmoid", "ipo": "ipo", "kto": "kto", "orpo": None}[method]
     assert metrics["heldout_pairs"] == 2 and metrics["steps"] == 2
     assert metrics["margin_before"] != metrics["margin_after"] and changed(out, tiny_checkpoint)
+
+
+def test_two_ranks_under_torchrun_equal_one_process_with_their_combined_batch(tiny_checkpoint, data, tmp_path):
+    """What `accelerate launch` runs on a multi-GPU machine, on CPU: torchrun, 2 ranks, DDP over gloo.
+
+    2 ranks × batch 2 must train exactly like 1 process × batch 4 (the same 4 blocks per step, gradients
+    averaged), only rank 0 writes the output, and only it reports. If the ranks trained alone (no process
+    group), the weights would equal a batch-2 run instead."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun comes with torch"
+    common = ["train", "pretrain", "--model", str(tiny_checkpoint), "--data", str(data["ds"]), "--max-steps", "3",
+              "--seq-len", "32", "--seed", "0", "--lr", "1e-3", "--save-every", "0"]
+    ddp = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29561", "-m", "slmforge.cli", *common,
+                          "--batch-size", "2", "--out", str(tmp_path / "ddp")],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert ddp.stdout.count("wrote ") == 1
+    for batch in (4, 2):
+        single = run_cli(*common, "--batch-size", str(batch), "--out", str(tmp_path / f"single{batch}"))
+        assert single.returncode == 0, single.stderr[-2000:]
+    ddp_w, four, two = weights(tmp_path / "ddp"), weights(tmp_path / "single4"), weights(tmp_path / "single2")
+    assert max((ddp_w[k] - four[k]).abs().max().item() for k in ddp_w) < 1e-6
+    assert max((ddp_w[k] - two[k]).abs().max().item() for k in ddp_w) > 1e-4

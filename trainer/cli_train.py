@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from slmforge.output import emit_json, json_option
 
 
 def _report(metrics: dict[str, Any], out: Any, as_json: bool, keys: tuple[str, ...]) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 wrote, and says so
+        return
     if as_json:
         emit_json({"out": str(out), "metrics": metrics})
         return

@@ -207,6 +207,13 @@ def prepare_work_dir(out: Path, resume: bool) -> tuple[Path, Path | None]:
     return work, last
 
 
+def accelerator_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available())
+
+
 def training_arguments(opts: TrainOptions, work: Path, **overrides: Any) -> dict[str, Any]:
     """TrainingArguments fields shared by HF and TRL trainers, with CPU-sane defaults."""
     args: dict[str, Any] = {
@@ -234,6 +241,9 @@ def training_arguments(opts: TrainOptions, work: Path, **overrides: Any) -> dict
         "dataloader_pin_memory": False,
         "remove_unused_columns": False,
         "ddp_find_unused_parameters": False,
+        # Without an accelerator, say so: accelerate only joins a torchrun/`accelerate launch` process group
+        # (gloo) when told it runs on CPU; otherwise every rank would train alone on all the data.
+        "use_cpu": not accelerator_available(),
     }
     args.update(overrides)
     return args
