@@ -56,7 +56,8 @@ def verdict(merged: float, parents: list[float], higher_is_better: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parent", type=Path, action="append", required=True, help="a parent checkpoint (twice)")
-    parser.add_argument("--merged", type=Path, required=True)
+    parser.add_argument("--merged", type=Path, action="append", required=True,
+                        help="a merged checkpoint (repeat to compare several merges against the same parents)")
     parser.add_argument("--heldout", type=Path, required=True, help="dataset dir or .jsonl with held-out text")
     parser.add_argument("--qa", type=Path, required=True, help="held-out Q&A JSONL (messages or alpaca)")
     parser.add_argument("--ppl-tokens", type=int, default=2048)
@@ -71,16 +72,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         texts = load_texts(args.heldout)
         qa = load_qa(args.qa)[: args.qa_limit]
-        rows = {str(p): score(p, texts, qa, args.ppl_tokens, args.max_new_tokens) for p in [*args.parent, args.merged]}
+        rows = {str(p): score(p, texts, qa, args.ppl_tokens, args.max_new_tokens) for p in [*args.parent, *args.merged]}
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    merged = rows[str(args.merged)]
     parents = [rows[str(p)] for p in args.parent]
+    verdicts = {
+        str(m): {"ppl": verdict(rows[str(m)]["ppl"], [p["ppl"] for p in parents], higher_is_better=False),
+                 "qa_f1": verdict(rows[str(m)]["qa_f1"], [p["qa_f1"] for p in parents], higher_is_better=True)}
+        for m in args.merged
+    }
+    first = verdicts[str(args.merged[0])]
     result = {
         "models": rows,
-        "ppl_verdict": verdict(merged["ppl"], [p["ppl"] for p in parents], higher_is_better=False),
-        "qa_f1_verdict": verdict(merged["qa_f1"], [p["qa_f1"] for p in parents], higher_is_better=True),
+        "ppl_verdict": first["ppl"],  # of the first --merged, as before several could be given
+        "qa_f1_verdict": first["qa_f1"],
+        "verdicts": verdicts,
         "settings": {"ppl_tokens": args.ppl_tokens, "qa_questions": len(qa), "max_new_tokens": args.max_new_tokens},
     }
     if args.out:

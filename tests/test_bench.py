@@ -373,14 +373,16 @@ def test_merge_quality_scores_parents_and_merge(tiny_checkpoint: Path, tmp_path:
     (tmp_path / "held.jsonl").write_text(json.dumps({"text": "the pump must be primed before use " * 20}) + "\n")
     (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "How do I prime the pump?",
                                                    "answer": "Fill the housing with water."}) + "\n")
-    code = main(["--parent", str(a), "--parent", str(b), "--merged", str(tiny_checkpoint), "--heldout",
+    c = shutil.copytree(tiny_checkpoint, tmp_path / "c")
+    code = main(["--parent", str(a), "--parent", str(b), "--merged", str(tiny_checkpoint), "--merged", str(c), "--heldout",
                  str(tmp_path / "held.jsonl"), "--qa", str(tmp_path / "qa.jsonl"), "--ppl-tokens", "64",
                  "--max-new-tokens", "4", "--out", str(tmp_path / "r.json")])
     assert code == 0
     result = json.loads((tmp_path / "r.json").read_text())
     ppls = {m["ppl"] for m in result["models"].values()}
-    assert len(result["models"]) == 3 and len(ppls) == 1 and ppls.pop() > 1  # same weights, same figures
+    assert len(result["models"]) == 4 and len(ppls) == 1 and ppls.pop() > 1  # same weights, same figures
     assert result["ppl_verdict"] == "above both" and result["models"][str(a)]["questions"] == 1
+    assert set(result["verdicts"]) == {str(tiny_checkpoint), str(c)}
     capsys.readouterr()
     assert main(["--parent", str(a), "--merged", str(b), "--heldout", str(tmp_path / "none.jsonl"),
                  "--qa", str(tmp_path / "qa.jsonl")]) == 2
