@@ -153,7 +153,15 @@ def time_to_first_delta(stream: Any) -> tuple[float, int]:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (the bench runs each bundle in its own process)."""
+    """Peak resident set size of this process so far (the bench runs each bundle in its own process).
+
+    Linux: VmHWM of this address space; ru_maxrss would also carry the forked parent's pre-exec peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
 

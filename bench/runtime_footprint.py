@@ -1,7 +1,7 @@
 """What the on-device runtime process costs besides the model: the term export's fit check adds.
 
 Runs ``slmforge run BUNDLE QUESTION --json`` (what a device user runs) in a child process per
-bundle and reads the child's peak RSS from the kernel (``wait4``), then subtracts what export
+bundle and takes the child's peak RSS (its VmHWM, recorded at exit), then subtracts what export
 already counts — the model file, the KV cache at the bundle's context and the generator's own
 buffers (``fit.OVERHEAD_BYTES``) — leaving the process: Python, numpy, the embedder's
 onnxruntime session, SQLite and the CLI. Minus the embedder's file it is the base that
@@ -13,9 +13,9 @@ onnxruntime session, SQLite and the CLI. Minus the embedder's file it is the bas
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,32 @@ QUESTION = "How do I copy a file in Python?"
 MB = 1e6
 
 
+# The child records its own high-water mark at exit: VmHWM belongs to its address space, while the
+# kernel's ru_maxrss also keeps the pre-exec peak of the forked parent (a 1.2 GB pytest made a
+# 390 MB `slmforge run` read as 1.3 GB).
+_CHILD = """
+import atexit, sys
+def _record(path=sys.argv.pop(1)):
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            open(path, 'w').write(line.split()[1])
+atexit.register(_record)
+from slmforge.cli import main
+main()
+"""
+
+
 def peak_rss_of(argv: list[str]) -> int:
-    """Peak resident bytes of a child process running ``argv`` (Linux reports ru_maxrss in KiB)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: {' '.join(argv)} exited {proc.returncode}: {proc.stderr.read().decode()[-300:]}")
-    return int(usage.ru_maxrss) * 1024
+    """Peak resident bytes of ``slmforge ARGV`` run in a child process (Linux: its own VmHWM)."""
+    with tempfile.TemporaryDirectory(prefix="slmforge-footprint-") as tmp:
+        record = Path(tmp, "vmhwm_kib")
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(record), *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: slmforge {' '.join(argv)} exited {proc.returncode}: {proc.stderr[-300:]}")
+        if not record.is_file():
+            raise SystemExit("error: no /proc/self/status here; the footprint bench needs Linux")
+        return int(record.read_text()) * 1024
 
 
 def gguf_config(model: Path) -> dict[str, Any]:
@@ -60,8 +78,7 @@ def measure(bundle_path: Path) -> dict[str, Any]:
     if m.model.get("format") != "gguf":
         raise SystemExit(f"error: {bundle_path}: only GGUF bundles are measured here (the generator term is llama.cpp's)")
     n_ctx = int(m.generation["n_ctx"])
-    cli = "from slmforge.cli import main; main()"
-    peak = peak_rss_of([sys.executable, "-c", cli, "run", str(bundle_path), QUESTION, "--json"])
+    peak = peak_rss_of(["run", str(bundle_path), QUESTION, "--json"])
     kv = fit.kv_cache_bytes(gguf_config(bundle.model_path), n_ctx, fit.KV_BYTES_PER_VALUE["gguf"])
     generator = fit.OVERHEAD_BYTES["gguf"]
     model_bytes = bundle.model_path.stat().st_size

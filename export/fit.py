@@ -26,8 +26,8 @@ LLAMACPP_OVERHEAD_BYTES = 32 * 1024 * 1024
 # onnxruntime-genai 0.18 int4 CPU: 78.9 MB at max_length 1024 and 4096.
 ORT_GENAI_OVERHEAD_BYTES = 96 * 1024 * 1024
 
-# bench/runtime_footprint.py: `slmforge run` minus model, KV, generator and the embedder file was 128.0 / 128.5 MB
-# (demo Q8_0 bundles, int8 embedder) and 131.7 MB (test bundle, fp32 embedder); + margin.
+# bench/runtime_footprint.py: `slmforge run` minus model, KV, generator and the embedder file was 128.6 / 130.1 MB
+# (demo Q8_0 bundles, int8 embedder) and 127.7 MB (test bundle, fp32 embedder); + 13 % margin.
 RUNTIME_BASE_BYTES = 140 * 1024 * 1024
 # The int8 all-MiniLM-L6-v2 that export writes into every bundle (22.95 MB); onnxruntime holds it in memory.
 DEFAULT_EMBEDDER_BYTES = 23_000_000

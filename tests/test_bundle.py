@@ -45,7 +45,7 @@ def test_bundle_layout_and_manifest(built):
             "embedder/embedder.json"} <= names
     assert all(len(f.sha256) == 64 and f.size > 0 for f in m.files)
     assert m.model["format"] == "gguf" and m.model["quant"] == "Q4_1"
-    assert m.index["documents"] == 4 and m.index["chunks"] > 50 and m.index["settings"]["vector_mode"] == "bit+rescore"
+    assert m.index["documents"] == 4 and m.index["chunks"] > 50 and m.index["settings"]["vector_mode"] == "bitscan+rescore"
     assert m.generation["n_ctx"] > 0 and m.system_prompt and m.lineage[-1]["stage"] == "export"
     assert {i["role"] for i in m.inputs} == {"export", "docs"}
     assert b.model_path.is_file() and b.rag_db.is_file() and b.embedder_dir.is_dir()
