@@ -13,6 +13,15 @@ from typing import Any
 
 import numpy as np
 
+_BYTE_POPCOUNT = np.array([i.bit_count() for i in range(256)], dtype=np.uint16)
+
+
+def _popcount_rows(words: np.ndarray) -> np.ndarray:
+    """Set bits per row; ``np.bitwise_count`` is numpy ≥ 2.0, the byte table serves numpy 1.26."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).sum(axis=1, dtype=np.uint16)
+    return _BYTE_POPCOUNT[words.view(np.uint8)].sum(axis=1, dtype=np.uint16)
+
 
 class BitScan:
     """Sign bits of every chunk vector (from ``vec_bit``), loaded on first use, reloaded after writes."""
@@ -52,7 +61,7 @@ class BitScan:
         if total == 0 or n <= 0:
             return []
         query = self._pack(query_bits, 1)[0]
-        distance = np.bitwise_count(self._words ^ query).sum(axis=1, dtype=np.uint16)
+        distance = _popcount_rows(self._words ^ query)
         if n >= total:
             return self._rowids.tolist()
         return self._rowids[np.argpartition(distance, n)[:n]].tolist()

@@ -193,3 +193,14 @@ def test_kill_9_during_index_add_then_rerun(tmp_path: Path, corpus_dir: Path, ti
     with RagIndex(b.rag_db) as idx:
         assert consistent(idx)[0] == total
     assert b.manifest.index["documents"] == total
+
+
+def test_popcount_matches_python_with_and_without_numpy_2(monkeypatch: pytest.MonkeyPatch):
+    """numpy ≥ 2 counts bits natively; the byte table keeps numpy 1.26 (the base install's floor) working."""
+    from slmforge.runtime import bitscan
+
+    words = np.random.default_rng(0).integers(0, 2**63, (64, 6), dtype=np.uint64)
+    expected = [sum(int(w).bit_count() for w in row) for row in words]
+    assert bitscan._popcount_rows(words).tolist() == expected
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert bitscan._popcount_rows(words).tolist() == expected
