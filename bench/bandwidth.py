@@ -35,13 +35,11 @@ class BandwidthSampler:
 
     @property
     def median(self) -> float:
-        if not self.samples:
-            self.sample(PROBES_AT_START)
         return float(statistics.median(self.samples))
 
     @property
     def spread(self) -> tuple[float, float]:
-        return (min(self.samples), max(self.samples)) if self.samples else (self.median, self.median)
+        return min(self.samples), max(self.samples)
 
     def describe(self) -> str:
         low, high = self.spread

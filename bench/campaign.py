@@ -27,6 +27,7 @@ from slmforge.bench.records import (
 )
 from slmforge.bench.run_bundle import DEFAULT_QUESTION, BundleJob, BundleResult, run_in_subprocess
 
+from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_text
 from slmforge.profiles import DeviceProfile, detect_host_profile, load_profile
 
@@ -138,16 +139,17 @@ def quality_identity(path: Path) -> str | None:
 
     Profiles that ship the same model and index differ only in context size and threads; their
     perplexity and QA F1 are measured once (speed and memory are still measured per bundle)."""
-    manifest = path / "manifest.json"
-    if not manifest.is_file():
-        return None
+    from slmforge.runtime.bundle import read_bundle_manifest
+
+    if not path.is_dir():
+        return None  # a .tar bundle or a bare model: measured on its own
     try:
-        m = json.loads(manifest.read_text())
-        index = {k: v for k, v in (m.get("index") or {}).items() if k not in ("path", "updated")}
-        key = {"model": m["model"]["sha256"], "index": index, "generation": m.get("generation"),
-               "system_prompt": m.get("system_prompt"), "embedder": m.get("embedder")}
-    except (OSError, ValueError, KeyError, TypeError):
+        m = read_bundle_manifest(path)
+    except UserError:
         return None  # the worker reports an unreadable bundle itself
+    index = {k: v for k, v in m.index.items() if k not in ("path", "updated")}
+    key = {"model": m.model.get("sha256"), "index": index, "generation": m.generation,
+           "system_prompt": m.system_prompt, "embedder": m.embedder.model_dump(mode="json")}
     return json.dumps(key, sort_keys=True)
 
 

@@ -29,15 +29,14 @@ QUESTION = "How do I copy a file in Python?"
 MB = 1e6
 
 
-# The child records its own high-water mark at exit: VmHWM belongs to its address space, while the
-# kernel's ru_maxrss also keeps the pre-exec peak of the forked parent (a 1.2 GB pytest made a
-# 390 MB `slmforge run` read as 1.3 GB).
+# The child records its own peak at exit (measure.peak_rss_bytes: VmHWM of its address space on
+# Linux); the ru_maxrss the parent sees also keeps the pre-exec peak of the process it was forked
+# from (a 1.2 GB pytest made a 390 MB `slmforge run` read as 1.3 GB).
 _CHILD = """
 import atexit, sys
 def _record(path=sys.argv.pop(1)):
-    for line in open('/proc/self/status'):
-        if line.startswith('VmHWM:'):
-            open(path, 'w').write(line.split()[1])
+    from slmforge.bench.measure import peak_rss_bytes
+    open(path, 'w').write(str(peak_rss_bytes()))
 atexit.register(_record)
 from slmforge.cli import main
 main()
@@ -45,16 +44,14 @@ main()
 
 
 def peak_rss_of(argv: list[str]) -> int:
-    """Peak resident bytes of ``slmforge ARGV`` run in a child process (Linux: its own VmHWM)."""
+    """Peak resident bytes of ``slmforge ARGV`` run in a child process, as the child measures itself."""
     with tempfile.TemporaryDirectory(prefix="slmforge-footprint-") as tmp:
-        record = Path(tmp, "vmhwm_kib")
+        record = Path(tmp, "peak_rss_bytes")
         proc = subprocess.run([sys.executable, "-c", _CHILD, str(record), *argv], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"error: slmforge {' '.join(argv)} exited {proc.returncode}: {proc.stderr[-300:]}")
-        if not record.is_file():
-            raise SystemExit("error: no /proc/self/status here; the footprint bench needs Linux")
-        return int(record.read_text()) * 1024
+        return int(record.read_text())
 
 
 def gguf_config(model: Path) -> dict[str, Any]:

@@ -121,12 +121,16 @@ def test_bandwidth_sampler_projects_from_the_median_not_one_probe():
 
 
 def test_identical_bundles_share_quality_figures_but_not_other_contexts(tmp_path: Path):
+    from slmforge.manifest import BundleManifest, EmbedderInfo
+
     def bundle(name: str, n_ctx: int, sha: str = "ab" * 32) -> Path:
         path = tmp_path / name
         path.mkdir()
-        manifest = {"model": {"sha256": sha}, "index": {"path": "rag.db", "chunks": 10, "updated": name},
-                    "generation": {"n_ctx": n_ctx}, "system_prompt": "s", "embedder": {"model": "e"}}
-        (path / "manifest.json").write_text(json.dumps(manifest))
+        manifest = BundleManifest(files=[], model={"format": "gguf", "quant": "Q8_0", "path": "m.gguf", "sha256": sha},
+                                  embedder=EmbedderInfo(path="embedder"), system_prompt="s",
+                                  generation={"n_ctx": n_ctx}, profile=name,
+                                  index={"path": "rag.db", "chunks": 10, "updated": name})
+        (path / "manifest.json").write_text(manifest.model_dump_json())
         return path
 
     pi5, android, zero = bundle("pi5", 2048), bundle("android", 2048), bundle("zero", 1024)
