@@ -27,8 +27,10 @@ LLAMACPP_OVERHEAD_BYTES = 32 * 1024 * 1024
 ORT_GENAI_OVERHEAD_BYTES = 96 * 1024 * 1024
 
 # bench/runtime_footprint.py: `slmforge run` minus model, KV, generator and the embedder file was 128.6 / 130.1 MB
-# (demo Q8_0 bundles, int8 embedder) and 127.7 MB (test bundle, fp32 embedder); + 13 % margin.
-RUNTIME_BASE_BYTES = 140 * 1024 * 1024
+# (demo Q8_0 bundles, int8 embedder) and 127.7 MB (test bundle, fp32 embedder) on one 2-core machine, and 147.0 MB
+# for the same test bundle on the CI machine of the same kind (same package versions): the base moves with the host
+# (allocator, kernel, CPU), so the constant sits 14 % above the highest seen.
+RUNTIME_BASE_BYTES = 160 * 1024 * 1024
 # The int8 all-MiniLM-L6-v2 that export writes into every bundle (22.95 MB); onnxruntime holds it in memory.
 DEFAULT_EMBEDDER_BYTES = 23_000_000
 RUNTIME_PROCESS_BYTES = RUNTIME_BASE_BYTES + DEFAULT_EMBEDDER_BYTES
