@@ -1,9 +1,12 @@
-"""Does a merge keep what its parents know? Held-out perplexity and FAQ-answer F1, merged vs parents.
+"""Does a merge keep what its parents know? Held-out perplexity and FAQ-answer quality, merged vs parents.
 
 Each checkpoint is scored the same way in one run: perplexity on the first ``--ppl-tokens``
-held-out document tokens (512-token windows, transformers float32), and token F1 of its greedy,
-closed-book answers (chat template, no retrieval) to held-out FAQ questions against their
-reference answers. The verdict says whether the merge sits between its parents or above both.
+held-out document tokens (512-token windows, transformers float32); the loss per token of the
+reference answers to held-out FAQ questions (chat template, teacher-forced, assistant tokens
+only: how likely the model finds the right answer); and token F1 of its greedy, closed-book
+answers (no retrieval) against them. The verdict says whether the merge sits between its
+parents or above both; for F1, whose per-question spread is large on a few questions, a paired
+bootstrap gives the 95 % interval of merged − parent so a gap inside the noise reads as such.
 
     python -m slmforge.bench.merge_quality --parent runs/x/cpt --parent runs/x/align --merged runs/x/merged \\
         --heldout runs/x/data --qa runs/x/qa/qa.heldout.jsonl [--out result.json]
@@ -21,17 +24,23 @@ from slmforge.bench.quality import load_qa, token_f1
 
 from slmforge.errors import UserError
 
+BOOTSTRAP_SAMPLES = 2000
+
 
 def score(checkpoint: Path, texts: list[str], qa: list[tuple[str, str]], ppl_tokens: int,
           max_new_tokens: int) -> dict[str, Any]:
-    """Perplexity and mean answer F1 of one HF checkpoint."""
+    """Perplexity, reference-answer loss and answer F1 (mean and per question) of one HF checkpoint."""
     import torch
     from slmforge.trainer.perplexity import perplexity
+    from slmforge.trainer.train_sft import assistant_loss, tokenize_conversation
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     ppl = perplexity(model, tokenizer, texts, seq_len=512, max_tokens=ppl_tokens)
+    answer_loss = assistant_loss(model, [tokenize_conversation(tokenizer, [{"role": "user", "content": q},
+                                                                           {"role": "assistant", "content": a}])
+                                         for q, a in qa])
     f1s = []
     for question, reference in qa:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
@@ -41,8 +50,21 @@ def score(checkpoint: Path, texts: list[str], qa: list[tuple[str, str]], ppl_tok
                                  pad_token_id=tokenizer.eos_token_id)
         answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         f1s.append(token_f1(answer, reference))
-    return {"path": str(checkpoint), "ppl": round(ppl, 4), "qa_f1": round(sum(f1s) / max(1, len(f1s)), 4),
-            "questions": len(f1s)}
+    return {"path": str(checkpoint), "ppl": round(ppl, 4), "answer_loss": answer_loss,
+            "qa_f1": round(sum(f1s) / max(1, len(f1s)), 4), "questions": len(f1s),
+            "qa_f1_per_question": [round(f, 4) for f in f1s]}
+
+
+def paired_bootstrap(merged: list[float], parent: list[float], seed: int = 0) -> dict[str, float]:
+    """Mean of merged − parent over the same questions and its 95 % bootstrap interval."""
+    import numpy as np
+
+    diff = np.asarray(merged) - np.asarray(parent)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(BOOTSTRAP_SAMPLES, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": round(float(diff.mean()), 4), "ci95_low": round(float(low), 4), "ci95_high": round(float(high), 4),
+            "significant": bool(low > 0 or high < 0)}
 
 
 def verdict(merged: float, parents: list[float], higher_is_better: bool) -> str:
@@ -79,13 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     parents = [rows[str(p)] for p in args.parent]
     verdicts = {
         str(m): {"ppl": verdict(rows[str(m)]["ppl"], [p["ppl"] for p in parents], higher_is_better=False),
-                 "qa_f1": verdict(rows[str(m)]["qa_f1"], [p["qa_f1"] for p in parents], higher_is_better=True)}
+                 "answer_loss": verdict(rows[str(m)]["answer_loss"], [p["answer_loss"] for p in parents],
+                                        higher_is_better=False),
+                 "qa_f1": verdict(rows[str(m)]["qa_f1"], [p["qa_f1"] for p in parents], higher_is_better=True),
+                 "qa_f1_vs_parents": {str(p): paired_bootstrap(rows[str(m)]["qa_f1_per_question"],
+                                                               rows[str(p)]["qa_f1_per_question"])
+                                      for p in args.parent}}
         for m in args.merged
     }
     first = verdicts[str(args.merged[0])]
     result = {
         "models": rows,
         "ppl_verdict": first["ppl"],  # of the first --merged, as before several could be given
+        "answer_loss_verdict": first["answer_loss"],
         "qa_f1_verdict": first["qa_f1"],
         "verdicts": verdicts,
         "settings": {"ppl_tokens": args.ppl_tokens, "qa_questions": len(qa), "max_new_tokens": args.max_new_tokens},

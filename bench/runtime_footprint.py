@@ -56,13 +56,13 @@ def peak_rss_of(argv: list[str]) -> int:
 
 def gguf_config(model: Path) -> dict[str, Any]:
     """The few hyperparameters the KV-cache formula needs, read from the GGUF's metadata."""
-    from gguf import GGUFReader
+    from slmforge.export.gguf_header import read_gguf_header
 
-    reader = GGUFReader(model)
-    arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+    metadata = read_gguf_header(model).metadata
+    arch = metadata["general.architecture"]
 
     def value(key: str) -> int:
-        return int(reader.fields[f"{arch}.{key}"].parts[-1][0])
+        return int(metadata[f"{arch}.{key}"])
 
     heads = value("attention.head_count")
     return {"num_hidden_layers": value("block_count"), "num_attention_heads": heads,

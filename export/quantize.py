@@ -66,30 +66,26 @@ class GGUFContents:
 
 def inspect_gguf(path: str | Path) -> GGUFContents:
     """Read tensor types and sizes from a GGUF header; a corrupt file is a one-line UserError."""
-    from gguf import GGUFReader
+    from slmforge.export.gguf_header import read_gguf_header
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: GGUF file not found")
     try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001 - gguf-py raises ValueError/struct.error/IndexError on damaged files
+        header = read_gguf_header(path)
+    except Exception as exc:  # noqa: BLE001 - struct.error/ValueError/KeyError on damaged files
         raise UserError(f"{path}: not a readable GGUF file ({exc.__class__.__name__}: {exc}); re-export it") from None
-    types: Counter[str] = Counter()
-    params = weight_bytes = 0
-    for tensor in reader.tensors:
-        types[tensor.tensor_type.name] += 1
-        params += int(tensor.n_elements)
-        weight_bytes += int(tensor.n_bytes)
-    field_ = reader.get_field("general.architecture")
-    arch = field_.contents() if field_ is not None else None
+    types: Counter[str] = Counter(t.type_name for t in header.tensors)
+    params = sum(t.n_elements for t in header.tensors)
+    weight_bytes = sum(t.n_bytes for t in header.tensors)
+    arch = header.metadata.get("general.architecture")
     return GGUFContents(
         size_bytes=path.stat().st_size,
         parameters=params,
         weight_bytes=weight_bytes,
         bits_per_weight=round(8 * weight_bytes / max(params, 1), 3),
         tensor_types=dict(types.most_common()),
-        architecture=arch,
+        architecture=arch if isinstance(arch, str) else None,
     )
 
 

@@ -131,6 +131,16 @@ def _bundle_metric(m: dict) -> str | None:
     return f"{model.get('quant')} + {index.get('chunks', 0)} chunks from {index.get('documents', 0)} documents"
 
 
+def _benched_bundles(chosen: list[str] | None, profiles: list[str], bundles: list[Path]) -> dict[str, Path]:
+    """Profile → bundle dir of the bundles the bench stage times (all of them unless the recipe names some)."""
+    by_profile = dict(zip(profiles, bundles))
+    for name in chosen or []:
+        if name not in by_profile:
+            raise UserError(f"recipe: stages.bench.bundles: '{name}' is not one of stages.export.profiles "
+                            f"({', '.join(profiles)})")
+    return {name: by_profile[name] for name in chosen} if chosen else by_profile
+
+
 def _bench_metric(output: Path) -> str | None:
     for line in output.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
@@ -282,15 +292,16 @@ class PlanBuilder:
                                      answer, {"question": s.answer.question}, _json_metric("", _answer_metric),
                                      [f"bundle:{s.export.profiles[0]}"], stdout_to=answer))
         if bundles and s.bench.enabled:
+            benched = _benched_bundles(s.bench.bundles, s.export.profiles, bundles)
             results = self.path("bench/results.jsonl")
             emulate = [a for p in s.bench.emulate for a in ("--emulate", p)]
             opts = {k: v for k, v in s.bench.cli_options().items()}
             # Quality next to speed: held-out perplexity and answers to the held-out FAQ questions.
             quality = [data / "heldout.jsonl", qa_dir / "qa.heldout.jsonl"]
-            self.stages.append(Stage("bench", ["bench", "run", *map(str, bundles), *emulate, "--out", str(results),
-                                               "--heldout", str(quality[0]), "--qa", str(quality[1]),
-                                               *options_to_argv("bench", opts)], [*bundles, *quality], results, opts,
-                                     _bench_metric, [f"bundle:{p}" for p in s.export.profiles] + ["prepare", "qa"]))
+            self.stages.append(Stage("bench", ["bench", "run", *map(str, benched.values()), *emulate, "--out",
+                                               str(results), "--heldout", str(quality[0]), "--qa", str(quality[1]),
+                                               *options_to_argv("bench", opts)], [*benched.values(), *quality], results,
+                                     opts, _bench_metric, [f"bundle:{p}" for p in benched] + ["prepare", "qa"]))
             report = self.path("bench/report")
             self.stages.append(Stage("report", ["bench", "report", str(results), "--out", str(report)], [results],
                                      report, {}, lambda out: str(out / "report.md"), ["bench"]))

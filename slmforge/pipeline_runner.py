@@ -3,18 +3,16 @@
 A stage is up to date when its output exists and the fingerprint recorded after its last
 successful run (argv + options + sha256 of every input) equals the current one. Each stage
 runs `slmforge <verb> ...` in a child process (files are the interfaces, and memory from
-training is returned to the OS between stages); its output goes to `logs/<stage>.log`.
+training is returned to the OS between stages; slmforge/stage_process.py forks it from a server
+that imported torch once); its output goes to `logs/<stage>.log`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shlex
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_json, sha256_path
+from slmforge.stage_process import run_stage
 
 
 @dataclass
@@ -162,27 +161,22 @@ class PipelineRunner:
         for stale in stage.output.parent.glob(f"{stage.output.name}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         log_path = self.log_dir / f"{stage.name.replace(':', '--')}.log"
-        cmd = [sys.executable, "-m", "slmforge.cli", *stage.argv]
+        log_path.write_text("$ slmforge " + " ".join(stage.argv) + "\n", encoding="utf-8")
+        captured = stage.stdout_to.with_name(stage.stdout_to.name + ".partial-out") if stage.stdout_to else None
         started = time.perf_counter()
-        with open(log_path, "w", encoding="utf-8") as log:
-            log.write("$ slmforge " + " ".join(stage.argv) + "\n")
-            log.flush()
-            captured = stage.stdout_to.with_name(stage.stdout_to.name + ".partial-out") if stage.stdout_to else None
-            with contextlib.ExitStack() as stack:
-                sink = stack.enter_context(open(captured, "w", encoding="utf-8")) if captured else None
-                proc = subprocess.Popen(cmd, stdout=sink or subprocess.PIPE,
-                                        stderr=subprocess.PIPE if sink else subprocess.STDOUT,
-                                        text=True, bufsize=1, errors="replace")
-                pump = threading.Thread(target=_pump, args=(proc.stderr if sink else proc.stdout, log, bar),
-                                        daemon=True)
-                pump.start()
-                code = proc.wait()
-                pump.join(timeout=5)
-            if captured is not None:
-                if code == 0:
-                    captured.replace(stage.stdout_to)  # type: ignore[arg-type]
-                else:
-                    captured.unlink(missing_ok=True)
+        done = threading.Event()
+        tail = threading.Thread(target=_tail, args=(log_path, bar, done), daemon=True)
+        tail.start()
+        try:
+            code = run_stage(stage.argv, log_path, captured)
+        finally:
+            done.set()
+            tail.join(timeout=5)
+        if captured is not None:
+            if code == 0:
+                captured.replace(stage.stdout_to)  # type: ignore[arg-type]
+            else:
+                captured.unlink(missing_ok=True)
         seconds = time.perf_counter() - started
         if code != 0:
             last = _last_error_line(log_path)
@@ -201,14 +195,18 @@ class PipelineRunner:
         return StageOutcome(stage.name, "ran", seconds, metric)
 
 
-def _pump(stream: Any, log: Any, bar: tqdm) -> None:
-    """Copy the child's output to its log; show its latest progress line on the pipeline bar."""
-    for line in stream:
-        log.write(line)
-        log.flush()
-        latest = line.rstrip().split("\r")[-1].strip()
-        if latest:
-            bar.set_postfix_str(latest[-70:], refresh=True)
+def _tail(log_path: Path, bar: tqdm, done: threading.Event) -> None:
+    """Show the stage's latest progress line (its log's last non-empty line) on the pipeline bar."""
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        while True:
+            chunk = log.read()
+            lines = [ln.strip() for ln in chunk.replace("\r", "\n").splitlines() if ln.strip()]
+            if lines:
+                bar.set_postfix_str(lines[-1][-70:], refresh=True)
+            elif done.is_set():
+                return
+            else:
+                time.sleep(0.25)
 
 
 def _last_error_line(log_path: Path) -> str:

@@ -52,6 +52,9 @@ class AnswerOptions(_Strict):
 
 class BenchOptions(StageOptions):
     emulate: list[str] = Field(default_factory=list)
+    bundles: list[str] | None = Field(default=None, min_length=1,
+                                      description="profiles whose bundles are measured on this host (default: all); "
+                                                  "identical bundles need not be timed twice, `emulate` projects")
 
 
 class Stages(_Strict):

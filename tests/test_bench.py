@@ -363,6 +363,15 @@ def test_bundle_description_from_a_bare_model_name(tmp_path: Path):
     assert describe(onnx, None).quant == "int4" and describe(onnx, None).format == "onnx"
 
 
+def test_paired_bootstrap_separates_signal_from_noise():
+    from slmforge.bench.merge_quality import paired_bootstrap
+
+    better = paired_bootstrap([0.5 + 0.01 * i for i in range(20)], [0.2 + 0.01 * i for i in range(20)])
+    assert better["mean"] == 0.3 and better["ci95_low"] > 0 and better["significant"]
+    noisy = paired_bootstrap([0.3, 0.1, 0.4, 0.0, 0.2], [0.1, 0.3, 0.2, 0.2, 0.2])
+    assert noisy["ci95_low"] < 0 < noisy["ci95_high"] and not noisy["significant"]
+
+
 def test_merge_quality_scores_parents_and_merge(tiny_checkpoint: Path, tmp_path: Path, capsys):
     """The merge-quality bench scores every checkpoint the same way and places the merge."""
     import json
@@ -387,6 +396,10 @@ def test_merge_quality_scores_parents_and_merge(tiny_checkpoint: Path, tmp_path:
     assert len(result["models"]) == 4 and len(ppls) == 1 and ppls.pop() > 1  # same weights, same figures
     assert result["ppl_verdict"] == "above both" and result["models"][str(a)]["questions"] == 1
     assert set(result["verdicts"]) == {str(tiny_checkpoint), str(c)}
+    losses = {m["answer_loss"] for m in result["models"].values()}
+    assert len(losses) == 1 and losses.pop() > 0 and result["answer_loss_verdict"] == "above both"
+    same = result["verdicts"][str(c)]["qa_f1_vs_parents"][str(a)]
+    assert same["mean"] == 0 and not same["significant"]  # identical answers: no difference, no signal
     capsys.readouterr()
     assert main(["--parent", str(a), "--merged", str(b), "--heldout", str(tmp_path / "none.jsonl"),
                  "--qa", str(tmp_path / "qa.jsonl")]) == 2

@@ -164,3 +164,27 @@ def test_truncated_safetensors_is_one_clear_error(tiny_checkpoint: Path, tmp_pat
     with pytest.raises(UserError, match="safetensors"):
         write_gguf(bad, tmp_path / "out.gguf", progress=False)
     assert not any(p.name.startswith((".out.gguf", "out.gguf")) for p in tmp_path.iterdir())
+
+
+def test_fast_header_reader_agrees_with_gguf_py(tiny_gguf: Path, tmp_path: Path):
+    """export/gguf_header.py skips arrays for speed; everything else must read as gguf-py reads it."""
+    from gguf import GGUFReader
+    from slmforge.export.gguf_header import ArrayInfo, read_gguf_header
+
+    header, reader = read_gguf_header(tiny_gguf), GGUFReader(str(tiny_gguf))
+    assert [(t.name, t.type_name, t.shape, t.n_elements, t.n_bytes) for t in header.tensors] == [
+        (t.name, t.tensor_type.name, tuple(int(d) for d in t.shape), int(t.n_elements), int(t.n_bytes))
+        for t in reader.tensors]
+    keys = [k for k in reader.fields if not k.startswith("GGUF.")]
+    assert keys == list(header.metadata)
+    for key in keys:
+        value = header.metadata[key]
+        if isinstance(value, ArrayInfo):
+            assert value.length == len(reader.fields[key].data), key
+        else:
+            assert value == pytest.approx(reader.get_field(key).contents()), key
+    assert header.metadata["tokenizer.ggml.tokens"].element_type == "STRING"
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_gguf.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="past the end"):
+        read_gguf_header(cut)

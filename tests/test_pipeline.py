@@ -49,6 +49,8 @@ def _recipe(tmp_path: Path, base: Path, docs: Path, short: bool = False) -> Path
     if short:  # prepare → qa → pretrain only: enough to kill a run mid-stage and resume it
         for stage in ("sft", "pairs", "align", "merge"):
             recipe["stages"][stage]["enabled"] = False
+        # long enough that the kill lands inside it: a stage forked from the warm server starts in well under 1 s
+        recipe["stages"]["pretrain"]["max_steps"] = 300
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -130,6 +132,7 @@ def test_pipeline_killed_mid_stage_completes_on_rerun(tmp_path, tiny_checkpoint,
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert state.exists(), "the pipeline never finished its prepare stage"
+    assert not (tmp_path / "run" / ".pipeline" / "pretrain.json").exists(), "the kill came after pretrain finished"
     rerun = run_cli("pipeline", str(recipe), "--json")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     statuses = _statuses(rerun.stdout)
@@ -150,3 +153,18 @@ def test_shipped_demo_recipes_plan_every_stage(recipe: str, tmp_path: Path):
     plan = json.loads(run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"), "--json").stdout)
     bench = next(s["command"] for s in plan["stages"] if s["name"] == "bench")
     assert "--heldout" in bench and "qa.heldout.jsonl" in bench  # quality measured next to speed
+    timed = [b for b in ("raspberry-pi-5-8gb", "android-midrange-8gb", "laptop-x86-16gb") if f"bundles/{b}" in bench]
+    assert timed == (["raspberry-pi-5-8gb"] if recipe == "recipe-quick.yaml" else
+                     ["raspberry-pi-5-8gb", "android-midrange-8gb", "laptop-x86-16gb"])
+
+
+def test_bench_bundles_must_name_exported_profiles(tmp_path: Path):
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "python-docs" / "recipe-quick.yaml")
+                          .read_text())
+    data["documents"] = [str(Path(__file__).resolve().parents[1] / "examples" / "python-docs" / "docs" / "faq")]
+    data["stages"]["bench"]["bundles"] = ["iphone-15"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "stages.bench.bundles: 'iphone-15'" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -157,6 +157,20 @@ def test_sft_on_each_format(tiny_checkpoint, data, tmp_path, fmt):
         assert changed(out, tiny_checkpoint)
 
 
+def test_sft_eval_examples_caps_the_heldout_answer_loss(tiny_checkpoint, tmp_path):
+    """--eval-examples measures fewer held-out answers; the held-out split (so the training set) is unchanged."""
+    from slmforge.trainer.train_sft import train_sft
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"{q} (variant {i})", "input": "", "output": a}) + "\n"
+                            for i in range(6) for q, a in QA))  # 36 examples: 3 held out
+    full = train_sft(opts(tiny_checkpoint, data, tmp_path / "all", seq_len=128, max_steps=1, eval_tokens=0))
+    capped = train_sft(opts(tiny_checkpoint, data, tmp_path / "one", seq_len=128, max_steps=1, eval_tokens=0,
+                            extra={"eval_examples": 1}))
+    assert full["examples"] == 36 and full["heldout_examples"] == 3 and capped["heldout_examples"] == 1
+    assert capped["packed_rows"] == full["packed_rows"] and capped["assistant_tokens"] == full["assistant_tokens"]
+
+
 @pytest.mark.parametrize("method,key", [("dpo", "prefs"), ("ipo", "prefs"), ("kto", "kto"), ("orpo", "prefs")])
 def test_align_methods_train_and_measure_the_margin(tiny_checkpoint, data, tmp_path, method, key):
     from slmforge.trainer.train_align import train_align

@@ -57,12 +57,12 @@ def embedded_gguf() -> Path:
 
 
 def _gguf_metadata(path: Path) -> dict[str, Any]:
-    """Tokenizer facts from a GGUF header, read with gguf-py (no weights loaded)."""
-    from gguf import GGUFReader
+    """Tokenizer facts from a GGUF header (no weights, no token arrays loaded)."""
+    from slmforge.export.gguf_header import read_gguf_header
 
     try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001 - gguf raises ValueError/struct errors on corrupt files
+        header = read_gguf_header(path)
+    except Exception as exc:  # noqa: BLE001 - struct.error/ValueError/KeyError on corrupt files
         raise UserError(f"{path}: not a readable GGUF file ({exc.__class__.__name__}: {exc})") from None
     wanted = {
         "general.architecture": "architecture",
@@ -76,12 +76,7 @@ def _gguf_metadata(path: Path) -> dict[str, Any]:
         "tokenizer.ggml.pre": "pre_tokenizer",
         "tokenizer.chat_template": "chat_template",
     }
-    meta: dict[str, Any] = {}
-    for key, name in wanted.items():
-        fld = reader.get_field(key)
-        if fld is not None:
-            meta[name] = fld.contents()
-    return meta
+    return {name: header.metadata[key] for key, name in wanted.items() if key in header.metadata}
 
 
 # llama.cpp pre-tokenizers that split digits one by one before the GPT-2 byte-level regex.

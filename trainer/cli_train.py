@@ -44,6 +44,9 @@ def pretrain(as_json: bool, **kwargs: Any) -> None:
 @click.option("--heldout-text", type=click.Path(exists=True, path_type=Path), default=None,
               help="Held-out documents (a dataset dir, .jsonl or text) whose perplexity is measured before and "
                    "after, so the cost of instruction tuning to the domain knowledge shows.")
+@click.option("--eval-examples", type=click.IntRange(min=1), default=None,
+              help="Measure the held-out answer loss on the first N held-out examples only (default: all of "
+                   "them; each costs a forward pass before and after training).")
 @json_option
 def sft(as_json: bool, **kwargs: Any) -> None:
     """Instruction tuning on chat {"messages"} or alpaca JSONL; loss on assistant tokens only."""

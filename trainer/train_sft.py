@@ -188,6 +188,7 @@ def train_sft(opts: TrainOptions) -> dict[str, Any]:
         raise UserError(f"{opts.data}: no example keeps an assistant token within --seq-len {opts.seq_len}")
     train_ex, held_ex = split_heldout(examples, opts.seed)
     rows = pack_examples(train_ex, opts.seq_len)
+    held_ex = held_ex[:opts.extra.get("eval_examples") or len(held_ex)]  # the split itself stays the same
     loss_before = assistant_loss(model, held_ex)
     held_texts = load_texts(opts.extra["heldout_text"]) if opts.extra.get("heldout_text") else []
     ppl_before = heldout_ppl(model, tokenizer, held_texts, opts)
