@@ -114,8 +114,10 @@ def _align_metric(m: dict) -> str | None:
     before, after = metrics.get("margin_before"), metrics.get("margin_after")
     if before is None or after is None:
         return None
+    reward = metrics.get("reward_accuracy_after")
     return (f"{metrics.get('method', '')} held-out margin {before:.2f} → {after:.2f}, "
-            f"accuracy {metrics.get('accuracy_before', 0):.2f} → {metrics.get('accuracy_after', 0):.2f}").strip()
+            f"accuracy {metrics.get('accuracy_before', 0):.2f} → {metrics.get('accuracy_after', 0):.2f}"
+            + (f", reward accuracy {reward:.2f}" if reward is not None else "")).strip()
 
 
 def _lines_metric(label: str) -> Callable[[Path], str | None]:

@@ -105,6 +105,9 @@ def margin_metrics(before: list[tuple[float, float]], after: list[tuple[float, f
         "accuracy_before": round(sum(m > 0 for m in m_before) / n, 4),
         "accuracy_after": round(sum(m > 0 for m in m_after) / n, 4),
         "reward_margin_after": round(sum(reward) / n, 4),
+        # trl's rewards/accuracies with the model before this run as reference: did training move chosen above
+        # rejected? Raw accuracy cannot move when every reference answer is far longer than the model's own.
+        "reward_accuracy_after": round(sum(r > 0 for r in reward) / n, 4),
     }
 
 
