@@ -131,6 +131,15 @@ def test_pipeline_killed_mid_stage_completes_on_rerun(tmp_path, tiny_checkpoint,
     time.sleep(1.0)  # now inside pretrain
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 10  # the stage process (forked from the pipeline's warm server) dies with the group
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("a stage process outlived the killed pipeline")
     assert state.exists(), "the pipeline never finished its prepare stage"
     assert not (tmp_path / "run" / ".pipeline" / "pretrain.json").exists(), "the kill came after pretrain finished"
     rerun = run_cli("pipeline", str(recipe), "--json")

@@ -25,7 +25,8 @@ def examples_dir() -> Path:
 
 @click.command()
 @click.option("--quick", is_flag=True,
-              help="Same path on the FAQ part of the excerpt with a few steps per stage (about 8 minutes on 2 cores).")
+              help="Same path on the FAQ part of the excerpt with a few steps per stage (about 4.5 minutes on 2 cores; "
+                   "a first run on the machine adds about 2 for the cached base import and embedder gate).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Run directory (default: runs/python-docs[-quick]).")
 def demo(quick: bool, out: Path | None) -> None:
     """Base import → prepare → CPT → SFT → DPO → merge → export for three profiles → bundles →
