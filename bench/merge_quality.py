@@ -75,6 +75,16 @@ def verdict(merged: float, parents: list[float], higher_is_better: bool) -> str:
     return "above both" if better else ("below both" if worse else "between")
 
 
+METRICS = {"ppl": False, "answer_loss": False, "qa_f1": True}  # name → higher is better
+
+
+def judge(merged: dict[str, Any], parents: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Where the merge sits on each metric, and its per-question F1 against each parent (paired bootstrap)."""
+    places = {name: verdict(merged[name], [p[name] for p in parents.values()], higher) for name, higher in METRICS.items()}
+    noise = {path: paired_bootstrap(merged["qa_f1_per_question"], p["qa_f1_per_question"]) for path, p in parents.items()}
+    return {**places, "qa_f1_vs_parents": noise}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parent", type=Path, action="append", required=True, help="a parent checkpoint (twice)")
@@ -98,17 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    parents = [rows[str(p)] for p in args.parent]
-    verdicts = {
-        str(m): {"ppl": verdict(rows[str(m)]["ppl"], [p["ppl"] for p in parents], higher_is_better=False),
-                 "answer_loss": verdict(rows[str(m)]["answer_loss"], [p["answer_loss"] for p in parents],
-                                        higher_is_better=False),
-                 "qa_f1": verdict(rows[str(m)]["qa_f1"], [p["qa_f1"] for p in parents], higher_is_better=True),
-                 "qa_f1_vs_parents": {str(p): paired_bootstrap(rows[str(m)]["qa_f1_per_question"],
-                                                               rows[str(p)]["qa_f1_per_question"])
-                                      for p in args.parent}}
-        for m in args.merged
-    }
+    verdicts = {str(m): judge(rows[str(m)], {str(p): rows[str(p)] for p in args.parent}) for m in args.merged}
     first = verdicts[str(args.merged[0])]
     result = {
         "models": rows,

@@ -43,13 +43,10 @@ def run_stage(argv: list[str], log_path: Path, stdout_path: Path | None = None) 
 
 
 def _run_cold(argv: list[str], log_path: Path, stdout_path: Path | None) -> int:
-    with open(log_path, "a", encoding="utf-8") as log:
-        if stdout_path is None:
-            return subprocess.run([sys.executable, "-m", "slmforge.cli", *argv], stdout=log, stderr=subprocess.STDOUT,
-                                  check=False).returncode
-        with open(stdout_path, "w", encoding="utf-8") as out:
-            return subprocess.run([sys.executable, "-m", "slmforge.cli", *argv], stdout=out, stderr=log,
-                                  check=False).returncode
+    with open(log_path, "a", encoding="utf-8") as log, \
+            open(stdout_path or os.devnull, "w", encoding="utf-8") as out:
+        return subprocess.run([sys.executable, "-m", "slmforge.cli", *argv], stdout=out if stdout_path else log,
+                              stderr=log if stdout_path else subprocess.STDOUT, check=False).returncode
 
 
 def _stage_main(argv: list[str], log_path: str, stdout_path: str | None) -> None:
