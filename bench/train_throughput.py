@@ -11,6 +11,7 @@ each counts, so a burst of load on the machine cannot decide the ratio. Goal: â‰
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -21,28 +22,27 @@ from typing import Any
 import click
 import torch
 from slmforge.trainer.datasets import load_records, text_dataset_files, to_messages
+from slmforge.trainer.packed_attention import packed_attention
 from slmforge.trainer.train_common import (
     TrainOptions,
     load_model_and_tokenizer,
     training_arguments,
     wrap_lora,
 )
-from slmforge.trainer.train_pretrain import BlockDataset, collate_blocks, pack_blocks
+from slmforge.trainer.train_pretrain import BlockCollator, BlockDataset, pack_blocks
 from slmforge.trainer.train_sft import IGNORE, PackedCollator, RowDataset, build_examples, pack_examples
 
 
 class CountingCollator:
-    """Wraps a collator and counts the real (non-padding) tokens it hands to the model."""
+    """Wraps a collator and counts the real tokens it hands to the model (before any padding)."""
 
     def __init__(self, collate: Callable[[list], dict[str, torch.Tensor]]) -> None:
         self.collate = collate
         self.real_tokens = 0
 
     def __call__(self, features: list) -> dict[str, torch.Tensor]:
-        batch = self.collate(features)
-        mask = batch.get("attention_mask")
-        self.real_tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-        return batch
+        self.real_tokens += sum(len(f["input_ids"]) for f in features)
+        return self.collate(features)
 
 
 def padded_collator(pad_id: int) -> Callable[[list], dict[str, torch.Tensor]]:
@@ -62,8 +62,11 @@ def padded_collator(pad_id: int) -> Callable[[list], dict[str, torch.Tensor]]:
 
 
 def timed_train(model_dir: Path, dataset: Any, collate: Callable, steps: int, batch_size: int,
-                work: Path) -> dict[str, float]:
-    """Train ``steps`` steps; return real tokens, seconds and tokens/s (warm-up step excluded)."""
+                work: Path, packed: bool) -> dict[str, float]:
+    """Train ``steps`` steps; return real tokens, seconds and tokens/s (warm-up step excluded).
+
+    ``packed``: our side, attention per packed example as ``slmforge train`` runs it.
+    """
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class StepClock(TrainerCallback):
@@ -82,7 +85,8 @@ def timed_train(model_dir: Path, dataset: Any, collate: Callable, steps: int, ba
     clock = StepClock()
     args = TrainingArguments(**training_arguments(opts, work, disable_tqdm=False))
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counter, callbacks=[clock])
-    trainer.train()
+    with packed_attention(model) if packed else contextlib.nullcontext():
+        trainer.train()
     (t0, n0), (t1, n1) = clock.marks[0], clock.marks[-1]
     return {"tokens": n1 - n0, "seconds": round(t1 - t0, 2), "tokens_per_s": round((n1 - n0) / (t1 - t0), 1)}
 
@@ -109,7 +113,7 @@ def cpt_pair(tokenizer: Any, data: Path, seq_len: int, seed: int) -> tuple[tuple
     _, records = load_records(train_file, "pretrain")
     texts = [r["text"] for r in records]
     random.Random(seed).shuffle(texts)
-    ours = (BlockDataset(pack_blocks(tokenizer, texts, seq_len)), collate_blocks)
+    ours = (BlockDataset(pack_blocks(tokenizer, texts, seq_len)), BlockCollator(tokenizer.eos_token_id))
     naive_items = [{"input_ids": (tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:seq_len]}
                    for t in texts]
     return ours, (ListDataset(naive_items), padded_collator(tokenizer.pad_token_id))
@@ -152,7 +156,8 @@ def main(model: Path | None, data: Path, qa: Path, steps: int, batch_size: int, 
         sides = {"ours": ours, "baseline": naive}
         runs: dict[str, list[dict[str, float]]] = {"ours": [], "baseline": []}
         for side in abba_order(rounds):
-            runs[side].append(timed_train(model, *sides[side], steps, batch_size, work / f"{stage}-{side}"))
+            runs[side].append(timed_train(model, *sides[side], steps, batch_size, work / f"{stage}-{side}",
+                                          packed=side == "ours"))
         row: dict[str, Any] = {side: max(r, key=lambda x: x["tokens_per_s"]) for side, r in runs.items()}
         row["all_runs"] = runs
         row["ratio"] = round(row["ours"]["tokens_per_s"] / row["baseline"]["tokens_per_s"], 2)

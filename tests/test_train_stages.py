@@ -109,6 +109,77 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_checkpoint):
     assert torch.allclose(packed, torch.cat(alone, dim=1), atol=1e-5)
 
 
+def packed_batch() -> dict[str, torch.Tensor]:
+    """Two packed SFT-like rows (3 examples + a padding 'example'), labels on the second half of each."""
+    from slmforge.trainer.train_sft import PackedCollator, pack_examples
+
+    examples = []
+    for n, first in ((14, 5), (9, 40), (20, 60)):
+        ids = list(range(first, first + n))
+        examples.append((ids, [-100] * (n // 2) + ids[n // 2:]))
+    return PackedCollator(pad_id=0)(pack_examples(examples, seq_len=24))
+
+
+def loss_and_grads(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    return out, [p.grad.clone() for p in model.parameters()]
+
+
+def test_packed_attention_gives_transformers_numbers_per_example(tiny_checkpoint):
+    from slmforge.trainer.packed_attention import NAME, packed_attention
+    from slmforge.trainer.train_common import load_model_and_tokenizer
+
+    model = load_model_and_tokenizer(tiny_checkpoint)[0]
+    full = {k: v for k, v in packed_batch().items() if k in ("input_ids", "labels", "position_ids")}
+    assert (full["position_ids"] == 0).sum() >= 4  # several examples per row: the mask path is exercised
+    reference, ref_grads = loss_and_grads(model, full)  # transformers' block-diagonal mask (sdpa)
+    with packed_attention(model) as used:
+        assert used and model.config._attn_implementation == NAME
+        ours, grads = loss_and_grads(model, full)
+    assert model.config._attn_implementation == "sdpa"  # restored: eval, generation and saving see the usual one
+    assert torch.allclose(ours.logits, reference.logits, atol=1e-5)
+    assert abs(ours.loss.item() - reference.loss.item()) < 1e-6
+    assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, ref_grads))
+
+
+def test_sft_batches_project_only_trained_positions_onto_the_vocabulary(tiny_checkpoint):
+    from slmforge.trainer.packed_attention import packed_attention
+    from slmforge.trainer.train_common import load_model_and_tokenizer
+
+    model = load_model_and_tokenizer(tiny_checkpoint)[0]
+    batch = packed_batch()
+    keep = batch["logits_to_keep"]
+    assert keep.dtype == torch.bool and keep.shape == batch["input_ids"].shape
+    assert int(keep.sum()) == len(batch["shift_labels"]) == int((batch["labels"] != -100).sum())
+    full = {k: v for k, v in batch.items() if k in ("input_ids", "labels", "position_ids")}
+    reference, ref_grads = loss_and_grads(model, full)
+    with packed_attention(model):
+        ours, grads = loss_and_grads(model, batch)
+    assert ours.logits.shape == (int(keep.sum()), model.config.vocab_size)
+    assert abs(ours.loss.item() - reference.loss.item()) < 1e-5
+    assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, ref_grads))
+
+
+def test_cpt_documents_in_a_block_do_not_attend_to_each_other(tiny_checkpoint):
+    from slmforge.trainer.packed_attention import packed_attention
+    from slmforge.trainer.train_common import load_model_and_tokenizer
+    from slmforge.trainer.train_pretrain import BlockCollator
+
+    model, tok = load_model_and_tokenizer(tiny_checkpoint)
+    eos = tok.eos_token_id
+    a, b = list(range(5, 15)), list(range(30, 44))
+    batch = BlockCollator(eos)([{"input_ids": a + [eos] + b}])
+    assert batch["position_ids"][0].tolist() == list(range(11)) + list(range(14))
+    assert batch["labels"][0, 11] == -100 and (batch["labels"][0, 1:11] == batch["input_ids"][0, 1:11]).all()
+    with torch.no_grad(), packed_attention(model.eval()):
+        block = model(**batch).logits
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([x])).logits for x in (a + [eos], b)]
+    assert torch.allclose(block, torch.cat(alone, dim=1), atol=1e-5)
+
+
 # --------------------------------------------------------------------------- stages end to end
 
 def test_pretrain_lora_merges_and_records_ppl_and_lineage(tiny_checkpoint, data, tmp_path):

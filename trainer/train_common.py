@@ -24,6 +24,7 @@ from slmforge.fileio import atomic_dir
 from slmforge.manifest import ArtifactManifest, InputRef, input_ref, lineage_of
 
 TRAINER_STATE = "trainer_state.json"
+IGNORE = -100  # label of a position that has no loss (transformers' ignore_index)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Continual pretraining (CPT): next-token loss on the domain's raw text, packed without padding.
 
 Documents are tokenized, joined with EOS and cut into full ``seq_len`` blocks (GPT-style
-packing), so every position of every batch is a real token and attention needs no mask.
+packing), so every position of every batch is a real token. Positions restart after each EOS
+and attention runs per document (``packed_attention``): no document attends to the one before
+it, and an EOS is not trained to guess the first token of an unrelated next document.
 Held-out perplexity before and after training goes into the manifest.
 """
 
@@ -14,7 +16,9 @@ from typing import Any
 
 import torch
 from slmforge.trainer.datasets import load_records, text_dataset_files
+from slmforge.trainer.packed_attention import packed_attention
 from slmforge.trainer.train_common import (
+    IGNORE,
     TrainOptions,
     check_model_dir,
     check_out,
@@ -48,9 +52,20 @@ class BlockDataset(torch.utils.data.Dataset):
         return {"input_ids": self.blocks[i]}
 
 
-def collate_blocks(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-    ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
-    return {"input_ids": ids, "labels": ids.clone()}
+class BlockCollator:
+    """Stack blocks; positions restart after each EOS, and the token after an EOS is no target."""
+
+    def __init__(self, eos_id: int) -> None:
+        self.eos_id = eos_id
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+        doc_start = torch.zeros_like(ids, dtype=torch.bool)
+        doc_start[:, 0] = True
+        doc_start[:, 1:] = ids[:, :-1] == self.eos_id
+        index = torch.arange(ids.shape[1]).expand_as(ids)
+        position_ids = index - torch.where(doc_start, index, 0).cummax(dim=1).values
+        return {"input_ids": ids, "labels": ids.masked_fill(doc_start, IGNORE), "position_ids": position_ids}
 
 
 def pack_blocks(tokenizer: Any, texts: list[str], seq_len: int) -> list[list[int]]:
@@ -88,7 +103,7 @@ def build_trainer(model: Any, tokenizer: Any, blocks: list[list[int]], opts: Tra
     from transformers import Trainer, TrainingArguments
 
     return Trainer(model=model, args=TrainingArguments(**training_arguments(opts, work)),
-                   train_dataset=BlockDataset(blocks), data_collator=collate_blocks, processing_class=tokenizer)
+                   train_dataset=BlockDataset(blocks), data_collator=BlockCollator(tokenizer.eos_token_id), processing_class=tokenizer)
 
 
 def train_pretrain(opts: TrainOptions) -> dict[str, Any]:
@@ -105,7 +120,8 @@ def train_pretrain(opts: TrainOptions) -> dict[str, Any]:
     work, resume_from = prepare_work_dir(opts.out, opts.resume)
     try:
         trainer = build_trainer(model, tokenizer, blocks, opts, work)
-        run = run_training(trainer, resume_from)
+        with packed_attention(trainer.model):
+            run = run_training(trainer, resume_from)
     except BaseException:
         cleanup_failed_start(opts.out)
         raise
