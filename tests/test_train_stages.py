@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import operator
@@ -160,6 +161,60 @@ def test_sft_batches_project_only_trained_positions_onto_the_vocabulary(tiny_che
     assert ours.logits.shape == (int(keep.sum()), model.config.vocab_size)
     assert abs(ours.loss.item() - reference.loss.item()) < 1e-5
     assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, ref_grads))
+
+
+def test_packed_attention_leaves_padded_batches_to_the_padding_mask(tiny_checkpoint):
+    from slmforge.trainer.packed_attention import packed_attention
+    from slmforge.trainer.train_common import load_model_and_tokenizer
+
+    model = load_model_and_tokenizer(tiny_checkpoint)[0].eval()
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [1] * 8])
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask).logits
+        with packed_attention(model) as used:
+            assert used
+            ours = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(ours[mask.bool()], reference[mask.bool()], atol=1e-5)
+
+
+def test_an_examples_last_token_predicts_nothing_even_before_a_trained_first_token():
+    from slmforge.trainer.train_sft import PackedCollator, pack_examples
+
+    a, b = list(range(5, 12)), list(range(20, 26))
+    rows = pack_examples([(a, [-100] * 3 + a[3:]), (b, b)], seq_len=16)  # b is trained from its first token on
+    batch = PackedCollator(pad_id=0)(rows)
+    assert len(rows) == 1 and batch["shift_labels"].tolist() == a[3:] + b[1:]
+    assert not PackedCollator(pad_id=0, trained_logits_only=False)(rows).keys() & {"logits_to_keep", "shift_labels"}
+
+
+def test_a_trainer_step_on_trained_logits_only_equals_the_full_logits_step(tiny_checkpoint, tmp_path):
+    """Through the HF Trainer and a LoRA wrapper: the loss scaling (num_items_in_batch) and the weights after a step."""
+    from slmforge.trainer.packed_attention import packed_attention
+    from slmforge.trainer.train_common import load_model_and_tokenizer, wrap_lora
+    from slmforge.trainer.train_sft import PackedCollator, build_trainer, pack_examples
+
+    examples = [(list(range(f, f + n)), [-100] * (n // 2) + list(range(f + n // 2, f + n)))
+                for f, n in ((5, 14), (40, 9), (60, 20), (90, 11))]
+    rows = pack_examples(examples, seq_len=24)
+    after = {}
+    for side in ("full", "trained-only"):
+        torch.manual_seed(0)
+        model, tok = load_model_and_tokenizer(tiny_checkpoint)
+        model = wrap_lora(model, opts(tiny_checkpoint, tiny_checkpoint, tmp_path / side))
+        trainer = build_trainer(model, tok, rows, opts(tiny_checkpoint, tiny_checkpoint, tmp_path / side,
+                                                       max_steps=1, batch_size=len(rows), save_every=0),
+                                tmp_path / side)
+        trainer.data_collator = PackedCollator(tok.pad_token_id, trained_logits_only=side == "trained-only")
+        trainer.args.optim = "sgd"  # Adam's first step divides by |gradient|, which blows float noise up to ~lr
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        with packed_attention(trainer.model) if side == "trained-only" else contextlib.nullcontext():
+            loss = trainer.train().training_loss
+        after[side] = (loss, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        assert any(not torch.equal(before[n], w) for n, w in after[side][1].items())  # the step did train
+    assert abs(after["full"][0] - after["trained-only"][0]) < 1e-5
+    worst = max(float((after["full"][1][n] - w).abs().max()) for n, w in after["trained-only"][1].items())
+    assert worst < 1e-6, worst
 
 
 def test_cpt_documents_in_a_block_do_not_attend_to_each_other(tiny_checkpoint):

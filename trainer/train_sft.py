@@ -102,8 +102,10 @@ class PackedCollator:
     the vocabulary (the lm_head is ~20 % of a step; prompts and padding need none of it).
     """
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, trained_logits_only: bool = True) -> None:
         self.pad_id = pad_id
+        # off under torch DataParallel (several GPUs, one process), which would split the 1-D shift_labels by count
+        self.trained_logits_only = trained_logits_only
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
@@ -114,6 +116,8 @@ class PackedCollator:
             batch["labels"].append(r["labels"] + [IGNORE] * pad)
             batch["position_ids"].append(r["position_ids"] + list(range(pad)))
         out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        if not self.trained_logits_only:
+            return out
         targets = torch.nn.functional.pad(out["labels"][:, 1:], (0, 1), value=IGNORE)
         targets[:, :-1][out["position_ids"][:, 1:] == 0] = IGNORE  # an example's last token predicts nothing
         keep = targets != IGNORE
@@ -180,8 +184,9 @@ def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, list[int]]], 
                   work: Path) -> Any:
     from transformers import Trainer, TrainingArguments
 
-    return Trainer(model=model, args=TrainingArguments(**training_arguments(opts, work)),
-                   train_dataset=RowDataset(rows), data_collator=PackedCollator(tokenizer.pad_token_id),
+    args = TrainingArguments(**training_arguments(opts, work))
+    return Trainer(model=model, args=args, train_dataset=RowDataset(rows),
+                   data_collator=PackedCollator(tokenizer.pad_token_id, trained_logits_only=args.n_gpu <= 1),
                    processing_class=tokenizer)
 
 
