@@ -1,12 +1,15 @@
 """Training throughput: our packed CPT/SFT vs. a naive HF Trainer with padded batches.
 
-Both sides train the same model (LoRA, same seed) on the same texts for the same number of
-steps with the same batch size and sequence cap; we count *real* tokens (not padding) per
-second of ``trainer.train()``. Printed as ours ÷ baseline from one run, since absolute
-timings on a shared machine mean little; the sides alternate in ABBA order and the best run of
-each counts, so a burst of load on the machine cannot decide the ratio. Goal: ≥ 1.5.
+Both sides train the same model (LoRA, same seed) for one pass over the *same* examples (SFT) or
+documents (CPT) with the same batch size and sequence cap; we count *real* tokens (not padding)
+per second of training, the warm-up step excluded. A pass over a fixed set, rather than a fixed
+number of steps, keeps the comparison about packing: with a few steps each side would see a
+different random sample, and the baseline's padding (so its speed) depends strongly on which
+examples land in its batches. Printed as ours ÷ baseline from one run, since absolute timings on
+a shared machine mean little; the sides alternate in ABBA order and the best run of each counts,
+so a burst of load on the machine cannot decide the ratio. Goal: ≥ 1.5.
 
-    python -m slmforge.bench.train_throughput --data DATASET_DIR --qa qa.jsonl [--steps 4]
+    python -m slmforge.bench.train_throughput --data DATASET_DIR --qa qa.jsonl [--examples 48 --documents 16]
 """
 
 from __future__ import annotations
@@ -34,14 +37,18 @@ from slmforge.trainer.train_sft import IGNORE, PackedCollator, RowDataset, build
 
 
 class CountingCollator:
-    """Wraps a collator and counts the real tokens it hands to the model (before any padding)."""
+    """Wraps a collator and records the real tokens (before any padding) of each batch, in order.
+
+    Per batch, not a running total: the data loader fetches one batch ahead of the step that
+    trains it, so a total read at a step's end would include the next step's tokens.
+    """
 
     def __init__(self, collate: Callable[[list], dict[str, torch.Tensor]]) -> None:
         self.collate = collate
-        self.real_tokens = 0
+        self.batch_tokens: list[int] = []
 
     def __call__(self, features: list) -> dict[str, torch.Tensor]:
-        self.real_tokens += sum(len(f["input_ids"]) for f in features)
+        self.batch_tokens.append(sum(len(f["input_ids"]) for f in features))
         return self.collate(features)
 
 
@@ -61,9 +68,9 @@ def padded_collator(pad_id: int) -> Callable[[list], dict[str, torch.Tensor]]:
     return collate
 
 
-def timed_train(model_dir: Path, dataset: Any, collate: Callable, steps: int, batch_size: int,
-                work: Path, packed: bool) -> dict[str, float]:
-    """Train ``steps`` steps; return real tokens, seconds and tokens/s (warm-up step excluded).
+def timed_train(model_dir: Path, dataset: Any, collate: Callable, batch_size: int, work: Path,
+                packed: bool) -> dict[str, float]:
+    """One pass over ``dataset``; real tokens, seconds and tokens/s of every step but the first (warm-up).
 
     ``packed``: our side, attention per packed example as ``slmforge train`` runs it.
     """
@@ -71,13 +78,13 @@ def timed_train(model_dir: Path, dataset: Any, collate: Callable, steps: int, ba
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
-            self.marks: list[tuple[float, int]] = []
+            self.step_ends: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.marks.append((time.perf_counter(), counter.real_tokens))
+            self.step_ends.append(time.perf_counter())
 
-    opts = TrainOptions(model=model_dir, data=model_dir, out=work, max_steps=steps + 1, batch_size=batch_size,
-                        lr=1e-4, save_every=0)
+    opts = TrainOptions(model=model_dir, data=model_dir, out=work, epochs=1.0, batch_size=batch_size, lr=1e-4,
+                        save_every=0)
     torch.manual_seed(0)
     model, _tokenizer = load_model_and_tokenizer(model_dir)
     model = wrap_lora(model, opts)
@@ -87,8 +94,12 @@ def timed_train(model_dir: Path, dataset: Any, collate: Callable, steps: int, ba
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counter, callbacks=[clock])
     with packed_attention(model) if packed else contextlib.nullcontext():
         trainer.train()
-    (t0, n0), (t1, n1) = clock.marks[0], clock.marks[-1]
-    return {"tokens": n1 - n0, "seconds": round(t1 - t0, 2), "tokens_per_s": round((n1 - n0) / (t1 - t0), 1)}
+    steps = len(clock.step_ends)
+    if steps < 2:
+        raise click.ClickException("each side needs at least 2 steps (one is warm-up): raise --examples/--documents")
+    tokens = sum(counter.batch_tokens[1:steps])
+    seconds = clock.step_ends[-1] - clock.step_ends[0]
+    return {"steps": steps, "tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1)}
 
 
 def abba_order(rounds: int) -> list[str]:
@@ -108,21 +119,23 @@ class ListDataset(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def cpt_pair(tokenizer: Any, data: Path, seq_len: int, seed: int) -> tuple[tuple, tuple]:
+def cpt_pair(tokenizer: Any, data: Path, seq_len: int, seed: int, documents: int) -> tuple[tuple, tuple]:
     train_file, _ = text_dataset_files(data)
     _, records = load_records(train_file, "pretrain")
     texts = [r["text"] for r in records]
     random.Random(seed).shuffle(texts)
+    texts = texts[:documents]
     ours = (BlockDataset(pack_blocks(tokenizer, texts, seq_len)), BlockCollator(tokenizer.eos_token_id))
     naive_items = [{"input_ids": (tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:seq_len]}
                    for t in texts]
     return ours, (ListDataset(naive_items), padded_collator(tokenizer.pad_token_id))
 
 
-def sft_pair(tokenizer: Any, qa: Path, seq_len: int, seed: int) -> tuple[tuple, tuple]:
+def sft_pair(tokenizer: Any, qa: Path, seq_len: int, seed: int, examples_wanted: int) -> tuple[tuple, tuple]:
     fmt, records = load_records(qa, "sft")
     examples, _ = build_examples(tokenizer, [to_messages(fmt, r) for r in records], seq_len)
     random.Random(seed).shuffle(examples)
+    examples = examples[:examples_wanted]
     ours = (RowDataset(pack_examples(examples, seq_len)), PackedCollator(tokenizer.pad_token_id))
     naive = ListDataset([{"input_ids": ids, "labels": labels} for ids, labels in examples])
     return ours, (naive, padded_collator(tokenizer.pad_token_id))
@@ -133,14 +146,17 @@ def sft_pair(tokenizer: Any, qa: Path, seq_len: int, seed: int) -> tuple[tuple, 
               help="HF checkpoint (default: the embedded SmolLM2-135M base import).")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset dir (train.jsonl) for CPT.")
 @click.option("--qa", type=click.Path(path_type=Path), required=True, help="SFT JSONL (messages or alpaca).")
-@click.option("--steps", type=click.IntRange(min=1), default=4, show_default=True, help="Timed steps per run.")
+@click.option("--examples", type=click.IntRange(min=2), default=48, show_default=True,
+              help="SFT examples both sides train on (one pass; the same ones, by seed).")
+@click.option("--documents", type=click.IntRange(min=2), default=16, show_default=True,
+              help="CPT documents both sides train on (one pass; the same ones, by seed).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seq-len", type=click.IntRange(min=16), default=256, show_default=True)
 @click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
               help="Runs per side, in ABBA order (ours, baseline, baseline, ours); the best of each side counts.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-train-throughput.json"), show_default=True)
-def main(model: Path | None, data: Path, qa: Path, steps: int, batch_size: int, seq_len: int, rounds: int,
-         out: Path) -> None:
+def main(model: Path | None, data: Path, qa: Path, examples: int, documents: int, batch_size: int, seq_len: int,
+         rounds: int, out: Path) -> None:
     from transformers import AutoTokenizer
 
     if model is None:
@@ -149,14 +165,14 @@ def main(model: Path | None, data: Path, qa: Path, steps: int, batch_size: int, 
         model = import_base(None, out=None).checkpoint
     tokenizer = AutoTokenizer.from_pretrained(model)
     work = out.parent / f".{out.stem}.work"
-    results: dict[str, Any] = {"model": str(model), "steps": steps, "batch_size": batch_size, "seq_len": seq_len,
-                               "rounds": rounds}
-    for stage, (ours, naive) in (("cpt", cpt_pair(tokenizer, data, seq_len, 0)),
-                                 ("sft", sft_pair(tokenizer, qa, seq_len, 0))):
+    results: dict[str, Any] = {"model": str(model), "sft_examples": examples, "cpt_documents": documents,
+                               "batch_size": batch_size, "seq_len": seq_len, "rounds": rounds}
+    for stage, (ours, naive) in (("cpt", cpt_pair(tokenizer, data, seq_len, 0, documents)),
+                                 ("sft", sft_pair(tokenizer, qa, seq_len, 0, examples))):
         sides = {"ours": ours, "baseline": naive}
         runs: dict[str, list[dict[str, float]]] = {"ours": [], "baseline": []}
         for side in abba_order(rounds):
-            runs[side].append(timed_train(model, *sides[side], steps, batch_size, work / f"{stage}-{side}",
+            runs[side].append(timed_train(model, *sides[side], batch_size, work / f"{stage}-{side}",
                                           packed=side == "ours"))
         row: dict[str, Any] = {side: max(r, key=lambda x: x["tokens_per_s"]) for side, r in runs.items()}
         row["all_runs"] = runs
