@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-WORDS = "the module copies files and keeps their metadata when asked to".split()
+WORDS = ["the", "module", "copies", "files", "and", "keeps", "their", "metadata", "when", "asked", "to"]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
