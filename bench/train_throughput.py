@@ -27,13 +27,14 @@ import torch
 from slmforge.trainer.datasets import load_records, text_dataset_files, to_messages
 from slmforge.trainer.packed_attention import packed_attention
 from slmforge.trainer.train_common import (
+    IGNORE,
     TrainOptions,
     load_model_and_tokenizer,
     training_arguments,
     wrap_lora,
 )
 from slmforge.trainer.train_pretrain import BlockCollator, BlockDataset, pack_blocks
-from slmforge.trainer.train_sft import IGNORE, PackedCollator, RowDataset, build_examples, pack_examples
+from slmforge.trainer.train_sft import PackedCollator, RowDataset, build_examples, pack_examples
 
 
 class CountingCollator:
@@ -99,7 +100,7 @@ def timed_train(model_dir: Path, dataset: Any, collate: Callable, batch_size: in
         raise click.ClickException("each side needs at least 2 steps (one is warm-up): raise --examples/--documents")
     tokens = sum(counter.batch_tokens[1:steps])
     seconds = clock.step_ends[-1] - clock.step_ends[0]
-    return {"steps": steps, "tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1)}
+    return {"steps": steps, "tokens": tokens, "seconds": round(seconds, 6), "tokens_per_s": round(tokens / seconds, 1)}
 
 
 def abba_order(rounds: int) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from slmforge.trainer.datasets import load_records, to_kto
 from slmforge.trainer.train_common import (
+    IGNORE,
     TrainOptions,
     check_model_dir,
     check_out,
@@ -30,7 +31,7 @@ from slmforge.trainer.train_common import (
     training_arguments,
     wrap_lora,
 )
-from slmforge.trainer.train_sft import IGNORE, tokenize_conversation
+from slmforge.trainer.train_sft import tokenize_conversation
 
 from slmforge.errors import UserError
 

@@ -103,7 +103,8 @@ def build_trainer(model: Any, tokenizer: Any, blocks: list[list[int]], opts: Tra
     from transformers import Trainer, TrainingArguments
 
     return Trainer(model=model, args=TrainingArguments(**training_arguments(opts, work)),
-                   train_dataset=BlockDataset(blocks), data_collator=BlockCollator(tokenizer.eos_token_id), processing_class=tokenizer)
+                   train_dataset=BlockDataset(blocks), data_collator=BlockCollator(tokenizer.eos_token_id),
+                   processing_class=tokenizer)
 
 
 def train_pretrain(opts: TrainOptions) -> dict[str, Any]:
