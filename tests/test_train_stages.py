@@ -98,7 +98,7 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_checkpoint):
     model = load_model_and_tokenizer(tiny_checkpoint)[0].eval()
     assert model.config.use_cache is False  # with a KV cache transformers would ignore the packing
     a, b, c = list(range(5, 17)), list(range(20, 27)), list(range(30, 50))
-    rows = pack_examples([(a, a), (b, b), (c, c)], seq_len=24)
+    rows = pack_examples([(a, a), (b, b), (c, c)], row_len=24)
     assert sorted(len(r["input_ids"]) for r in rows) == [19, 20]  # c alone; a and b share a row
     row = next(r for r in rows if len(r["input_ids"]) == 19)
     assert row["position_ids"] == list(range(12)) + list(range(7))
@@ -118,7 +118,7 @@ def packed_batch() -> dict[str, torch.Tensor]:
     for n, first in ((14, 5), (9, 40), (20, 60)):
         ids = list(range(first, first + n))
         examples.append((ids, [-100] * (n // 2) + ids[n // 2:]))
-    return PackedCollator(pad_id=0)(pack_examples(examples, seq_len=24))
+    return PackedCollator(pad_id=0)(pack_examples(examples, row_len=24))
 
 
 def loss_and_grads(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -163,6 +163,28 @@ def test_sft_batches_project_only_trained_positions_onto_the_vocabulary(tiny_che
     assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, ref_grads))
 
 
+def test_one_row_per_step_trains_what_seq_len_rows_train_without_their_padding(tiny_checkpoint):
+    """step_layout's budget row: same loss and gradients as the same examples in padded seq_len rows."""
+    from slmforge.trainer.packed_attention import packed_attention
+    from slmforge.trainer.train_common import load_model_and_tokenizer
+    from slmforge.trainer.train_sft import PackedCollator, pack_examples, step_layout
+
+    assert step_layout(24, 3, per_example_attention=True) == (72, 1)
+    assert step_layout(24, 3, per_example_attention=False) == (24, 3)
+    examples = [(list(range(f, f + n)), [-100] * (n // 2) + list(range(f + n // 2, f + n)))
+                for f, n in ((5, 14), (40, 9), (60, 20), (90, 11), (120, 17))]
+    narrow = PackedCollator(pad_id=0)(pack_examples(examples, row_len=24))
+    wide = PackedCollator(pad_id=0)(pack_examples(examples, row_len=72))
+    assert narrow["input_ids"].shape == (4, 23) and (narrow["input_ids"] == 0).sum() == 4 * 23 - 71
+    assert wide["input_ids"].shape == (1, 71)  # every position a real token
+    model = load_model_and_tokenizer(tiny_checkpoint)[0]
+    with packed_attention(model):
+        reference, ref_grads = loss_and_grads(model, narrow)
+        ours, grads = loss_and_grads(model, wide)
+    assert abs(ours.loss.item() - reference.loss.item()) < 1e-5
+    assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, ref_grads))
+
+
 def test_packed_attention_leaves_padded_batches_to_the_padding_mask(tiny_checkpoint):
     from slmforge.trainer.packed_attention import packed_attention
     from slmforge.trainer.train_common import load_model_and_tokenizer
@@ -182,7 +204,7 @@ def test_an_examples_last_token_predicts_nothing_even_before_a_trained_first_tok
     from slmforge.trainer.train_sft import PackedCollator, pack_examples
 
     a, b = list(range(5, 12)), list(range(20, 26))
-    rows = pack_examples([(a, [-100] * 3 + a[3:]), (b, b)], seq_len=16)  # b is trained from its first token on
+    rows = pack_examples([(a, [-100] * 3 + a[3:]), (b, b)], row_len=16)  # b is trained from its first token on
     batch = PackedCollator(pad_id=0)(rows)
     assert len(rows) == 1 and batch["shift_labels"].tolist() == a[3:] + b[1:]
     assert not PackedCollator(pad_id=0, trained_logits_only=False)(rows).keys() & {"logits_to_keep", "shift_labels"}
@@ -196,7 +218,7 @@ def test_a_trainer_step_on_trained_logits_only_equals_the_full_logits_step(tiny_
 
     examples = [(list(range(f, f + n)), [-100] * (n // 2) + list(range(f + n // 2, f + n)))
                 for f, n in ((5, 14), (40, 9), (60, 20), (90, 11))]
-    rows = pack_examples(examples, seq_len=24)
+    rows = pack_examples(examples, row_len=24)
     after = {}
     for side in ("full", "trained-only"):
         torch.manual_seed(0)
@@ -295,6 +317,8 @@ def test_sft_eval_examples_caps_the_heldout_answer_loss(tiny_checkpoint, tmp_pat
                             extra={"eval_examples": 1}))
     assert full["examples"] == 36 and full["heldout_examples"] == 3 and capped["heldout_examples"] == 1
     assert capped["packed_rows"] == full["packed_rows"] and capped["assistant_tokens"] == full["assistant_tokens"]
+    # the tiny model takes attention per example, so a step is one unpadded row of batch_size × seq_len at most
+    assert full["rows_per_step"] == 1 and full["packing_fill"] > 0.8
 
 
 @pytest.mark.parametrize("method,key", [("dpo", "prefs"), ("ipo", "prefs"), ("kto", "kto"), ("orpo", "prefs")])

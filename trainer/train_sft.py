@@ -2,10 +2,10 @@
 
 Each conversation is rendered with the tokenizer's chat template; the assistant turns (their
 text and the closing EOS, e.g. ``<|im_end|>``, so the model learns to stop) are the only
-positions with a loss. Examples are packed into rows of up to ``seq_len`` tokens with
-``position_ids`` restarting per example: attention runs per example (``packed_attention``), so no
-example sees another and almost no compute is spent on padding; logits are computed only where
-the next token is trained.
+positions with a loss. Examples are packed with ``position_ids`` restarting per example and
+attention runs per example (``packed_attention``), so no example sees another; a step's whole
+budget (``batch_size × seq_len`` tokens) is then one row, so no compute at all goes to padding
+(``step_layout``). Logits are computed only where the next token is trained.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from slmforge.trainer.datasets import load_records, to_messages
-from slmforge.trainer.packed_attention import packed_attention
+from slmforge.trainer.packed_attention import packed_attention, supports_packed_attention
 from slmforge.trainer.perplexity import load_texts
 from slmforge.trainer.train_common import (
     IGNORE,
@@ -78,12 +78,12 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tup
     return ids, labels
 
 
-def pack_examples(examples: list[tuple[list[int], list[int]]], seq_len: int) -> list[dict[str, list[int]]]:
-    """First-fit-decreasing bins of at most ``seq_len`` tokens; position_ids restart per example."""
+def pack_examples(examples: list[tuple[list[int], list[int]]], row_len: int) -> list[dict[str, list[int]]]:
+    """First-fit-decreasing bins of at most ``row_len`` tokens; position_ids restart per example."""
     bins: list[dict[str, list[int]]] = []
     for ids, labels in sorted(examples, key=lambda e: -len(e[0])):
         for row in bins:
-            if len(row["input_ids"]) + len(ids) <= seq_len:
+            if len(row["input_ids"]) + len(ids) <= row_len:
                 break
         else:
             row = {"input_ids": [], "labels": [], "position_ids": []}
@@ -92,6 +92,17 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], seq_len: int) -> 
         row["labels"] += labels
         row["position_ids"] += list(range(len(ids)))
     return bins
+
+
+def step_layout(seq_len: int, batch_size: int, per_example_attention: bool) -> tuple[int, int]:
+    """(tokens per packed row, rows per step) for a step budget of ``batch_size × seq_len`` tokens.
+
+    With attention per example a row's length costs nothing extra, so the budget is one row and
+    nothing is padded (a row of ``seq_len`` bins leaves ~10 % padding: the batch pads to its longest
+    row). Without it, transformers' block-diagonal mask grows with the square of the row, so rows
+    stay ``seq_len`` long. Examples are still cut at ``seq_len`` either way.
+    """
+    return (seq_len * batch_size, 1) if per_example_attention else (seq_len, batch_size)
 
 
 class PackedCollator:
@@ -181,10 +192,11 @@ def assistant_loss(model: Any, examples: list[tuple[list[int], list[int]]]) -> f
 
 
 def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, list[int]]], opts: TrainOptions,
-                  work: Path) -> Any:
+                  work: Path, rows_per_step: int | None = None) -> Any:
     from transformers import Trainer, TrainingArguments
 
-    args = TrainingArguments(**training_arguments(opts, work))
+    args = TrainingArguments(**training_arguments(opts, work,
+                                                  per_device_train_batch_size=rows_per_step or opts.batch_size))
     return Trainer(model=model, args=args, train_dataset=RowDataset(rows),
                    data_collator=PackedCollator(tokenizer.pad_token_id, trained_logits_only=args.n_gpu <= 1),
                    processing_class=tokenizer)
@@ -203,7 +215,8 @@ def train_sft(opts: TrainOptions) -> dict[str, Any]:
     if not examples:
         raise UserError(f"{opts.data}: no example keeps an assistant token within --seq-len {opts.seq_len}")
     train_ex, held_ex = split_heldout(examples, opts.seed)
-    rows = pack_examples(train_ex, opts.seq_len)
+    row_len, rows_per_step = step_layout(opts.seq_len, opts.batch_size, supports_packed_attention(model))
+    rows = pack_examples(train_ex, row_len)
     held_ex = held_ex[:opts.extra.get("eval_examples") or len(held_ex)]  # the split itself stays the same
     loss_before = assistant_loss(model, held_ex)
     held_texts = load_texts(opts.extra["heldout_text"]) if opts.extra.get("heldout_text") else []
@@ -211,7 +224,7 @@ def train_sft(opts: TrainOptions) -> dict[str, Any]:
     model = wrap_lora(model, opts)
     work, resume_from = prepare_work_dir(opts.out, opts.resume)
     try:
-        trainer = build_trainer(model, tokenizer, rows, opts, work)
+        trainer = build_trainer(model, tokenizer, rows, opts, work, rows_per_step)
         with packed_attention(trainer.model):
             run = run_training(trainer, resume_from)
     except BaseException:
@@ -227,7 +240,8 @@ def train_sft(opts: TrainOptions) -> dict[str, Any]:
         "heldout_examples": len(held_ex),
         "truncated_examples": truncated,
         "packed_rows": len(rows),
-        "packing_fill": round(real / (len(rows) * opts.seq_len), 4),
+        "rows_per_step": rows_per_step,
+        "packing_fill": round(real / (len(rows) * row_len), 4),
         "assistant_tokens": sum(sum(lab != IGNORE for lab in labels) for _, labels in train_ex),
         "heldout_loss_before": loss_before,
         "heldout_loss_after": loss_after,
