@@ -98,7 +98,7 @@ def step_layout(seq_len: int, batch_size: int, per_example_attention: bool) -> t
     """(tokens per packed row, rows per step) for a step budget of ``batch_size × seq_len`` tokens.
 
     With attention per example a row's length costs nothing extra, so the budget is one row and
-    nothing is padded (a row of ``seq_len`` bins leaves ~10 % padding: the batch pads to its longest
+    nothing is padded (rows of ``seq_len`` left 10–13 % padding: the batch pads to its longest
     row). Without it, transformers' block-diagonal mask grows with the square of the row, so rows
     stay ``seq_len`` long. Examples are still cut at ``seq_len`` either way.
     """
