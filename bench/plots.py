@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from slmforge.bench.report import Row
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display); shared by the bench's plotting modules."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +53,7 @@ def _decode(row: Row) -> tuple[float | None, float, bool]:
 
 def plot_speed(rows: list[Row], path: Path) -> bool:
     """Grouped bars: decode (tg128) and prefill (pp512) tok/s per device, one bar per bundle."""
-    plt = _pyplot()
+    plt = pyplot()
     devices = list(dict.fromkeys(r.device for r in rows))
     bundles = list(dict.fromkeys(f"{r.bundle} ({r.fmt_quant})" for r in rows))
     if not any(_decode(r)[0] for r in rows):
@@ -91,7 +92,7 @@ def bundle_labels(rows: list[Row]) -> dict[int, str]:
 
 def plot_quality_speed(rows: list[Row], path: Path) -> bool:
     """Each measured bundle as a point: decode speed against perplexity and against retrieval/answer quality."""
-    plt = _pyplot()
+    plt = pyplot()
     measured = [r for r in rows if r.mode == "measured" and _value(r, "tg128_tok_s")[0] is not None]
     panels = [(n, label) for n, label in (("perplexity", "held-out perplexity (lower is better)"),
                                           ("qa_token_f1", "QA token F1 (higher is better)"),
@@ -121,7 +122,7 @@ def plot_quality_speed(rows: list[Row], path: Path) -> bool:
 
 def plot_memory(rows: list[Row], path: Path) -> bool:
     """Peak RSS of each bundle against each device's app-memory budget (log scale; red = does not fit)."""
-    plt = _pyplot()
+    plt = pyplot()
     items = [(r, _value(r, "peak_rss_mb")[0], _value(r, "app_memory_mb")[0]) for r in rows]
     items = [(r, rss, budget) for r, rss, budget in items if rss is not None and budget is not None]
     if not items:

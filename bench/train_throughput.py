@@ -164,9 +164,9 @@ def sft_pair(tokenizer: Any, qa: Path, seq_len: int, batch_size: int, seed: int,
 
 def plot_throughput(results: dict[str, Any], path: Path) -> Path:
     """Tokens/s of both sides per stage, and how much of what each side computed was real tokens."""
-    from slmforge.bench.plots import _pyplot
+    from slmforge.bench.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     stages = [s for s in ("cpt", "sft") if s in results]
     fig, (speed, fill) = plt.subplots(1, 2, figsize=(9, 3.6))
     for i, stage in enumerate(stages):
