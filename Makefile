@@ -5,6 +5,18 @@ PIP := $(VENV)/bin/pip
 # torch 2.13.0's CPU build lies on this kind of machine's disk; a bare `torch`
 # requirement would pull a multi-GB CUDA build instead.
 TORCH ?= torch==2.13.0
+# llama.cpp is built for the CPU family, never -march=native: a native build on a Xeon that
+# advertises AMX under a hypervisor that does not enable it dies with SIGSEGV on the first
+# decode (docs/export.md). The wheel is built once per flag set and kept outside pip's cache,
+# which keys wheels by version only and would hand back a build made with other flags.
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+else
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+endif
+LLAMA_WHEELS := $(HOME)/.cache/slmforge/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 
 .PHONY: setup test test-unit demo demo-quick lint clean
 
@@ -14,7 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	# llama-cpp-python builds from source here (~8.5 min on 2 cores); pip caches the wheel.
+	# llama-cpp-python builds from source here (~8.5 min on 2 cores) once per flag set.
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) '$(LLAMA_CPP)'
+	$(PIP) install -q $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(PIP) install -q -e '.[train,dev]'
 	touch $@
 
