@@ -20,7 +20,7 @@ from slmforge.runtime.bundle import RAG_DB, write_manifest
 from slmforge.runtime.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP
 from slmforge.runtime.embedder import MODEL_FILE, TOKENIZER_FILE, Embedder, read_embedder_info
 from slmforge.runtime.engine import DEFAULT_MAX_TOKENS as DEFAULT_ANSWER_TOKENS
-from slmforge.runtime.engine import DEFAULT_REPEAT_PENALTY, DEFAULT_SYSTEM_PROMPT
+from slmforge.runtime.engine import DEFAULT_REPEAT_PENALTY
 from slmforge.runtime.index import INDEX_VERSION, RagIndex
 from slmforge.runtime.indexing import SyncReport, sync_documents
 from slmforge.runtime.modelfile import render_modelfile
@@ -34,6 +34,7 @@ from slmforge.manifest import (
     ExportedArtifact,
     ExportManifest,
 )
+from slmforge.rag_prompt import DEFAULT_SYSTEM_PROMPT
 from slmforge.schema import load_model
 
 EMBEDDER_DIR = "embedder"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from slmforge.runtime.index import Hit
 
 from slmforge.errors import UserError
+from slmforge.rag_prompt import build_messages
 
 MIN_ANSWER_TOKENS = 16
 
@@ -29,26 +30,6 @@ class PromptPlan:
     dropped_turns: int = 0
     messages: list[dict] = field(default_factory=list)
     nearest: float | None = None  # best cosine over all vector candidates, even those k cut from ``hits``
-
-
-def context_block(hits: Sequence[Hit]) -> str:
-    """Retrieved chunks as numbered sources the model can cite as [1], [2], …"""
-    parts = []
-    for i, hit in enumerate(hits, 1):
-        where = f"{hit.source} — {hit.heading}" if hit.heading else hit.source
-        parts.append(f"[{i}] {where}\n{hit.text.strip()}")
-    return "\n\n".join(parts)
-
-
-def user_message(question: str, hits: Sequence[Hit]) -> str:
-    if not hits:
-        return question
-    return f"Context:\n{context_block(hits)}\n\nQuestion: {question}"
-
-
-def build_messages(system_prompt: str | None, history: Sequence[dict], question: str, hits: Sequence[Hit]) -> list[dict]:
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + list(history) + [{"role": "user", "content": user_message(question, hits)}]
 
 
 def plan_prompt(

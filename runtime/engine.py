@@ -16,11 +16,8 @@ from slmforge.runtime.embedder import Embedder
 from slmforge.runtime.index import Hit, RagIndex
 
 from slmforge.errors import UserError
+from slmforge.rag_prompt import DEFAULT_SYSTEM_PROMPT
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant. Answer the question using the numbered context. "
-    "If the context does not contain the answer, say that you do not know."
-)
 DEFAULT_MAX_TOKENS = 256
 # Small models loop on greedy decoding; Ollama's default over the last 64 tokens (llama.cpp's window).
 DEFAULT_REPEAT_PENALTY = 1.1

@@ -21,20 +21,13 @@ from slmforge.trainer.textclean import (
     to_plain_text,
 )
 
+from slmforge.qa_records import QARecord
+
 # "See the next question." teaches nothing on its own
 _CROSS_REFERENCE = re.compile(r"^see (?:the )?(?:next|previous|above|below|following)\b[^\n]*$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class QAPair:
-    question: str
-    answer: str
-    source: str
-
-    def record(self) -> dict:
-        return {"messages": [{"role": "user", "content": self.question},
-                             {"role": "assistant", "content": self.answer}],
-                "source": self.source}
+QAPair = QARecord  # the shared record (slmforge/qa_records.py)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from slmforge.trainer.pii import redact
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_json, atomic_write_text
 from slmforge.manifest import ArtifactManifest, input_ref
+from slmforge.qa_records import record_from_json
 
 
 def sibling(out: Path, suffix: str) -> Path:
@@ -28,40 +29,16 @@ def sibling(out: Path, suffix: str) -> Path:
     return out.with_name(out.name[: -len(out.suffix)] + suffix if out.suffix else out.name + suffix)
 
 
-def _pair_from_record(path: Path, lineno: int, obj: dict[str, Any], source: str) -> QAPair:
-    """A messages / alpaca / question-answer JSONL record as one (question, answer) pair."""
-    where = f"{path}:{lineno}"
-    if "messages" in obj:
-        msgs = obj["messages"]
-        if (not isinstance(msgs, list) or not msgs
-                or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)):
-            raise UserError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} objects")
-        users = [m["content"] for m in msgs if m.get("role") == "user"]
-        if msgs[-1].get("role") != "assistant" or not users:
-            raise UserError(f"{where}: messages must contain a user turn and end with the assistant's answer")
-        return QAPair(users[-1].strip(), msgs[-1]["content"].strip(), source)
-    if "instruction" in obj and "output" in obj:
-        fields = (obj["instruction"], obj.get("input", ""), obj["output"])
-        if not all(isinstance(v, str) for v in fields):
-            raise UserError(f"{where}: alpaca fields instruction/input/output must be strings")
-        question = obj["instruction"].strip() + ("\n\n" + obj["input"].strip() if obj.get("input", "").strip() else "")
-        return QAPair(question, obj["output"].strip(), source)
-    if isinstance(obj.get("question"), str) and isinstance(obj.get("answer"), str):
-        return QAPair(obj["question"].strip(), obj["answer"].strip(), source)
-    raise UserError(f"{where}: unrecognized record with fields {sorted(obj)}; expected chat \"messages\", alpaca "
-                    "\"instruction\"/\"input\"/\"output\", or \"question\"/\"answer\"")
-
-
 def read_pairs(f: InputFile, max_answer_chars: int | None) -> list[QAPair]:
     """Pairs from one input: extracted from a document, or converted from a JSONL file."""
-    from slmforge.trainer.datasets import iter_jsonl
+    from slmforge.datafiles import iter_jsonl
 
     text = read_text(f.path)
     if f.kind != "jsonl":
         return extract_pairs(text, f.kind, f.source, max_answer_chars=max_answer_chars)
     pairs = []
     for lineno, obj in iter_jsonl(f.path):
-        pair = _pair_from_record(f.path, lineno, obj, f"{f.source}:{lineno}")
+        pair = record_from_json(f"{f.path}:{lineno}", obj, default_source=f"{f.source}:{lineno}")
         if not pair.question or not pair.answer:
             raise UserError(f"{f.path}:{lineno}: empty question or answer; fill it in or remove the line")
         pairs.append(pair)
@@ -107,7 +84,7 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
         if redact_pii:
             answer, found = redact(answer)
             pii.update(found)
-        unique[key] = QAPair(p.question, answer, p.source)
+        unique[key] = QAPair(p.question, answer, p.source, p.section, p.origin)
     kept = list(unique.values())
     held = split_heldout(len(kept), heldout_fraction, seed)
     train = [p for i, p in enumerate(kept) if i not in held]

@@ -1,0 +1,120 @@
+"""The question/answer record every stage shares: ``data qa`` writes it, SFT, ``data rag`` and ``eval`` read it.
+
+One line of ``qa.jsonl`` / ``qa.heldout.jsonl``::
+
+    {"messages": [{"role": "user", ...}, {"role": "assistant", ...}],
+     "source": "docs/faq/library.rst",            # the document, named as the index names it
+     "section": "How do I copy a file?",          # the heading of the section that answers it (optional)
+     "origin": "faq"}                             # faq | file | heading | definition | procedure | teacher
+
+``source`` and ``section`` say where the answer lives, so retrieval hit@k and citation accuracy
+can be judged against the chunks a bundle retrieved (``chunk_matches``). Files from users may
+also be alpaca (instruction/input/output) or plain question/answer records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmforge.datafiles import iter_jsonl
+from slmforge.errors import UserError
+
+HEADING_SEPARATOR = " > "  # how the index joins a chunk's heading path (runtime/chunking.Chunk.heading_path)
+
+
+@dataclass(frozen=True)
+class QARecord:
+    question: str
+    answer: str
+    source: str | None = None
+    section: str | None = None
+    origin: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The JSONL object (chat messages, so SFT reads it as it is)."""
+        out: dict[str, Any] = {"messages": [{"role": "user", "content": self.question},
+                                            {"role": "assistant", "content": self.answer}]}
+        out.update({k: v for k, v in (("source", self.source), ("section", self.section), ("origin", self.origin))
+                    if v is not None})
+        return out
+
+
+def _optional_str(where: str, obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{where}: field \"{key}\" must be a string")
+    return value or None
+
+
+def record_from_json(where: str, obj: dict[str, Any], default_source: str | None = None) -> QARecord:
+    """A messages / alpaca / question-answer JSONL object as one QARecord; anything else is one clear error."""
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if (not isinstance(msgs, list) or not msgs
+                or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)):
+            raise UserError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} objects")
+        users = [m["content"] for m in msgs if m.get("role") == "user"]
+        if msgs[-1].get("role") != "assistant" or not users:
+            raise UserError(f"{where}: messages must contain a user turn and end with the assistant's answer")
+        question, answer = users[-1], msgs[-1]["content"]
+    elif "instruction" in obj and "output" in obj:
+        fields = (obj["instruction"], obj.get("input", ""), obj["output"])
+        if not all(isinstance(v, str) for v in fields):
+            raise UserError(f"{where}: alpaca fields instruction/input/output must be strings")
+        question = obj["instruction"].strip() + ("\n\n" + obj["input"].strip() if obj.get("input", "").strip() else "")
+        answer = obj["output"]
+    elif isinstance(obj.get("question"), str) and isinstance(obj.get("answer"), str):
+        question, answer = obj["question"], obj["answer"]
+    else:
+        raise UserError(f"{where}: unrecognized record with fields {sorted(obj)}; expected chat \"messages\", alpaca "
+                        "\"instruction\"/\"input\"/\"output\", or \"question\"/\"answer\"")
+    source = _optional_str(where, obj, "source") or default_source
+    return QARecord(question.strip(), answer.strip(), source, _optional_str(where, obj, "section"),
+                    _optional_str(where, obj, "origin"))
+
+
+def read_qa(path: str | Path) -> list[QARecord]:
+    """Every record of a QA JSONL file; empty questions/answers or an empty file are one clear error."""
+    p = Path(path)
+    records = []
+    for lineno, obj in iter_jsonl(p):
+        rec = record_from_json(f"{p}:{lineno}", obj)
+        if not rec.question or not rec.answer:
+            raise UserError(f"{p}:{lineno}: empty question or answer; fill it in or remove the line")
+        records.append(rec)
+    if not records:
+        raise UserError(f"{p}: no question/answer records (the file is empty); pass held-out questions as JSONL")
+    return records
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def same_document(a: str, b: str) -> bool:
+    """Two source names of one document: equal, or one is the other with leading folders dropped.
+
+    The index names documents ``<folder>/<path>`` relative to the folder it was given; a QA file
+    made from another folder level names the same file with more or fewer leading parts.
+    """
+    pa, pb = Path(a).parts, Path(b).parts
+    n = min(len(pa), len(pb))
+    return n > 0 and pa[-n:] == pb[-n:]
+
+
+def in_section(heading_path: str, section: str) -> bool:
+    """A chunk under ``heading_path`` (``A > B > C``) lies in ``section`` when one of its headings is it."""
+    wanted = _norm(section)
+    return any(_norm(part) == wanted for part in heading_path.split(HEADING_SEPARATOR.strip()))
+
+
+def chunk_matches(ref: QARecord, source: str, heading_path: str) -> bool:
+    """Does a retrieved chunk (its source and heading path) hold the reference answer's place?
+
+    Same document, and the same section when the record names one; a record with no source
+    matches nothing (it cannot be judged)."""
+    if not ref.source or not same_document(ref.source, source):
+        return False
+    return ref.section is None or in_section(heading_path, ref.section)

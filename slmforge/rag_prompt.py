@@ -1,0 +1,48 @@
+"""The prompt a bundle answers from, rendered in one place for the runtime and for training.
+
+The runtime asks the model with retrieved chunks numbered ``[1] … [k]``; RAG-aware SFT
+(``data rag``) renders its examples with exactly these functions, so what the model is
+trained on and what it sees on the device cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the question briefly using the numbered context, and cite the "
+    "passages you used like [1]. If the context does not contain the answer, say that the documents do "
+    "not cover it."
+)
+# What a trained model answers when no retrieved passage holds the answer (and what eval counts as a refusal).
+NOT_IN_DOCUMENTS = "The documents do not cover this."
+
+
+class ContextChunk(Protocol):
+    """What the prompt needs of a retrieved chunk (runtime.index.Hit has it)."""
+
+    source: str
+    heading: str
+    text: str
+
+
+def context_block(chunks: Sequence[ContextChunk]) -> str:
+    """Retrieved chunks as numbered sources the model can cite as [1], [2], …"""
+    parts = []
+    for i, chunk in enumerate(chunks, 1):
+        where = f"{chunk.source} — {chunk.heading}" if chunk.heading else chunk.source
+        parts.append(f"[{i}] {where}\n{chunk.text.strip()}")
+    return "\n\n".join(parts)
+
+
+def user_message(question: str, chunks: Sequence[ContextChunk]) -> str:
+    if not chunks:
+        return question
+    return f"Context:\n{context_block(chunks)}\n\nQuestion: {question}"
+
+
+def build_messages(system_prompt: str | None, history: Sequence[dict], question: str,
+                   chunks: Sequence[ContextChunk]) -> list[dict]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + list(history) + [{"role": "user", "content": user_message(question, chunks)}]
