@@ -37,6 +37,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "feedback": ("slmforge.runtime.cli_feedback:feedback", "Export user feedback as training data."),
     "bench": ("slmforge.bench.cli:bench", "Benchmark bundles across device profiles; build reports."),
 }
+# Sub-verbs that live with the code they drive rather than with their group (the layering keeps
+# trainer/ free of runtime imports, yet `data rag` reads best next to `data qa`).
+SUBCOMMANDS: dict[str, dict[str, str]] = {
+    "data": {"rag": "slmforge.runtime.cli_rag:rag"},
+}
+
+
+def _load(target: str) -> click.Command:
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 class LazyGroup(click.Group):
@@ -49,9 +59,8 @@ class LazyGroup(click.Group):
         if cmd_name not in COMMANDS:
             return None
         target, _ = COMMANDS[cmd_name]
-        module_name, attr = target.split(":")
         try:
-            module = importlib.import_module(module_name)
+            command = _load(target)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in ("torch", "transformers", "peft", "trl", "gguf", "datasketch"):
                 raise UserError(
@@ -59,7 +68,11 @@ class LazyGroup(click.Group):
                     "install them with: pip install torch==2.13.0 && pip install 'slmforge[train]'"
                 ) from None
             raise
-        return getattr(module, attr)
+        if isinstance(command, click.Group):
+            for name, sub in SUBCOMMANDS.get(cmd_name, {}).items():
+                if name not in command.commands:
+                    command.add_command(_load(sub), name)
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, help_text) in COMMANDS.items()]

@@ -1,8 +1,11 @@
 """Turn a recipe into the ordered list of pipeline stages (CLI invocations with inputs/outputs).
 
-This module knows the flow of DESIGN.md: base → prepare → qa → pretrain → sft → pairs →
-align → merge → [compress → distill] → export (per profile) → bundle (per profile) →
-answer → bench → report. It checks every stage option against the options of the CLI
+This module knows the flow of DESIGN.md: base → prepare → qa → [baseline export + bundle →
+rag] → pretrain → sft → pairs → align → merge → [compress → distill] → export (per profile) →
+bundle (per profile) → answer → eval → bench → report. The baseline is the untuned base model
+exported for the first profile and bundled with the documents: ``rag`` renders SFT examples
+through its retriever and prompt, the adapted bundles reuse its index, and ``eval`` judges the
+first adapted bundle against it. It checks every stage option against the options of the CLI
 verb that will run it, so a typo in a recipe fails before any work starts.
 """
 
@@ -23,6 +26,7 @@ from slmforge.recipe import Recipe, StageOptions
 STAGE_VERBS: dict[str, tuple[str, ...]] = {
     "prepare": ("data", "prepare"),
     "qa": ("data", "qa"),
+    "rag": ("data", "rag"),
     "pretrain": ("train", "pretrain"),
     "sft": ("train", "sft"),
     "pairs": ("data", "pairs"),
@@ -31,11 +35,13 @@ STAGE_VERBS: dict[str, tuple[str, ...]] = {
     "distill": ("distill",),
     "export": ("export",),
     "bundle": ("bundle",),
+    "eval": ("eval",),
     "bench": ("bench", "run"),
 }
 # Options the pipeline sets itself (paths and wiring); a recipe may not override them.
 WIRED = {"model", "data", "out", "docs", "export", "teacher", "student", "qa", "kto_out", "profile", "heldout",
-         "json", "as_json", "resume", "emulate", "heldout_text", "reuse", "index_from"}
+         "json", "as_json", "resume", "emulate", "heldout_text", "reuse", "index_from", "bundle_path", "qa_file",
+         "baseline", "heldout_out"}
 
 
 def _command_for(path: tuple[str, ...]) -> click.Command:
@@ -83,7 +89,8 @@ def options_to_argv(stage: str, options: dict[str, Any]) -> list[str]:
 
 def _json_metric(relpath: str, fmt: Callable[[dict], str | None]) -> Callable[[Path], str | None]:
     def read(output: Path) -> str | None:
-        path = output / relpath if output.is_dir() else output
+        # a folder's file, or a file's sibling (an output file's manifest); "" is the output file itself
+        path = output / relpath if output.is_dir() else output.parent / relpath if relpath else output
         return fmt(json.loads(path.read_text()))
 
     return read
@@ -164,6 +171,16 @@ def _export_metric(m: dict) -> str | None:
     return ", ".join(parts) or None
 
 
+def _rag_metric(m: dict) -> str | None:
+    metrics = m.get("metrics", {})
+    return (f"{metrics.get('examples', 0)} RAG examples ({metrics.get('unanswerable', 0)} unanswerable, "
+            f"{metrics.get('dropped_not_retrieved', 0)} generated questions dropped: passage not retrieved)")
+
+
+def _eval_metric(m: dict) -> str | None:
+    return m.get("summary")
+
+
 def _answer_metric(m: dict) -> str | None:
     text = " ".join(str(m.get("answer", "")).split())
     return f"{len(m.get('citations', []))} citations: {text[:60]}"
@@ -221,6 +238,10 @@ class PlanBuilder:
         qa_inputs = docs + [(self.base_dir / q).resolve() for q in r.qa]
         self.add("qa", ["data", "qa", *map(str, qa_inputs), "--out", str(qa_dir / "qa.jsonl"), *seed], qa_inputs,
                  qa_dir / "qa.jsonl", s.qa, [], _lines_metric("training Q&A pairs"))
+        baseline = self._baseline(base, data, docs)
+        sft_data, sft_data_stage = qa_dir / "qa.jsonl", "qa"
+        if baseline is not None and s.rag.enabled:
+            sft_data, sft_data_stage = self._rag(baseline, qa_dir, seed)
         model, model_stage = base, "base"
         if s.pretrain.enabled:
             cpt = self.path("cpt")
@@ -231,10 +252,10 @@ class PlanBuilder:
         cpt_model, cpt_stage = model, model_stage
         if s.sft.enabled:
             sft = self.path("sft")
-            self.add("sft", ["train", "sft", "--model", str(model), "--data", str(qa_dir / "qa.jsonl"), "--out", str(sft),
+            self.add("sft", ["train", "sft", "--model", str(model), "--data", str(sft_data), "--out", str(sft),
                              "--heldout-text", str(data / "heldout.jsonl"), *seed],
-                     [model, qa_dir / "qa.jsonl", data / "heldout.jsonl"], sft,
-                     s.sft, [model_stage, "qa", "prepare"], _json_metric("slmforge.json", _sft_metric))
+                     [model, sft_data, data / "heldout.jsonl"], sft,
+                     s.sft, [model_stage, sft_data_stage, "prepare"], _json_metric("slmforge.json", _sft_metric))
             model, model_stage = sft, "sft"
         if s.align.enabled:
             prefs = self.path("prefs")
@@ -281,11 +302,13 @@ class PlanBuilder:
                      _json_metric("export.json", _export_metric))
             if s.bundle.enabled:
                 bundle = self.path(f"bundles/{profile}")
-                # Later bundles start from the first one's index: same documents, same embedder.
-                reuse = ["--index-from", str(bundles[0])] if bundles else []
+                # Bundles start from the baseline's (or the first one's) index: same documents, same embedder.
+                index_from, index_stage = ((baseline, "bundle:baseline") if baseline is not None else
+                                           (bundles[0], f"bundle:{s.export.profiles[0]}") if bundles else (None, None))
+                reuse = ["--index-from", str(index_from)] if index_from else []
                 self.add(f"bundle:{profile}", ["bundle", "--export", str(exp), *[a for d in docs for a in ("--docs", str(d))],
-                                               "--out", str(bundle), *reuse], [exp, *docs, *bundles[:1]], bundle,
-                         s.bundle, [f"export:{profile}", *([f"bundle:{s.export.profiles[0]}"] if bundles else [])],
+                                               "--out", str(bundle), *reuse], [exp, *docs, *([index_from] if index_from else [])],
+                         bundle, s.bundle, [f"export:{profile}", *([index_stage] if index_stage else [])],
                          _json_metric("manifest.json", _bundle_metric))
                 bundles.append(bundle)
         if bundles and s.answer.enabled:
@@ -293,6 +316,8 @@ class PlanBuilder:
             self.stages.append(Stage("answer", ["run", str(bundles[0]), s.answer.question, "--json"], [bundles[0]],
                                      answer, {"question": s.answer.question}, _json_metric("", _answer_metric),
                                      [f"bundle:{s.export.profiles[0]}"], stdout_to=answer))
+        if bundles and baseline is not None and s.eval.enabled:
+            self._eval(bundles[0], baseline, qa_dir)
         if bundles and s.bench.enabled:
             benched = _benched_bundles(s.bench.bundles, s.export.profiles, bundles)
             results = self.path("bench/results.jsonl")
@@ -308,6 +333,50 @@ class PlanBuilder:
             self.stages.append(Stage("report", ["bench", "report", str(results), "--out", str(report)], [results],
                                      report, {}, lambda out: str(out / "report.md"), ["bench"]))
         return self.stages
+
+    def _baseline(self, base: Path, data: Path, docs: list[Path]) -> Path | None:
+        """Export and bundle the untuned base model like the first profile's bundle; None when nothing needs it."""
+        s = self.recipe.stages
+        if not (s.export.enabled and s.bundle.enabled and (s.rag.enabled or s.eval.enabled)):
+            return None
+        exp, bundle = self.path("baseline/export"), self.path("baseline/bundle")
+        self.add("export:baseline", ["export", "--model", str(base), "--profile", s.export.profiles[0], "--out", str(exp),
+                                     "--heldout", str(data / "heldout.jsonl")], [base, data], exp, s.export,
+                 ["base", "prepare"], _json_metric("export.json", _export_metric))
+        self.add("bundle:baseline", ["bundle", "--export", str(exp), *[a for d in docs for a in ("--docs", str(d))],
+                                     "--out", str(bundle)], [exp, *docs], bundle, s.bundle, ["export:baseline"],
+                 _json_metric("manifest.json", _bundle_metric))
+        return bundle
+
+    def _rag(self, baseline: Path, qa_dir: Path, seed: list[str]) -> tuple[Path, str]:
+        """SFT examples in the baseline bundle's own prompt, and the held-out questions its retriever can find."""
+        s = self.recipe.stages
+        out = self.path("rag/sft.jsonl")
+        # one token budget: the examples are cut to what SFT trains on
+        seq_len = s.rag.cli_options().get("seq_len") or s.sft.cli_options().get("seq_len")
+        wired = ["--seq-len", str(seq_len)] if seq_len and "seq_len" not in s.rag.cli_options() else []
+        self.add("rag", ["data", "rag", "--bundle", str(baseline), "--qa", str(qa_dir / "qa.jsonl"),
+                         "--heldout", str(qa_dir / "qa.heldout.jsonl"), "--heldout-out", str(self.path("rag/heldout.jsonl")),
+                         "--out", str(out), *seed, *wired], [baseline, qa_dir / "qa.jsonl", qa_dir / "qa.heldout.jsonl"],
+                 out, s.rag, ["bundle:baseline", "qa"], _json_metric("sft.slmforge.json", _rag_metric))
+        return out, "rag"
+
+    def _eval(self, bundle: Path, baseline: Path, qa_dir: Path) -> None:
+        """The adapted bundle against the base model's, on held-out questions (the user's own when given)."""
+        s = self.recipe.stages
+        if s.eval.qa:
+            questions, after = (self.base_dir / s.eval.qa).resolve(), []
+            if not questions.is_file():
+                raise UserError(f"recipe: stages.eval.qa: {questions} not found")
+        elif s.rag.enabled:
+            questions, after = self.path("rag/heldout.jsonl"), ["rag"]
+        else:
+            questions, after = qa_dir / "qa.heldout.jsonl", ["qa"]
+        out = self.path("eval")
+        first = self.recipe.stages.export.profiles[0]
+        self.add("eval", ["eval", str(bundle), "--baseline", str(baseline), "--qa", str(questions), "--out", str(out)],
+                 [bundle, baseline, questions], out, s.eval, [f"bundle:{first}", "bundle:baseline", *after],
+                 _json_metric("eval.json", _eval_metric))
 
     def _write_merge_config(self, path: Path, cpt: Path, tuned: Path) -> None:
         """The merge of domain knowledge (CPT) and behaviour (SFT/aligned), as a mergekit-style YAML."""

@@ -50,6 +50,13 @@ class AnswerOptions(_Strict):
     question: str = "How do I copy a file in Python?"
 
 
+class EvalOptions(StageOptions):
+    """`slmforge eval` of the first bundle against the base model's bundle (same profile, same index)."""
+
+    qa: str | None = Field(default=None, description="your own held-out questions (JSONL, relative to the recipe); "
+                                                     "default: the held-out questions of the qa (and rag) stage")
+
+
 class BenchOptions(StageOptions):
     emulate: list[str] = Field(default_factory=list)
     bundles: list[str] | None = Field(default=None, min_length=1,
@@ -60,6 +67,7 @@ class BenchOptions(StageOptions):
 class Stages(_Strict):
     prepare: StageOptions = Field(default_factory=StageOptions)
     qa: StageOptions = Field(default_factory=StageOptions)
+    rag: StageOptions = Field(default_factory=StageOptions)
     pretrain: StageOptions = Field(default_factory=StageOptions)
     sft: StageOptions = Field(default_factory=StageOptions)
     pairs: StageOptions = Field(default_factory=StageOptions)
@@ -70,6 +78,7 @@ class Stages(_Strict):
     export: ExportOptions
     bundle: StageOptions = Field(default_factory=StageOptions)
     answer: AnswerOptions = Field(default_factory=AnswerOptions)
+    eval: EvalOptions = Field(default_factory=EvalOptions)
     bench: BenchOptions = Field(default_factory=BenchOptions)
 
 

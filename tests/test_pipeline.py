@@ -164,10 +164,18 @@ def test_shipped_demo_recipes_plan_every_stage(recipe: str, tmp_path: Path):
     proc = run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
     planned = [line.split()[0] for line in proc.stdout.splitlines() if "would-run" in line]
-    assert planned[:8] == ["base", "prepare", "qa", "pretrain", "sft", "pairs", "align", "merge"]
-    assert sum(name.startswith("export:") for name in planned) == 3 and planned[-3:] == ["answer", "bench", "report"]
+    assert planned[:11] == ["base", "prepare", "qa", "export:baseline", "bundle:baseline", "rag", "pretrain", "sft",
+                            "pairs", "align", "merge"]
+    assert sum(name.startswith("export:") for name in planned) == 4
+    assert planned[-4:] == ["answer", "eval", "bench", "report"]
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
     plan = json.loads(run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"), "--json").stdout)
+    command = {s["name"]: s["command"] for s in plan["stages"]}
+    # SFT learns from the runtime's own prompt; adapted bundles reuse the baseline's index; eval judges against it
+    assert "rag/sft.jsonl" in command["sft"] and "baseline/bundle" in command["rag"]
+    assert all("--index-from" in c and "baseline/bundle" in c for n, c in command.items() if n.startswith("bundle:")
+               and n != "bundle:baseline")
+    assert "bundles/raspberry-pi-5-8gb" in command["eval"] and "--baseline" in command["eval"]
     bench = next(s["command"] for s in plan["stages"] if s["name"] == "bench")
     assert "--heldout" in bench and "qa.heldout.jsonl" in bench  # quality measured next to speed
     timed = [b for b in ("raspberry-pi-5-8gb", "android-midrange-8gb", "laptop-x86-16gb") if f"bundles/{b}" in bench]

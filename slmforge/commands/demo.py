@@ -41,6 +41,9 @@ def demo(quick: bool, out: Path | None) -> None:
         click.echo(f"A: {answer.get('answer', '').strip()}")
         for i, c in enumerate(answer.get("citations", []), 1):
             click.echo(f"  [{i}] {c.get('source')} — {c.get('heading')} (score {c.get('score', 0):.3f})")
+    eval_path = run_dir / "eval" / "eval.json"
+    if eval_path.is_file():  # the domain gain, measured: adapted bundle vs the base model with the same index
+        click.echo(f"\n{json.loads(eval_path.read_text()).get('summary', '')}")
     profiles = load_recipe(recipe).stages.export.profiles
     bundles = [run_dir / "bundles" / p for p in profiles if (run_dir / "bundles" / p).is_dir()]
     first = bundles[0] if bundles else run_dir / "bundles" / "<profile>"
