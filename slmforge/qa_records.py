@@ -14,6 +14,7 @@ also be alpaca (instruction/input/output) or plain question/answer records.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,11 @@ def read_qa(path: str | Path) -> list[QARecord]:
     return records
 
 
+_INLINE_MARKUP = re.compile(r"[`*\\]")  # reST/Markdown emphasis and literals: the index keeps them, QA text does not
+
+
 def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
+    return " ".join(_INLINE_MARKUP.sub("", text).lower().split())
 
 
 def same_document(a: str, b: str) -> bool:
@@ -106,8 +110,8 @@ def same_document(a: str, b: str) -> bool:
 
 def in_section(heading_path: str, section: str) -> bool:
     """A chunk under ``heading_path`` (``A > B > C``) lies in ``section`` when one of its headings is it."""
-    wanted = _norm(section)
-    return any(_norm(part) == wanted for part in heading_path.split(HEADING_SEPARATOR.strip()))
+    sep = HEADING_SEPARATOR
+    return f"{sep}{_norm(section)}{sep}" in f"{sep}{_norm(heading_path)}{sep}"  # whole headings, even with '>' in them
 
 
 def chunk_matches(ref: QARecord, source: str, heading_path: str) -> bool:

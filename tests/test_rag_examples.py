@@ -43,6 +43,12 @@ def test_records_know_where_their_answer_lives():
     assert not same_document("docs/faq/library.rst", "docs/faq/general.rst")
     assert in_section("Library and Extension FAQ > Common tasks > How do I copy a file?", "how do I copy  a file?")
     assert not in_section("Library and Extension FAQ > Threads", "How do I copy a file?")
+    # the index keeps reST inline markup and headings may hold '>' themselves
+    assert in_section("Programming FAQ > Objects > Why does the result of ``id()`` appear to be not unique?",
+                      "Why does the result of id() appear to be not unique?")
+    assert in_section("Programming FAQ > Modules > __import__('x.y.z') returns <module 'x'>; how do I get z?",
+                      "__import__('x.y.z') returns <module 'x'>; how do I get z?")
+    assert not in_section("Programming FAQ > Modules", "Programming FAQ > Objects")
     assert chunk_matches(COPY, "docs/faq/library.rst", "Library and Extension FAQ > How do I copy a file?")
     assert not chunk_matches(COPY, "docs/faq/programming.rst", "How do I copy a file?")
     assert not chunk_matches(QARecord("q", "a"), "docs/faq/library.rst", "anything")  # no source: cannot be judged

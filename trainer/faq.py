@@ -121,5 +121,5 @@ def extract_pairs(text: str, kind: str, source: str, min_answer_chars: int = 20,
         if (not question.endswith("?") or len(answer.strip()) < min_answer_chars
                 or _CROSS_REFERENCE.match(answer.strip())):
             continue
-        pairs.append(QAPair(question, _clip(answer.strip(), max_answer_chars), source))
+        pairs.append(QAPair(question, _clip(answer.strip(), max_answer_chars), source, question, "faq"))
     return pairs
