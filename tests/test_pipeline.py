@@ -193,3 +193,33 @@ def test_bench_bundles_must_name_exported_profiles(tmp_path: Path):
     proc = run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"))
     assert proc.returncode == 2 and "stages.bench.bundles: 'iphone-15'" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _demo_recipe_with(tmp_path: Path, **stages: dict) -> Path:
+    """The shipped demo recipe with some stage sections replaced, written next to its documents' copy."""
+    demo = Path(__file__).resolve().parents[1] / "examples" / "python-docs" / "recipe.yaml"
+    data = yaml.safe_load(demo.read_text())
+    data["documents"] = [str(demo.parent / "docs")]
+    data["stages"].update(stages)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_eval_takes_the_users_own_questions(tmp_path: Path):
+    (tmp_path / "mine.jsonl").write_text('{"question": "How do I copy a file?", "answer": "shutil.copyfile"}\n')
+    path = _demo_recipe_with(tmp_path, eval={"qa": "mine.jsonl"})
+    plan = json.loads(run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"), "--json").stdout)
+    command = {s["name"]: s["command"] for s in plan["stages"]}
+    assert str(tmp_path / "mine.jsonl") in command["eval"] and "rag/heldout.jsonl" not in command["eval"]
+    path = _demo_recipe_with(tmp_path, eval={"qa": "missing.jsonl"})
+    proc = run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "stages.eval.qa" in proc.stderr and "not found" in proc.stderr, proc.stderr
+
+
+def test_without_rag_sft_trains_on_bare_pairs_and_eval_uses_the_qa_heldout(tmp_path: Path):
+    path = _demo_recipe_with(tmp_path, rag={"enabled": False})
+    plan = json.loads(run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"), "--json").stdout)
+    command = {s["name"]: s["command"] for s in plan["stages"]}
+    assert "rag" not in command and "qa/qa.jsonl" in command["sft"]
+    assert "qa/qa.heldout.jsonl" in command["eval"] and "bundle:baseline" in command
