@@ -1,0 +1,334 @@
+"""Question/answer pairs generated from a document's structure and content (no FAQ needed).
+
+Three kinds, each a ``QARecord`` with ``origin`` set:
+
+- ``heading``: a section heading turned into a question (qa_questions.heading_question),
+  answered by the section's first paragraph(s);
+- ``definition``: a definitional sentence ("X is a …", "X returns …") or a documented API
+  entry (reST ``.. function::`` and kin) → "What is X?" / "What does X() do?";
+- ``procedure``: "To do X, …" followed by its command, code or numbered steps → "How do I X?".
+
+Answers are bounded (a few sentences, not whole pages): eval scores token F1 against short
+references, and a model taught to copy paragraphs answers every question with one.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections import Counter
+from dataclasses import dataclass
+
+from slmforge.trainer.faq import document_sections
+from slmforge.trainer.qa_questions import case_table, heading_question, question_words_ok
+from slmforge.trainer.textclean import to_plain_text
+
+from slmforge.qa_records import QARecord
+
+ORIGINS = ("heading", "definition", "procedure")
+
+
+@dataclass(frozen=True)
+class AnswerBounds:
+    """How long generated answers may be (characters)."""
+
+    min_chars: int = 60  # less carries no content ("See below.", a bare code line)
+    definition_chars: int = 400
+    section_chars: int = 600
+    procedure_chars: int = 900
+
+
+_ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|Mr|Dr|No|approx|incl|Fig)\.$", re.IGNORECASE)
+_SENTENCE_GAP = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(`*])")
+_LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[*+-]|#\.)\s+\S")
+_NUMBERED = re.compile(r"^\s*(?:\d+[.)]|#\.)\s+\S")
+_CROSS_REF = re.compile(r"^(?:see|refer to|for (?:more|details|further)|this (?:section|chapter|page|document))\b",
+                        re.IGNORECASE)
+_PRONOUN_START = {"it", "this", "that", "these", "those", "there", "they", "which", "here", "he", "she", "we", "you",
+                  "one", "each", "all", "both", "such", "another", "other", "some", "most", "many", "what", "who",
+                  "i", "if", "when", "since", "because", "as", "so", "but", "and", "or", "then", "now", "also",
+                  "however", "thus", "hence", "otherwise", "in", "on", "at", "for", "with", "by", "from", "to", "an",
+                  "a", "the", "no", "not", "only", "any", "every", "our", "your", "its", "their", "his", "her", "my"}
+_DEFINITION = re.compile(
+    r"^(?P<subject>(?:(?:A|An|The)\s+)?[\w.()`'-]+(?:\s+[\w.()`'-]+){0,4}?)\s+"
+    r"(?P<verb>is|are|returns|return|is used to|are used to)\s+(?P<rest>.+)$", re.DOTALL)
+_SIGNATURE = re.compile(r"^(\s*)\.\.\s+(?:py:)?(function|method|class|classmethod|staticmethod|exception|"
+                        r"decorator|data|attribute|coroutinefunction|coroutinemethod|abstractmethod)::\s*(.+)$")
+_MODULE = re.compile(r"^\.\.\s+(?:py:)?(?:module|currentmodule)::\s*(\S+)")
+_PROCEDURE = re.compile(r"^To\s+(?P<goal>[a-z][^,:;]{3,90}?)\s*,\s+(?P<rest>.+)$", re.DOTALL)
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences of one paragraph (abbreviations like 'e.g.' do not end one)."""
+    out: list[str] = []
+    for piece in _SENTENCE_GAP.split(" ".join(text.split())):
+        if out and _ABBREV.search(out[-1]):
+            out[-1] += " " + piece
+        else:
+            out.append(piece)
+    return [s for s in out if s]
+
+
+def _blocks(text: str) -> list[str]:
+    return [b for b in text.split("\n\n") if b.strip()]
+
+
+def _is_prose(block: str) -> bool:
+    """A paragraph a reader reads (not code, a list, a table or a signature line)."""
+    first = block.lstrip("\n").split("\n")[0]
+    return (not first.startswith((" ", ">>>", "...", "|", "$")) and not _LIST_ITEM.match(first)
+            and len(block.split()) >= 6 and sum(ch.isalpha() for ch in block) >= 0.6 * len(block.replace(" ", ""))
+            and not re.match(r"^[\w.]+\(.*\)$", first.strip()))
+
+
+def _clip_sentences(text: str, max_chars: int, max_sentences: int = 4) -> str:
+    """Whole sentences up to ``max_chars`` (at least one)."""
+    kept: list[str] = []
+    for sentence in sentences(text)[:max_sentences]:
+        if kept and len(" ".join([*kept, sentence])) > max_chars:
+            break
+        kept.append(sentence)
+    return " ".join(kept)
+
+
+def has_content(answer: str, bounds: AnswerBounds) -> bool:
+    """Enough prose to answer something: not only code, not a bare cross-reference, not over-long."""
+    prose = " ".join(b for b in _blocks(answer) if _is_prose(b) or _LIST_ITEM.match(b.strip()))
+    return (len(prose) >= bounds.min_chars and not _CROSS_REF.match(answer.strip())
+            and not prose.rstrip().endswith(":") and len(answer) <= bounds.procedure_chars)
+
+
+_META_OPENING = re.compile(r"\b(?:I|we|let's|in the following|this (?:section|chapter|tutorial|page|document)|"
+                           r"the following (?:examples?|sections?)|as (?:mentioned|described|shown) (?:above|earlier)|"
+                           r"so far|in this (?:section|chapter|tutorial))\b", re.IGNORECASE)
+_STOP = {"what", "is", "are", "how", "do", "does", "i", "the", "a", "an", "of", "and", "or", "to", "in", "on", "for",
+         "with", "my", "work", "use", "objects", "object"}
+
+
+def _stems(text: str) -> set[str]:
+    return {w[:5] for w in re.findall(r"[a-z][a-z0-9_]+", text.lower()) if w not in _STOP}
+
+
+def section_answer(text: str, max_chars: int, question: str = "") -> str:
+    """The section's opening prose, up to ``max_chars``: the first of its first three paragraphs that is
+    about the question (shares a word with it) and does not talk about the document itself."""
+    blocks = _blocks(text)
+    wanted = _stems(question)
+    start = next((n for n, b in enumerate(blocks[:3]) if _is_prose(b) and not _META_OPENING.search(sentences(b)[0])
+                  and (not wanted or wanted & _stems(b))), None)
+    if start is None:
+        return ""
+    kept: list[str] = []
+    for block in blocks[start:]:
+        if not _is_prose(block):
+            break
+        if kept and len("\n\n".join([*kept, block])) > max_chars:
+            break
+        kept.append(" ".join(block.split()))
+    if len(kept) == 1 and len(kept[0]) > max_chars:
+        kept = [_clip_sentences(kept[0], max_chars)]
+    answer = "\n\n".join(kept)
+    if answer.endswith(":"):  # "…as follows:" without what followed
+        answer = _clip_sentences(answer, len(answer) - 1) if len(sentences(answer)) > 1 else ""
+        answer = "" if answer.endswith(":") else answer
+    return answer
+
+
+def _subject_ok(subject: str) -> bool:
+    words = subject.split()
+    return (bool(words) and words[0].lower() not in _PRONOUN_START - {"a", "an", "the"}
+            and not words[0].lower().endswith("ing") and words[0][:1].isalpha()
+            and (words[0][:1].isupper() or not words[0].isalpha())  # a sentence's start, or an identifier
+            and words[0].lower() not in ("where", "while", "whether", "how", "why", "note", "example")
+            and not {w.lower() for w in words} & {"which", "that", "who", "whose", "special", "common", "simple",
+                                                  "good", "useful", "important", "typical", "few", "new", "similar",
+                                                  "different", "better", "main", "only", "key", "problem", "idea"}
+            and not (len(words) == 1 and words[0].lower() in _PRONOUN_START)
+            and not (words[0].lower() in ("a", "an", "the") and len(words) > 1
+                     and words[1].lower() in _PRONOUN_START | {"following", "result", "same", "first", "last",
+                                                               "next", "previous", "above", "below", "default"}))
+
+
+def _sentence_case(subject: str, cases: Counter[str] | None) -> str:
+    """'The int type' → 'the int type', 'Generators' → 'generators' (unless the document capitalizes it)."""
+    first, _, rest = subject.partition(" ")
+    cases = cases or Counter()
+    if first[:1].isupper() and (first[1:].islower() or len(first) == 1) and (
+            first.lower() in ("a", "an", "the") or cases[first.lower()] > cases[first]):
+        first = first.lower()
+    return f"{first} {rest}".strip()
+
+
+def definition_pairs(text: str, source: str, section: str | None, bounds: AnswerBounds,
+                     cases: Counter[str] | None = None) -> list[QARecord]:
+    """'X is a …' / 'X returns …' sentences in prose paragraphs → 'What is X?' / 'What does X return?'."""
+    pairs = []
+    for block in _blocks(text):
+        if not _is_prose(block):
+            continue
+        said = sentences(block)
+        for n, sentence in enumerate(said):
+            m = _DEFINITION.match(sentence)
+            if not m or not _subject_ok(m.group("subject")):
+                continue
+            subject, verb, rest = m.group("subject").strip("`"), m.group("verb"), m.group("rest")
+            called = re.match(r"(?:also |usually |often )?(?:called|known as|named)\s+([\w.()-]+)"
+                              r"(?=[\s,.;:])", rest)
+            if called:  # "Errors detected during execution are called exceptions" defines exceptions
+                subject = called.group(1)
+            elif verb in ("is", "are") and not re.match(r"(?:a|an|the|one of|used)\b", rest):
+                continue  # "X is available on Unix" describes, "X is a …" defines
+            subject = _sentence_case(subject, cases)
+            if verb.startswith("return") and not re.search(r"[()._]", subject):
+                continue  # "Define a method which returns …" is an instruction, not a function's contract
+            if verb.startswith("return"):
+                question = f"What does {subject} return?"
+            else:
+                question = f"What {'are' if verb.startswith('are') else 'is'} {subject}?"
+                if verb.endswith("used to"):
+                    question = f"What {'are' if verb.startswith('are') else 'is'} {subject} used for?"
+            answer = sentence
+            if n + 1 < len(said) and said[n + 1].split()[0].lower() in ("it", "this", "they", "its", "these", "their"):
+                answer = f"{sentence} {said[n + 1]}"  # the next sentence continues the definition
+            if len(answer) > bounds.definition_chars:
+                answer = sentence
+            if len(answer) <= bounds.definition_chars and question_words_ok(question, min_words=3):
+                pairs.append(QARecord(question, answer, source, section, "definition"))
+    return pairs
+
+
+def api_pairs(raw: str, source: str, section: str | None, bounds: AnswerBounds,
+              module: str | None = None) -> list[QARecord]:
+    """Documented API entries (reST ``.. function:: name(args)`` and kin) → 'What does module.name() do?'."""
+    lines = raw.split("\n")
+    pairs = []
+    classes: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        mod = _MODULE.match(line)
+        if mod:
+            module = mod.group(1)
+            continue
+        m = _SIGNATURE.match(line)
+        if not m:
+            continue
+        indent, kind, signature = len(m.group(1)), m.group(2), m.group(3).strip()
+        name = re.split(r"[\s(\[]", signature, maxsplit=1)[0]
+        while classes and classes[-1][0] >= indent:
+            classes.pop()
+        owner = classes[-1][1] if classes and "." not in name else (module if "." not in name else None)
+        qualified = f"{owner}.{name}" if owner and not name.startswith(owner + ".") else name
+        end = i + 1
+        while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent):
+            end += 1
+        if kind in ("class", "exception"):
+            classes.append((indent, name.split(".")[-1]))
+        body = to_plain_text(textwrap.dedent("\n".join(lines[i + 1:end])), "rst")
+        body = "\n\n".join(b for b in _blocks(body) if not re.match(r"^\s*:\w", b))
+        first = next((b for b in _blocks(body) if _is_prose(b)), "")
+        answer = _clip_sentences(first, bounds.definition_chars, max_sentences=3) if first else ""
+        if not answer:
+            continue
+        if kind in ("function", "method", "classmethod", "staticmethod", "decorator", "coroutinefunction",
+                    "coroutinemethod", "abstractmethod"):
+            question = f"What does {qualified}() do?"
+        elif kind in ("class", "exception"):
+            question = f"What is the {qualified} {'exception' if kind == 'exception' else 'class'}?"
+        else:
+            question = f"What is {qualified}?"
+        pairs.append(QARecord(question, answer, source, section, "definition"))
+    return pairs
+
+
+def procedure_pairs(text: str, source: str, section: str | None, bounds: AnswerBounds) -> list[QARecord]:
+    """'To do X, …' paragraphs (with the command, code or steps after them) → 'How do I do X?'."""
+    pairs = []
+    blocks = _blocks(text)
+    for n, block in enumerate(blocks):
+        flat = " ".join(block.split())
+        m = _PROCEDURE.match(flat)
+        if not m or not _is_prose(block):
+            continue
+        goal = m.group("goal").strip()
+        question = re.sub(r"\byour\b", "my", f"How do I {goal}?")
+        if not question_words_ok(question) or goal.split()[0] in ("be", "do", "see", "this", "that"):
+            continue
+        answer = _clip_sentences(flat, bounds.procedure_chars // 2, max_sentences=3)
+        if flat.rstrip().endswith(":") or answer.endswith(":"):  # the command, code or steps follow
+            steps = []
+            for later in blocks[n + 1:n + 4]:
+                if _is_prose(later) and steps:
+                    break
+                if _is_prose(later):
+                    break
+                steps.append(later.rstrip())
+            if not steps:
+                continue
+            answer = flat if len(flat) <= bounds.procedure_chars // 2 else answer
+            answer = answer + "\n\n" + "\n\n".join(steps)
+            if len(answer) > bounds.procedure_chars:
+                continue
+        pairs.append(QARecord(question, answer, source, section, "procedure"))
+    return pairs
+
+
+def steps_pairs(question: str | None, text: str, source: str, section: str | None,
+                bounds: AnswerBounds) -> list[QARecord]:
+    """A 'How do I …?' section whose text is numbered steps → the steps (with their lead-in) as the answer."""
+    if not question or not question.startswith("How do I"):
+        return []
+    blocks = _blocks(text)
+    for n, block in enumerate(blocks):
+        items = [line for line in block.split("\n") if _NUMBERED.match(line)]
+        if len(items) >= 2:
+            lead = blocks[n - 1] if n and _is_prose(blocks[n - 1]) else ""
+            answer = (" ".join(lead.split()) + "\n\n" if lead else "") + block.strip()
+            if len(answer) <= bounds.procedure_chars:
+                return [QARecord(question, answer, source, section, "procedure")]
+    return []
+
+
+def generate_pairs(text: str, kind: str, source: str, bounds: AnswerBounds | None = None) -> list[QARecord]:
+    """Every generated pair of one document of ``kind`` (rst|md|html|txt), in document order, unfiltered
+    across documents (qa.py drops near-duplicate questions over the whole corpus)."""
+    bounds = bounds or AnswerBounds()
+    sections, markup = document_sections(text, kind)
+    cases = case_table(to_plain_text("\n\n".join(s.own for s in sections), markup))
+    pairs: list[QARecord] = []
+    module: str | None = None
+    for sec in sections:
+        plain = to_plain_text(sec.own, markup)
+        heading = sec.heading or None
+        question = heading_question(sec.title, cases) if sec.title else None
+        found = steps_pairs(question, plain, source, heading, bounds)
+        if question and not found:
+            answer = section_answer(plain, bounds.section_chars, question)
+            if answer:
+                found.append(QARecord(question, answer, source, heading, "heading"))
+        if markup == "rst":
+            found += api_pairs(sec.own, source, heading, bounds, module)
+            module = next((m.group(1) for line in sec.own.split("\n") if (m := _MODULE.match(line))), module)
+        found += definition_pairs(plain, source, heading, bounds, cases)
+        found += procedure_pairs(plain, source, heading, bounds)
+        pairs += [p for p in found if question_words_ok(p.question, min_words=3) and has_content(p.answer, bounds)]
+    return pairs
+
+
+def passages(text: str, kind: str, max_chars: int = 1500) -> list[tuple[str | None, str]]:
+    """(section heading, its opening prose up to ``max_chars``) for every section with a passage to ask about:
+    what a teacher model reads."""
+    sections, markup = document_sections(text, kind)
+    out = []
+    for sec in sections:
+        prose = [" ".join(b.split()) for b in _blocks(to_plain_text(sec.own, markup)) if _is_prose(b)]
+        passage = ""
+        for block in prose:
+            if passage and len(passage) + len(block) > max_chars:
+                break
+            passage = f"{passage}\n\n{block}".strip()
+        if len(passage) >= 200:
+            out.append((sec.heading or None, passage[:max_chars]))
+    return out
+
+
+def origin_counts(pairs: list[QARecord]) -> Counter[str]:
+    return Counter(p.origin or "unknown" for p in pairs)
