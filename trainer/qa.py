@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from slmforge.trainer.dedup import deduplicate
 from slmforge.trainer.faq import QAPair, extract_pairs
 from slmforge.trainer.ingest import InputFile, collect_files, read_text
 from slmforge.trainer.pii import redact
-from slmforge.trainer.prepare import split_by_document
 from slmforge.trainer.qa_generate import AnswerBounds, generate_pairs, passages
 
 from slmforge.errors import UserError
@@ -106,11 +106,18 @@ def _generate(files: list[InputFile], faq_counts: Counter[str], opts: GenerateOp
     return pairs, [f.source for f in chosen]
 
 
+def _question_key(question: str) -> str:
+    """The question as compared for duplicates: no articles, no plural 's' ("create a virtual environment"
+    and "create virtual environments" ask the same)."""
+    words = [w for w in re.findall(r"[\w.()]+", question.lower()) if w not in ("a", "an", "the")]
+    return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words)
+
+
 def _filter_generated(kept: list[QAPair], generated: list[QAPair], opts: GenerateOptions,
                       redact_pii: bool, pii: Counter[str]) -> tuple[list[QAPair], dict[str, int]]:
     """Generated pairs whose question is new: exact and near duplicates (of a FAQ question or an earlier
     generated one) dropped; answers redacted like the FAQ's."""
-    questions = [p.question for p in kept] + [p.question for p in generated]
+    questions = [_question_key(p.question) for p in kept + generated]
     dedup = deduplicate(questions, threshold=opts.near_dup_threshold, ngram=2)
     keep = {i - len(kept) for i in dedup.keep if i >= len(kept)}
     out = []
@@ -125,9 +132,36 @@ def _filter_generated(kept: list[QAPair], generated: list[QAPair], opts: Generat
     return out, {"found": len(generated), "duplicate_questions": len(generated) - len(out)}
 
 
+def heldout_documents(sources: list[str], fraction: float, seed: int) -> set[str]:
+    """Seeded whole documents whose pairs make up about ``fraction`` of all pairs: at least one, never all.
+
+    Unlike ``data prepare`` (which counts documents), this weighs documents by their pairs: one API
+    reference page can hold a quarter of a corpus's generated questions, and holding it out by
+    document count alone would take that quarter away from training.
+    """
+    sizes = Counter(sources)
+    ids = sorted(sizes)
+    if fraction <= 0 or len(ids) < 2:
+        return set()
+    random.Random(seed).shuffle(ids)
+    target = fraction * len(sources)
+    held: set[str] = set()
+    count = 0
+    for doc in ids:
+        if count >= target:
+            break
+        if count + sizes[doc] <= 1.5 * target:
+            held.add(doc)
+            count += sizes[doc]
+    if not held:  # every document is bigger than the share: hold out the smallest
+        held = {min(ids, key=lambda d: (sizes[d], d))}
+    return held if len(held) < len(ids) else held - {ids[-1]}
+
+
 def _split_generated(pairs: list[QAPair], fraction: float, seed: int) -> tuple[list[QAPair], list[QAPair], str]:
-    """Held out by whole document (every pair of a document on one side), seeded like ``data prepare``."""
-    held_docs = split_by_document([p.source or "" for p in pairs], fraction, seed)
+    """Held out by whole document: every pair of a document on one side (a model cannot have read the
+    answer of a held-out question in training)."""
+    held_docs = heldout_documents([p.source or "" for p in pairs], fraction, seed)
     if held_docs or fraction <= 0 or not pairs:
         return ([p for p in pairs if p.source not in held_docs], [p for p in pairs if p.source in held_docs],
                 "by_document")

@@ -34,7 +34,7 @@ class AnswerBounds:
 
     min_chars: int = 60  # less carries no content ("See below.", a bare code line)
     definition_chars: int = 400
-    section_chars: int = 600
+    section_chars: int = 500
     procedure_chars: int = 900
 
 
@@ -85,7 +85,7 @@ def _clip_sentences(text: str, max_chars: int, max_sentences: int = 4) -> str:
     """Whole sentences up to ``max_chars`` (at least one)."""
     kept: list[str] = []
     for sentence in sentences(text)[:max_sentences]:
-        if kept and len(" ".join([*kept, sentence])) > max_chars:
+        if kept and (len(" ".join([*kept, sentence])) > max_chars or _POINTER.search(sentence)):
             break
         kept.append(sentence)
     return " ".join(kept)
@@ -95,12 +95,14 @@ def has_content(answer: str, bounds: AnswerBounds) -> bool:
     """Enough prose to answer something: not only code, not a bare cross-reference, not over-long."""
     prose = " ".join(b for b in _blocks(answer) if _is_prose(b) or _LIST_ITEM.match(b.strip()))
     return (len(prose) >= bounds.min_chars and not _CROSS_REF.match(answer.strip())
-            and not prose.rstrip().endswith(":") and len(answer) <= bounds.procedure_chars)
+            and not answer.rstrip().endswith(":") and len(answer) <= bounds.procedure_chars)
 
 
 _META_OPENING = re.compile(r"\b(?:I|we|let's|in the following|this (?:section|chapter|tutorial|page|document)|"
-                           r"the following (?:examples?|sections?)|as (?:mentioned|described|shown) (?:above|earlier)|"
+                           r"the following|as (?:mentioned|described|shown) (?:above|earlier)|"
                            r"so far|in this (?:section|chapter|tutorial))\b", re.IGNORECASE)
+# a sentence that points at what is not in the answer ("The following example shows …")
+_POINTER = re.compile(r"\b(?:the following|below|this example|example below|see the example)\b", re.IGNORECASE)
 _STOP = {"what", "is", "are", "how", "do", "does", "i", "the", "a", "an", "of", "and", "or", "to", "in", "on", "for",
          "with", "my", "work", "use", "objects", "object"}
 
@@ -109,29 +111,38 @@ def _stems(text: str) -> set[str]:
     return {w[:5] for w in re.findall(r"[a-z][a-z0-9_]+", text.lower()) if w not in _STOP}
 
 
-def section_answer(text: str, max_chars: int, question: str = "") -> str:
-    """The section's opening prose, up to ``max_chars``: the first of its first three paragraphs that is
-    about the question (shares a word with it) and does not talk about the document itself."""
+def section_answer(text: str, bounds: AnswerBounds, question: str = "") -> tuple[str, bool]:
+    """(answer, is a procedure) for a heading's question: the section's opening prose, up to
+    ``bounds.section_chars`` in whole sentences, starting at the first of its first three paragraphs
+    that is about the question (shares a word with it) and does not talk about the document itself.
+    A "How do I …?" whose prose leads into a command or code block ("…run:") gets that block too."""
     blocks = _blocks(text)
     wanted = _stems(question)
     start = next((n for n, b in enumerate(blocks[:3]) if _is_prose(b) and not _META_OPENING.search(sentences(b)[0])
                   and (not wanted or wanted & _stems(b))), None)
     if start is None:
-        return ""
+        return "", False
     kept: list[str] = []
-    for block in blocks[start:]:
-        if not _is_prose(block):
+    n = start
+    while n < len(blocks) and _is_prose(blocks[n]) and len(" ".join(kept)) < bounds.section_chars:
+        said = sentences(blocks[n])
+        room = [s for i, s in enumerate(said) if len(" ".join(kept + said[:i + 1])) <= bounds.section_chars
+                and len(kept) + i < 4 and not _POINTER.search(s)]
+        if len(room) < len(said):
+            kept += room if room == said[:len(room)] else []
             break
-        if kept and len("\n\n".join([*kept, block])) > max_chars:
-            break
-        kept.append(" ".join(block.split()))
-    if len(kept) == 1 and len(kept[0]) > max_chars:
-        kept = [_clip_sentences(kept[0], max_chars)]
-    answer = "\n\n".join(kept)
-    if answer.endswith(":"):  # "…as follows:" without what followed
-        answer = _clip_sentences(answer, len(answer) - 1) if len(sentences(answer)) > 1 else ""
-        answer = "" if answer.endswith(":") else answer
-    return answer
+        kept += said
+        n += 1
+    if not kept:
+        return "", False
+    answer = " ".join(kept)
+    code = blocks[n] if n < len(blocks) and not _is_prose(blocks[n]) else ""
+    if answer.endswith(":"):
+        lead_in = kept.pop()
+        if question.startswith("How do I") and code and len(answer) + len(code) <= bounds.procedure_chars:
+            return f"{' '.join(kept)} {lead_in}".strip() + "\n\n" + code.rstrip(), True
+        answer = " ".join(kept)  # "…as follows:" without what followed
+    return answer, False
 
 
 def _subject_ok(subject: str) -> bool:
@@ -249,6 +260,8 @@ def procedure_pairs(text: str, source: str, section: str | None, bounds: AnswerB
         if not m or not _is_prose(block):
             continue
         goal = m.group("goal").strip()
+        if not re.match(r"(?:you |[a-z]+ )", m.group("rest")):
+            continue  # "To speed up loading, Python caches …" explains; a procedure tells the reader what to do
         question = re.sub(r"\byour\b", "my", f"How do I {goal}?")
         if not question_words_ok(question) or goal.split()[0] in ("be", "do", "see", "this", "that"):
             continue
@@ -263,8 +276,9 @@ def procedure_pairs(text: str, source: str, section: str | None, bounds: AnswerB
                 steps.append(later.rstrip())
             if not steps:
                 continue
-            answer = flat if len(flat) <= bounds.procedure_chars // 2 else answer
-            answer = answer + "\n\n" + "\n\n".join(steps)
+            if len(flat) > bounds.procedure_chars // 2:
+                continue  # the lead-in to the code would be cut off
+            answer = flat + "\n\n" + "\n\n".join(steps)
             if len(answer) > bounds.procedure_chars:
                 continue
         pairs.append(QARecord(question, answer, source, section, "procedure"))
@@ -301,9 +315,9 @@ def generate_pairs(text: str, kind: str, source: str, bounds: AnswerBounds | Non
         question = heading_question(sec.title, cases) if sec.title else None
         found = steps_pairs(question, plain, source, heading, bounds)
         if question and not found:
-            answer = section_answer(plain, bounds.section_chars, question)
+            answer, is_procedure = section_answer(plain, bounds, question)
             if answer:
-                found.append(QARecord(question, answer, source, heading, "heading"))
+                found.append(QARecord(question, answer, source, heading, "procedure" if is_procedure else "heading"))
         if markup == "rst":
             found += api_pairs(sec.own, source, heading, bounds, module)
             module = next((m.group(1) for line in sec.own.split("\n") if (m := _MODULE.match(line))), module)
