@@ -17,11 +17,11 @@ from __future__ import annotations
 import re
 import textwrap
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from slmforge.trainer.faq import document_sections
 from slmforge.trainer.qa_questions import case_table, heading_question, question_words_ok
-from slmforge.trainer.textclean import to_plain_text
+from slmforge.trainer.textclean import markdown_inline, to_plain_text
 
 from slmforge.qa_records import QARecord
 
@@ -70,7 +70,26 @@ def sentences(text: str) -> list[str]:
 
 
 def _blocks(text: str) -> list[str]:
-    return [b for b in text.split("\n\n") if b.strip()]
+    """Paragraphs; a code block cut by blank lines stays one block."""
+    out: list[str] = []
+    for block in (b for b in text.split("\n\n") if b.strip()):
+        if out and block.startswith(" ") and out[-1].startswith(" "):
+            out[-1] += "\n\n" + block
+        else:
+            out.append(block)
+    return out
+
+
+_FENCE = re.compile(r"^(\s*)(```|~~~)[^\n]*\n(.*?)^\1\2[ \t]*$", re.MULTILINE | re.DOTALL)
+_TAG = re.compile(r"</?[A-Za-z][^>\n]*>")
+
+
+def markdown_for_answers(text: str) -> str:
+    """Markdown with fenced code indented (so it stays code, not prose joined into a sentence) and inline
+    HTML tags dropped (READMEs wrap badges and images in <div>, <picture>, <abbr>)."""
+    text = _FENCE.sub(lambda m: "\n".join("    " + line if line.strip() else "" for line in m.group(3).split("\n")),
+                      text)
+    return "\n".join(line if line.startswith("    ") else _TAG.sub("", line) for line in text.split("\n"))
 
 
 def _is_prose(block: str) -> bool:
@@ -103,6 +122,9 @@ _META_OPENING = re.compile(r"\b(?:I|we|let's|in the following|this (?:section|ch
                            r"so far|in this (?:section|chapter|tutorial))\b", re.IGNORECASE)
 # a sentence that points at what is not in the answer ("The following example shows …")
 _POINTER = re.compile(r"\b(?:the following|below|this example|example below|see the example)\b", re.IGNORECASE)
+# what follows "To do X," when it is not an instruction: a clause, or a pointer elsewhere
+_NOT_IMPERATIVE = (r"(?:that|which|the|a|an|this|these|it|there|and|or|so|as|since|because|when|if|please see|see|"
+                   r"refer|check out|visit|read more|consider the following)\b")
 _STOP = {"what", "is", "are", "how", "do", "does", "i", "the", "a", "an", "of", "and", "or", "to", "in", "on", "for",
          "with", "my", "work", "use", "objects", "object"}
 
@@ -260,7 +282,8 @@ def procedure_pairs(text: str, source: str, section: str | None, bounds: AnswerB
         if not m or not _is_prose(block):
             continue
         goal = m.group("goal").strip()
-        if not re.match(r"(?:you |[a-z]+ )", m.group("rest")):
+        rest = m.group("rest")
+        if not re.match(r"(?:you |[a-z]+ )", rest) or re.match(_NOT_IMPERATIVE, rest):
             continue  # "To speed up loading, Python caches …" explains; a procedure tells the reader what to do
         question = re.sub(r"\byour\b", "my", f"How do I {goal}?")
         if not question_words_ok(question) or goal.split()[0] in ("be", "do", "see", "this", "that"):
@@ -281,6 +304,8 @@ def procedure_pairs(text: str, source: str, section: str | None, bounds: AnswerB
             answer = flat + "\n\n" + "\n\n".join(steps)
             if len(answer) > bounds.procedure_chars:
                 continue
+        if "\n\n" not in answer and _POINTER.search(answer):
+            continue  # "use the following commands" without the commands
         pairs.append(QARecord(question, answer, source, section, "procedure"))
     return pairs
 
@@ -301,16 +326,24 @@ def steps_pairs(question: str | None, text: str, source: str, section: str | Non
     return []
 
 
+def _plain(raw: str, markup: str) -> str:
+    """Readable text of a section (Markdown links that were wrapped across lines resolved after unwrapping)."""
+    text = to_plain_text(raw, markup)
+    return markdown_inline(text) if markup == "md" else text
+
+
 def generate_pairs(text: str, kind: str, source: str, bounds: AnswerBounds | None = None) -> list[QARecord]:
     """Every generated pair of one document of ``kind`` (rst|md|html|txt), in document order, unfiltered
     across documents (qa.py drops near-duplicate questions over the whole corpus)."""
     bounds = bounds or AnswerBounds()
     sections, markup = document_sections(text, kind)
+    if markup == "md":
+        sections = [replace(s, own=markdown_for_answers(s.own)) for s in sections]
     cases = case_table(to_plain_text("\n\n".join(s.own for s in sections), markup))
     pairs: list[QARecord] = []
     module: str | None = None
     for sec in sections:
-        plain = to_plain_text(sec.own, markup)
+        plain = _plain(sec.own, markup)
         heading = sec.heading or None
         question = heading_question(sec.title, cases) if sec.title else None
         found = steps_pairs(question, plain, source, heading, bounds)
@@ -333,7 +366,8 @@ def passages(text: str, kind: str, max_chars: int = 1500) -> list[tuple[str | No
     sections, markup = document_sections(text, kind)
     out = []
     for sec in sections:
-        prose = [" ".join(b.split()) for b in _blocks(to_plain_text(sec.own, markup)) if _is_prose(b)]
+        own = markdown_for_answers(sec.own) if markup == "md" else sec.own
+        prose = [" ".join(b.split()) for b in _blocks(_plain(own, markup)) if _is_prose(b)]
         passage = ""
         for block in prose:
             if passage and len(passage) + len(block) > max_chars:

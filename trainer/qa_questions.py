@@ -26,12 +26,32 @@ _NO_QUESTION = {
     "deprecated functions and variables", "getting started", "quickstart", "quick start", "installation", "install",
     "requirements", "configuration", "setup", "features", "links", "resources", "citation", "community",
     "contributing", "development", "testing", "tests", "status", "roadmap", "news", "documentation", "docs",
-    "common tasks", "general information", "general questions",
+    "common tasks", "general information", "general questions", "what's changed", "what's new", "contribute",
+    "build", "building", "developing", "license information", "sponsors", "thanks", "acknowledgement", "highlights",
+    "key features", "table of content", "citing", "cite", "how to cite", "maintainers", "team", "the team",
+    "people", "users", "who uses it", "sponsors and backers",
 }
 # a heading made only of these words names no topic ("General Questions", "Other Notes")
 _GENERIC = {"general", "information", "other", "common", "more", "misc", "basic", "advanced", "additional",
             "special", "tasks", "topics", "notes", "questions", "remarks", "things", "details", "and", "of", "the",
             "a", "an", "faq", "faqs", "miscellaneous", "further", "various", "some", "useful", "tips", "tricks"}
+# "copytree example", "deque Recipes": code to read, not a topic to ask about
+_EXAMPLE_WORDS = {"example", "examples", "recipe", "recipes", "demo", "demos", "sample", "samples", "tutorial"}
+# singular nouns that read better with "the" ("What is the command line interface?")
+_COUNT_NOUNS = {"type", "interface", "path", "object", "statement", "function", "method", "class", "module", "file",
+                "limit", "loop", "operator", "value", "variable", "table", "directory", "command", "protocol",
+                "server", "client", "key", "package", "field", "record", "parameter", "argument", "flag", "service",
+                "tool", "library", "system", "process", "format", "api", "algorithm", "model", "pipeline"}
+# imperative headings ("Deploy your app") ask "How do I deploy my app?"
+_IMPERATIVES = {"install", "deploy", "run", "build", "use", "create", "configure", "set", "add", "get", "make", "write",
+                "read", "report", "switch", "enable", "disable", "update", "upgrade", "import", "load", "save", "train",
+                "define", "call", "start", "stop", "connect", "check", "choose", "convert", "compile", "download",
+                "generate", "handle", "manage", "migrate", "monitor", "open", "register", "remove", "rename", "reset",
+                "restore", "select", "send", "share", "sort", "store", "tune", "upload", "validate", "verify", "view",
+                "customize", "extend", "debug", "profile", "serve", "export", "deactivate", "activate", "uninstall"}
+# a heading that starts like this is a fragment ("With aiohttp", "For developers"), not a topic
+_FRAGMENT_STARTS = {"with", "without", "for", "in", "on", "from", "about", "via", "by", "to", "at", "and", "or",
+                    "citing", "cite", "when", "if", "under"}
 _QUESTION_WORDS = {"how", "what", "why", "when", "where", "which", "who", "can", "is", "are", "do", "does",
                    "should", "will"}
 # prefixes that add nothing to the question ("A First Look at Classes" asks about classes)
@@ -146,7 +166,7 @@ def heading_question(title: str, cases: Counter[str] | None = None) -> str | Non
     if not raw or raw.endswith("?"):
         return None  # a question heading is the FAQ's (faq.py), not a generated pair
     if raw.split()[0].lower() in _QUESTION_WORDS and len(raw.split()) >= 4:  # a question without its '?'
-        asked = raw.split("?")[0].strip()
+        asked = re.sub(r"^(Why|How|When|Where) you (should|can|must) ", r"\1 \2 I ", raw.split("?")[0].strip())
         return asked + "?" if "?" in raw or not raw.endswith(".") else None
     if raw.endswith(".") or raw.split()[0] in ("I", "My", "We"):
         return None  # a sentence ("My class defines __del__ but …"), not a topic
@@ -155,7 +175,7 @@ def heading_question(title: str, cases: Counter[str] | None = None) -> str | Non
         return f"What is the {parts[0]} module for?"
     title = _normalize_heading(raw)
     words = title.split()
-    if (not words or title.lower() in _NO_QUESTION or sum(ch.isalpha() for ch in title) < 4
+    if (not words or title.lower() in _NO_QUESTION or {w.lower() for w in words} & _EXAMPLE_WORDS or sum(ch.isalpha() for ch in title) < 4
             or not any(ch.isalpha() for ch in words[0]) or {w.lower() for w in words} <= _GENERIC
             or words[-1].lower() in ("faq", "faqs", "questions")):
         return None
@@ -164,6 +184,11 @@ def heading_question(title: str, cases: Counter[str] | None = None) -> str | Non
     call = _CALL.search(title)
     if call and len(words) <= 4:
         return f"What does {call.group(1)} do?"
+    if words[0].lower() in _FRAGMENT_STARTS:
+        return None
+    if words[0].lower() in _IMPERATIVES and len(words) > 1:
+        rest = " ".join(_lower_title_case(words[1:], cases))
+        return _you_to_me(f"How do I {words[0].lower()} {rest}?")
     if re.match(r"how to\s", title, re.IGNORECASE):
         rest = " ".join(_lower_title_case(words[2:], cases))
         return _you_to_me(f"How do I {rest}?")
@@ -185,6 +210,8 @@ def heading_question(title: str, cases: Counter[str] | None = None) -> str | Non
     plural = head.endswith("s") and not head.endswith(("ss", "us", "is", "ics", "ness"))
     if len(words) >= 2 and words[-1].lower() in ("work", "works"):
         return None
+    if not plural and len(words) >= 2 and head in _COUNT_NOUNS and lowered[0].lower() not in ("the", "a", "an"):
+        phrase = "the " + phrase
     return f"What {'are' if plural else 'is'} {phrase}?"
 
 
