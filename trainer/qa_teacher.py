@@ -17,6 +17,9 @@ from slmforge.qa_records import QARecord
 
 SYSTEM = ("You write one question that a reader of the passage might ask, and its answer taken from the passage. "
           "Reply in exactly two lines:\nQuestion: <the question>?\nAnswer: <one or two sentences from the passage>")
+# one worked example: small teachers follow a shown format far more often than a described one
+EXAMPLE = (("Passage:\nThe pump must be primed before first use. To prime it, fill the housing with water and close "
+           "the cap."), "Question: How do I prime the pump?\nAnswer: Fill the housing with water and close the cap.")
 _REPLY = re.compile(r"^\s*Question:\s*(?P<q>[^\n]+\?)\s*\n+\s*Answer:\s*(?P<a>.+?)\s*$", re.DOTALL)
 _WORD = re.compile(r"[a-z0-9_]+")
 _STOP = {"the", "a", "an", "of", "to", "and", "or", "in", "on", "is", "are", "it", "for", "with", "as", "by", "be",
@@ -42,6 +45,13 @@ def grounded(answer: str, passage: str, share: float = 0.7) -> bool:
     return bool(words) and sum(w in seen for w in words) >= share * len(words)
 
 
+def adds_content(question: str, answer: str, min_new_words: int = 3) -> bool:
+    """The answer says something the question did not ("Create a new class object." to "How do you create a
+    new class object?" only echoes it)."""
+    asked = set(_WORD.findall(question.lower()))
+    return len({w for w in _WORD.findall(answer.lower()) if w not in _STOP and w not in asked}) >= min_new_words
+
+
 def parse_reply(reply: str, passage: str, max_answer_chars: int = 400) -> tuple[str, str] | None:
     """(question, answer) from the teacher's reply, or None when it does not follow the format exactly."""
     m = _REPLY.match(reply)
@@ -52,15 +62,16 @@ def parse_reply(reply: str, passage: str, max_answer_chars: int = 400) -> tuple[
         return None  # a second pair: the format asks for one
     if not (3 <= len(question.split()) <= 25) or not (20 <= len(answer) <= max_answer_chars):
         return None
-    return (question, answer) if grounded(answer, passage) else None
+    return (question, answer) if grounded(answer, passage) and adds_content(question, answer) else None
 
 
 class Teacher:
     """A GGUF chat model loaded once; ``ask`` gives one pair for a passage, or None."""
 
-    def __init__(self, path: Path, n_ctx: int = 2048, max_tokens: int = 160) -> None:
+    def __init__(self, path: Path, n_ctx: int = 2048, max_tokens: int = 128, max_passage_chars: int = 1200) -> None:
         self.path = check_gguf(Path(path))
         self.max_tokens = max_tokens
+        self.max_passage_chars = max_passage_chars
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -73,10 +84,11 @@ class Teacher:
 
     def reply(self, passage: str) -> str:
         """The teacher's raw reply for one passage (greedy, fixed prompt)."""
-        passage = passage[: 3 * self.n_ctx // 2]  # ~4 characters a token: leave room for the prompt and reply
+        passage = passage[: self.max_passage_chars]
         out = self._llm.create_chat_completion(
-            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Passage:\n{passage}"}],
-            temperature=0.0, top_k=1, max_tokens=self.max_tokens)
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": EXAMPLE[0]},
+                      {"role": "assistant", "content": EXAMPLE[1]}, {"role": "user", "content": f"Passage:\n{passage}"}],
+            temperature=0.0, top_k=1, max_tokens=self.max_tokens, stop=["\n\n"])
         return str(out["choices"][0]["message"]["content"] or "")
 
     def ask(self, passage: str, source: str, section: str | None) -> QARecord | None:
