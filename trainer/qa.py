@@ -21,6 +21,7 @@ from slmforge.trainer.faq import QAPair, extract_pairs
 from slmforge.trainer.ingest import InputFile, collect_files, read_text
 from slmforge.trainer.pii import redact
 from slmforge.trainer.qa_generate import AnswerBounds, generate_pairs, passages
+from tqdm import tqdm
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_json, atomic_write_text
@@ -82,28 +83,32 @@ class GenerateOptions:
 
 
 def _generate(files: list[InputFile], faq_counts: Counter[str], opts: GenerateOptions,
-              seed: int) -> tuple[list[QAPair], list[str]]:
-    """Generated pairs (rules, then the teacher) from the documents ``opts.mode`` picks, and those documents."""
+              seed: int) -> tuple[list[QAPair], list[str], dict[str, int]]:
+    """Generated pairs (rules, then the teacher) from the documents ``opts.mode`` picks, those documents,
+    and the teacher's counts (passages read, pairs that parsed)."""
     chosen = [f for f in files if f.kind != "jsonl"
               and (opts.mode == "always" or (opts.mode == "auto" and not faq_counts[f.source]))]
     pairs: list[QAPair] = []
     for f in chosen:
         pairs.extend(generate_pairs(read_text(f.path), f.kind, f.source, opts.bounds))
+    taught = {"passages": 0, "parsed": 0}
     if opts.teacher is not None:
         from slmforge.trainer.qa_teacher import Teacher
 
+        todo = [(f.source, heading, passage) for f in chosen for heading, passage in passages(read_text(f.path),
+                                                                                                f.kind)]
+        picked = sorted(random.Random(seed).sample(range(len(todo)), min(opts.teacher_limit, len(todo))))
         teacher = Teacher(opts.teacher)
         try:
-            todo = [(f.source, heading, passage) for f in chosen for heading, passage in passages(read_text(f.path),
-                                                                                                    f.kind)]
-            picked = sorted(random.Random(seed).sample(range(len(todo)), min(opts.teacher_limit, len(todo))))
-            for i in picked:
+            for i in tqdm(picked, desc="teacher", unit="passage", leave=False):
                 pair = teacher.ask(todo[i][2], todo[i][0], todo[i][1])
+                taught["passages"] += 1
                 if pair is not None:
                     pairs.append(pair)
+                    taught["parsed"] += 1
         finally:
             teacher.close()
-    return pairs, [f.source for f in chosen]
+    return pairs, [f.source for f in chosen], taught
 
 
 def _question_key(question: str) -> str:
@@ -205,7 +210,8 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
         found = read_pairs(f, max_answer_chars)
         per_file[f.source] = len(found)
         pairs.extend(found)
-    generated, generated_from = _generate(files, per_file, gen, seed) if gen.mode != "never" else ([], [])
+    generated, generated_from, taught = (_generate(files, per_file, gen, seed) if gen.mode != "never"
+                                         else ([], [], {"passages": 0, "parsed": 0}))
     if not pairs and not generated:
         raise UserError(f"no question/answer pairs in {len(files)} input file(s); FAQ sections need headings ending "
                         "in '?' (reST or Markdown '## Question?'), or pass a messages/alpaca JSONL file"
@@ -238,6 +244,7 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
              "pairs_by_origin": dict(sorted(Counter(p.origin or "unknown" for p in every).items())),
              "heldout_by_origin": dict(sorted(Counter(p.origin or "unknown" for p in heldout).items())),
              "generated": {"mode": gen.mode, "documents": len(generated_from), **gen_counts, "kept": len(new),
+                           "teacher": taught,
                            "split": gen_split, "heldout_documents": sorted({p.source for p in gen_held if p.source})},
              "samples": _samples(every, seed),
              "files": {"train": str(out), "heldout": str(sibling(out, ".heldout.jsonl")),

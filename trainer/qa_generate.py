@@ -112,8 +112,10 @@ def _clip_sentences(text: str, max_chars: int, max_sentences: int = 4) -> str:
 
 def has_content(answer: str, bounds: AnswerBounds) -> bool:
     """Enough prose to answer something: not only code, not a bare cross-reference, not over-long."""
-    prose = " ".join(b for b in _blocks(answer) if _is_prose(b) or _LIST_ITEM.match(b.strip()))
-    return (len(prose) >= bounds.min_chars and not _CROSS_REF.match(answer.strip())
+    blocks = _blocks(answer)
+    prose = " ".join(b for b in blocks if _is_prose(b) or _LIST_ITEM.match(b.strip()))
+    has_code = any(b.startswith(" ") for b in blocks)  # "…run:" and the command: the command is the content
+    return (len(prose) >= (bounds.min_chars // 2 if has_code else bounds.min_chars) and not _CROSS_REF.match(answer.strip())
             and not answer.rstrip().endswith(":") and len(answer) <= bounds.procedure_chars)
 
 

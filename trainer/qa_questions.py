@@ -145,7 +145,7 @@ def _normalize_heading(title: str) -> str:
     if ":" in title.rstrip(":"):  # "Intermezzo: Coding Style" is about coding style, "Arithmetic: Issues" about arithmetic
         before, after = (part.strip() for part in title.split(":", 1))
         title = after if len(before.split()) == 1 else before
-    title = re.sub(r"\s*\([^)]*\)\s*$", "", title)  # "Sequences (Tuples/Lists)"
+    title = re.sub(r"\s+\([^)]+\)\s*$", "", title)  # "Sequences (Tuples/Lists)"
     if re.match(r"^(?:an? )?(?:informal |brief |quick |short |gentle )?(?:introduction|tour|overview|guide) "
                 r"(?:to|of)\s+", title.strip(), flags=re.IGNORECASE):
         return ""  # a whole document's title: its first paragraph introduces the document, not a topic
@@ -165,7 +165,8 @@ def heading_question(title: str, cases: Counter[str] | None = None) -> str | Non
     raw = " ".join(title.split())
     if not raw or raw.endswith("?"):
         return None  # a question heading is the FAQ's (faq.py), not a generated pair
-    if raw.split()[0].lower() in _QUESTION_WORDS and len(raw.split()) >= 4:  # a question without its '?'
+    if (raw.split()[0].lower() in _QUESTION_WORDS and len(raw.split()) >= 4
+            and not re.match(r"how to\s", raw, re.IGNORECASE)):  # a question without its '?'
         asked = re.sub(r"^(Why|How|When|Where) you (should|can|must) ", r"\1 \2 I ", raw.split("?")[0].strip())
         return asked + "?" if "?" in raw or not raw.endswith(".") else None
     if raw.endswith(".") or raw.split()[0] in ("I", "My", "We"):
