@@ -121,7 +121,7 @@ def test_headings_that_make_no_question_are_skipped():
 
 def test_markdown_code_stays_code_and_bounded_answers():
     text = ("# Tool\n\n## Installing the Tool\n\nInstall the tool from the package index with pip, then check the "
-            "version it reports.\n\n## Long Section\n\n" + "This sentence carries some words about the long section. "
+            "version it reports.\n\n## Long Section\n\n" + "Each line carries some words about the long section. "
             * 30 + "\n\n## Building from source\n\nTo build from source, clone the repository and run:\n\n"
             "```bash\nmake build\n\nmake install\n```\n")
     by_q = _qa(generate_pairs(text, "md", "tool.md"))

@@ -135,6 +135,14 @@ def _stems(text: str) -> set[str]:
     return {w[:5] for w in re.findall(r"[a-z][a-z0-9_]+", text.lower()) if w not in _STOP}
 
 
+def _opens_answer(sentence: str) -> bool:
+    """Can an answer start with this sentence? Not when it talks about the document ("In this section …"),
+    asks a question itself, or points back at something the answer leaves out ("This style of access …")."""
+    first = sentence.split()[0].lower().strip(",") if sentence.split() else ""
+    return (not _META_OPENING.search(sentence) and not sentence.rstrip().endswith("?")
+            and first not in ("this", "these", "that", "those", "it", "such", "they", "here", "now", "then", "also"))
+
+
 def section_answer(text: str, bounds: AnswerBounds, question: str = "") -> tuple[str, bool]:
     """(answer, is a procedure) for a heading's question: the section's opening prose, up to
     ``bounds.section_chars`` in whole sentences, starting at the first of its first three paragraphs
@@ -142,7 +150,7 @@ def section_answer(text: str, bounds: AnswerBounds, question: str = "") -> tuple
     A "How do I …?" whose prose leads into a command or code block ("…run:") gets that block too."""
     blocks = _blocks(text)
     wanted = _stems(question)
-    start = next((n for n, b in enumerate(blocks[:3]) if _is_prose(b) and not _META_OPENING.search(sentences(b)[0])
+    start = next((n for n, b in enumerate(blocks[:3]) if _is_prose(b) and _opens_answer(sentences(b)[0])
                   and (not wanted or wanted & _stems(b))), None)
     if start is None:
         return "", False

@@ -206,7 +206,7 @@ def heading_question(title: str, cases: Counter[str] | None = None) -> str | Non
     if len(words) == 1 and len(title) < 5:
         return None
     phrase = " ".join(lowered)
-    head_words = re.split(r"\s+(?:of|for|with|in|on|to|from|by|as)\s+", phrase, maxsplit=1)[0].split()
+    head_words = re.split(r"\s+(?:of|for|with|within|without|between|in|into|on|over|under|to|from|by|as|at|about|via|per)\s+", phrase, maxsplit=1)[0].split()
     head = head_words[-1].lower().strip(",") if head_words else words[-1].lower()
     plural = head.endswith("s") and not head.endswith(("ss", "us", "is", "ics", "ness"))
     if len(words) >= 2 and words[-1].lower() in ("work", "works"):
