@@ -110,8 +110,9 @@ def qa(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, ma
     if as_json:
         emit_json(stats)
         return
-    rows = [(src, n) for src, n in stats["pairs_by_file"].items()]
-    click.echo(format_table(("source", "pairs"), rows))
+    rows = [(src, n, ", ".join(f"{o} {k}" for o, k in stats["origins_by_file"][src].items()))
+            for src, n in stats["pairs_by_file"].items()]
+    click.echo(format_table(("source", "pairs", "by origin"), rows))
     held = stats["heldout_by_origin"]
     click.echo(format_table(("origin", "pairs", "held-out"),
                             [(o, n, held.get(o, 0)) for o, n in stats["pairs_by_origin"].items()]))

@@ -241,6 +241,9 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
              "pairs": len(every), "train_pairs": len(train), "heldout_pairs": len(heldout),
              "pii": {kind: pii.get(kind, 0) for kind in ("EMAIL", "PHONE", "IP", "SECRET")},
              "pairs_by_file": {k: v for k, v in sorted(by_file.items()) if v},
+             "origins_by_file": {src: dict(sorted(Counter(p.origin or "unknown" for p in every
+                                                          if p.source == src).items()))
+                                 for src in sorted(by_file)},
              "pairs_by_origin": dict(sorted(Counter(p.origin or "unknown" for p in every).items())),
              "heldout_by_origin": dict(sorted(Counter(p.origin or "unknown" for p in heldout).items())),
              "generated": {"mode": gen.mode, "documents": len(generated_from), **gen_counts, "kept": len(new),

@@ -293,7 +293,7 @@ def procedure_pairs(text: str, source: str, section: str | None, bounds: AnswerB
             continue
         goal = m.group("goal").strip()
         rest = m.group("rest")
-        if not re.match(r"(?:you |[a-z]+ )", rest) or re.match(_NOT_IMPERATIVE, rest):
+        if not re.match(r"[a-z]+\b", rest) or re.match(_NOT_IMPERATIVE, rest):
             continue  # "To speed up loading, Python caches …" explains; a procedure tells the reader what to do
         question = re.sub(r"\byour\b", "my", f"How do I {goal}?")
         if not question_words_ok(question) or goal.split()[0] in ("be", "do", "see", "this", "that"):
