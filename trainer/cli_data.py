@@ -67,39 +67,65 @@ def prepare(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: in
     click.echo(f"wrote {out}")
 
 
-@data.command(short_help="FAQ sections and QA JSONL → chat SFT examples (+ held-out questions).")
+@data.command(short_help="FAQ sections, QA JSONL and generated pairs → chat SFT examples (+ held-out questions).")
 @_DOCS
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Train file (qa.jsonl); qa.heldout.jsonl and qa.slmforge.json are written next to it.")
 @click.option("--heldout-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
-              help="Share of questions written to <out>.heldout.jsonl instead (unseen in training).")
+              help="Share written to <out>.heldout.jsonl instead (unseen in training): of FAQ/file questions, and "
+                   "of the documents generated pairs come from (whole documents).")
 @_SEED
 @click.option("--max-answer-chars", type=click.IntRange(min=0), default=1500, show_default=True,
               help="Keep whole paragraphs of an answer up to this length (0 = no limit).")
+@click.option("--generate", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Generate pairs from headings, definitions and procedures: auto = from documents with no FAQ "
+                   "pair, always = from every document, never = FAQ and QA files only.")
+@click.option("--teacher", "teacher_gguf", type=click.Path(path_type=Path), default=None,
+              help="A local GGUF chat model that also writes a question and answer per passage (greedy, parsed "
+                   "strictly; the pairs' origin is 'teacher').")
+@click.option("--teacher-limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Passages the teacher reads (seeded choice; each costs one generation).")
 @_NO_REDACT
 @json_option
-def qa(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, max_answer_chars: int,
-       no_redact: bool, as_json: bool) -> None:
-    """Build chat SFT examples from FAQ sections in DOCS and from QA JSONL files.
+def qa(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, max_answer_chars: int, generate: str,
+       teacher_gguf: Path | None, teacher_limit: int, no_redact: bool, as_json: bool) -> None:
+    """Build chat SFT examples from DOCS: FAQ sections, QA JSONL files and generated pairs.
 
     A section whose heading ends in '?' (reST heading, Markdown '## Question?', HTML <h2>)
     becomes a question, its body the answer; plain text may use 'Q:' / 'A:' lines. JSONL
     inputs may hold chat "messages", alpaca "instruction"/"input"/"output", or
-    "question"/"answer" records. Output lines: {"messages": [user, assistant], "source"}.
-    Duplicate questions are dropped; a seeded share goes to <out>.heldout.jsonl.
+    "question"/"answer" records. Documents without a FAQ also give generated pairs: headings
+    as questions ("Reading and Writing Files" → "How do I read and write files?"), definitional
+    sentences and API entries ("What does shutil.copy() do?"), and "To do X, …" procedures;
+    answers are the first sentences or paragraph, not whole pages. Output lines:
+    {"messages": [user, assistant], "source", "section", "origin"}. Duplicate and near-duplicate
+    questions are dropped; FAQ questions are held out by pair, generated ones by whole document.
+    Counts by origin and file, and samples to read, go to <out>.slmforge.json.
     """
-    from slmforge.trainer.qa import build_qa
+    from slmforge.trainer.qa import GenerateOptions, build_qa
 
     stats = build_qa(list(docs), out, heldout_fraction=heldout_fraction, seed=seed,
-                     max_answer_chars=max_answer_chars or None, redact_pii=not no_redact)
+                     max_answer_chars=max_answer_chars or None, redact_pii=not no_redact,
+                     generate=GenerateOptions(mode=generate, teacher=teacher_gguf, teacher_limit=teacher_limit))
     if as_json:
         emit_json(stats)
         return
-    rows = [(src, n) for src, n in stats["pairs_by_file"].items()]
-    click.echo(format_table(("source", "pairs"), rows))
-    click.echo(f"{stats['pairs']} pairs ({stats['duplicate_questions']} duplicate questions dropped): "
+    rows = [(src, n, ", ".join(f"{o} {k}" for o, k in stats["origins_by_file"][src].items()))
+            for src, n in stats["pairs_by_file"].items()]
+    click.echo(format_table(("source", "pairs", "by origin"), rows))
+    held = stats["heldout_by_origin"]
+    click.echo(format_table(("origin", "pairs", "held-out"),
+                            [(o, n, held.get(o, 0)) for o, n in stats["pairs_by_origin"].items()]))
+    samples = [(o, s["question"], s["answer"][:70].replace("\n", " ") + ("…" if len(s["answer"]) > 70 else ""))
+               for o, picked in stats["samples"].items() for s in picked[:2]]
+    click.echo(format_table(("origin", "sample question", "answer"), samples))
+    g = stats["generated"]
+    if g["mode"] != "never":
+        click.echo(f"generated ({g['mode']}): {g['kept']} kept of {g['found']} from {g['documents']} documents "
+                   f"({g['duplicate_questions']} duplicate questions dropped), held out {g['split'].replace('_', ' ')}")
+    click.echo(f"{stats['pairs']} pairs ({stats['duplicate_questions']} duplicate FAQ/file questions dropped): "
                f"{stats['train_pairs']} train → {stats['files']['train']}, "
-               f"{stats['heldout_pairs']} held-out → {stats['files']['heldout']}")
+               f"{stats['heldout_pairs']} held-out → {stats['files']['heldout']}; samples in {stats['files']['manifest']}")
 
 
 @data.command(short_help="QA → preference pairs (chosen = document, rejected = model) and KTO data.")

@@ -34,8 +34,11 @@ def shingles(text: str, n: int = 5) -> set[bytes]:
     return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
 
 
-def deduplicate(texts: list[str], threshold: float = 0.8, num_perm: int = 128, seed: int = 1) -> DedupResult:
-    """Indices of ``texts`` to keep after dropping exact copies and near copies (Jaccard ≥ threshold)."""
+def deduplicate(texts: list[str], threshold: float = 0.8, num_perm: int = 128, seed: int = 1,
+                ngram: int = 5) -> DedupResult:
+    """Indices of ``texts`` to keep after dropping exact copies and near copies (Jaccard ≥ threshold).
+
+    ``ngram``: words per shingle; short texts (questions) need short shingles to be compared at all."""
     from datasketch import MinHash, MinHashLSH
 
     result = DedupResult(keep=[])
@@ -49,7 +52,7 @@ def deduplicate(texts: list[str], threshold: float = 0.8, num_perm: int = 128, s
             result.examples.append((i, seen[digest]))
             continue
         seen[digest] = i
-        grams = shingles(text)
+        grams = shingles(text, ngram)
         if not grams:
             result.keep.append(i)
             continue

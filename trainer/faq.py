@@ -69,13 +69,52 @@ def _markdown_headings(lines: list[str]) -> list[_Heading]:
     return headings
 
 
-def _sections(lines: list[str], headings: list[_Heading]) -> list[tuple[str, str]]:
-    """(heading title, raw body) for every heading: the body runs to the next heading at its level or above."""
+@dataclass(frozen=True)
+class Section:
+    """One heading and its text; ``data qa`` reads FAQ pairs from these and generates questions from them."""
+
+    title: str  # as a reader sees it (inline markup resolved)
+    heading: str  # as written in the document: the name the index's chunk heading path carries
+    path: tuple[str, ...]  # headings as written, outermost first, ending with this one
+    body: str  # raw markup of the whole section, sub-sections included
+    own: str  # raw markup up to its first sub-section
+
+
+def _sections(lines: list[str], headings: list[_Heading]) -> list[Section]:
+    """Every heading's section: the body runs to the next heading at its level or above."""
     out = []
+    stack: list[_Heading] = []
     for n, h in enumerate(headings):
         end = next((later.start for later in headings[n + 1:] if later.level <= h.level), len(lines))
-        out.append((h.title, "\n".join(lines[h.body:end])))
+        own_end = headings[n + 1].start if n + 1 < len(headings) else len(lines)
+        while stack and stack[-1].level >= h.level:
+            stack.pop()
+        stack.append(h)
+        out.append(Section(h.title, h.title, tuple(s.title for s in stack), "\n".join(lines[h.body:end]),
+                           "\n".join(lines[h.body:own_end])))
     return out
+
+
+def document_sections(text: str, kind: str) -> tuple[list[Section], str]:
+    """(sections, markup kind of their bodies) of one document of ``kind`` (rst|md|html|txt).
+
+    HTML is read as Markdown (its headings become ``#`` lines); plain text has no headings,
+    so the whole document is one untitled section. Text before the first heading is an
+    untitled section too (a README's introduction).
+    """
+    text = normalize_unicode(text)
+    if kind == "html":
+        text, kind = html_to_text(text, headings_as_markdown=True), "md"
+    lines = text.split("\n")
+    if kind not in ("rst", "md"):
+        return [Section("", "", (), text, text)], kind
+    headings = _rest_headings(lines) if kind == "rst" else _markdown_headings(lines)
+    inline = rest_inline if kind == "rst" else markdown_inline
+    sections = [Section(" ".join(inline(s.title).split()), s.heading, s.path, s.body, s.own)
+                for s in _sections(lines, headings)]
+    first = headings[0].start if headings else len(lines)
+    preamble = "\n".join(lines[:first])
+    return ([Section("", "", (), preamble, preamble)] if preamble.strip() else []) + sections, kind
 
 
 def _qa_lines(text: str) -> list[tuple[str, str]]:
@@ -105,21 +144,16 @@ def _clip(answer: str, max_chars: int | None) -> str:
 def extract_pairs(text: str, kind: str, source: str, min_answer_chars: int = 20,
                   max_answer_chars: int | None = None) -> list[QAPair]:
     """Question/answer pairs in one document of ``kind`` (rst|md|html|txt)."""
-    text = normalize_unicode(text)
-    if kind == "html":
-        text, kind = html_to_text(text, headings_as_markdown=True), "md"
-    lines = text.split("\n")
-    if kind == "rst":
-        raw = [(rest_inline(t), to_plain_text(b, "rst")) for t, b in _sections(lines, _rest_headings(lines))]
-    elif kind == "md":
-        raw = [(markdown_inline(t), to_plain_text(b, "md")) for t, b in _sections(lines, _markdown_headings(lines))]
+    if kind in ("rst", "md", "html"):
+        sections, kind = document_sections(text, kind)
+        raw = [(s.title, to_plain_text(s.body, kind), s.heading) for s in sections if s.heading]
     else:
-        raw = [(q, normalize_whitespace(a)) for q, a in _qa_lines(text)]
+        raw = [(q, normalize_whitespace(a), None) for q, a in _qa_lines(normalize_unicode(text))]
     pairs = []
-    for question, answer in raw:
+    for question, answer, heading in raw:
         question = " ".join(question.split())
         if (not question.endswith("?") or len(answer.strip()) < min_answer_chars
                 or _CROSS_REFERENCE.match(answer.strip())):
             continue
-        pairs.append(QAPair(question, _clip(answer.strip(), max_answer_chars), source, question, "faq"))
+        pairs.append(QAPair(question, _clip(answer.strip(), max_answer_chars), source, heading, "faq"))
     return pairs
