@@ -18,7 +18,7 @@ import yaml
 
 from slmforge.errors import UserError
 from slmforge.pipeline_runner import Stage
-from slmforge.recipe import Recipe, StageOptions
+from slmforge.recipe import AnswerOptions, Recipe, StageOptions
 
 STAGE_VERBS: dict[str, tuple[str, ...]] = {
     "prepare": ("data", "prepare"),
@@ -65,7 +65,8 @@ def options_to_argv(stage: str, options: dict[str, Any]) -> list[str]:
             raise UserError(f"recipe: stages.{stage}.{key}: unknown option for 'slmforge {' '.join(STAGE_VERBS[stage])}'"
                             f" (known: {known})")
         values = value if isinstance(value, list) and param.multiple else [value]
-        for item in values:
+        for raw in values:
+            item = _yaml_value_for(param, raw, f"recipe: stages.{stage}.{key}")
             try:
                 param.type.convert(item, param, None)
             except click.BadParameter as exc:
@@ -79,6 +80,34 @@ def options_to_argv(stage: str, options: dict[str, Any]) -> list[str]:
             else:
                 argv += [flag, str(item)]
     return argv
+
+
+def _yaml_value_for(param: click.Option, value: Any, where: str) -> Any:
+    """``value`` as the verb's option would receive it, refusing YAML types the command line could not mean.
+
+    click converts leniently (``int(2.7) == 2``, ``int(True) == 1``, a list becomes its text); a recipe
+    must be as strict as typing the flag: a whole number where an integer belongs, true/false for a flag.
+    """
+    shown = json.dumps(value, default=str)
+    if param.is_flag or isinstance(param.type, click.types.BoolParamType):
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {shown}")
+        return value
+    if value is None or isinstance(value, (bool, list, dict)):
+        kind = "nothing" if value is None else "a list" if isinstance(value, list) else \
+            "a mapping" if isinstance(value, dict) else shown
+        many = " (a list is only allowed for options that may repeat)" if isinstance(value, list) else ""
+        wanted = ("integer" if isinstance(param.type, click.types.IntParamType) else
+                  "number" if isinstance(param.type, click.types.FloatParamType) else "text")
+        raise UserError(f"{where}: expected one {wanted} value, got {kind}{many}")
+    if isinstance(param.type, click.types.IntParamType) and isinstance(value, float):
+        if not value.is_integer():
+            raise UserError(f"{where}: expected a whole number, got {shown}")
+        return int(value)
+    if isinstance(value, (int, float)) and not isinstance(param.type, (click.types.IntParamType,
+                                                                         click.types.FloatParamType)):
+        return str(value)
+    return value
 
 
 def _json_metric(relpath: str, fmt: Callable[[dict], str | None]) -> Callable[[Path], str | None]:
@@ -169,6 +198,44 @@ def _answer_metric(m: dict) -> str | None:
     return f"{len(m.get('citations', []))} citations: {text[:60]}"
 
 
+def output_dir_of(recipe: Recipe) -> str:
+    """``output_dir`` with ``{name}`` replaced; any other placeholder is a one-line error, not a KeyError."""
+    if "{" in recipe.output_dir.replace("{name}", "") or "}" in recipe.output_dir.replace("{name}", ""):
+        raise UserError(f"recipe: output_dir: '{recipe.output_dir}' has a placeholder other than {{name}} "
+                        "(the only one replaced); remove the braces")
+    return recipe.output_dir.replace("{name}", recipe.name)
+
+
+def export_profiles(entries: list[str], base_dir: Path) -> dict[str, str]:
+    """Profile name (a safe folder name) → what ``export --profile`` gets, for each recipe entry.
+
+    An entry is a shipped profile name, ``host``, or a profile YAML file (relative to the recipe) whose
+    ``name`` equals its file name; anything else (``../../etc/passwd``) is refused, so the plan's
+    ``export/<name>`` and ``bundles/<name>`` folders always stay inside the run folder.
+    """
+    from slmforge.profiles import load_profile_file, profile_paths
+
+    known = profile_paths()
+    out: dict[str, str] = {}
+    for entry in entries:
+        candidate = base_dir / entry
+        if entry in known or entry == "host":
+            name, arg = entry, entry
+        elif candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            name, arg = load_profile_file(candidate).name, str(candidate.resolve())
+        else:
+            raise UserError(f"recipe: stages.export.profiles: '{entry}' is neither a known profile "
+                            f"({', '.join([*known, 'host'])}) nor a profile YAML file next to the recipe")
+        if name in out:
+            raise UserError(f"recipe: stages.export.profiles: '{name}' is listed twice")
+        out[name] = arg
+    return out
+
+
+def _explicitly_enabled(options: StageOptions | AnswerOptions) -> bool:
+    return options.enabled and "enabled" in options.model_fields_set
+
+
 class PlanBuilder:
     """Builds the stage list for one recipe file."""
 
@@ -177,7 +244,7 @@ class PlanBuilder:
         self.recipe = recipe
         self.dry_run = dry_run
         self.base_dir = recipe_path.resolve().parent
-        self.run_dir = out_override or (self.base_dir / recipe.output_dir.format(name=recipe.name)).resolve()
+        self.run_dir = out_override or (self.base_dir / output_dir_of(recipe)).resolve()
         self.stages: list[Stage] = []
 
     def path(self, rel: str) -> Path:
@@ -196,9 +263,34 @@ class PlanBuilder:
         argv = [*verb, *extra, *(options_to_argv(name.split(":")[0], opts) if opts else [])]
         self.stages.append(Stage(name, argv, inputs, output, opts, metric, depends_on))
 
+    def check_enabled(self) -> None:
+        """Every ``enabled: false`` is honoured, or refused when an enabled stage cannot do without it."""
+        s = self.recipe.stages
+        needs = [  # (stage, runs?, stage it needs, what it needs from it)
+            ("pretrain", s.pretrain.enabled, "prepare", "training text"),
+            ("sft", s.sft.enabled, "qa", "Q&A pairs"), ("sft", s.sft.enabled, "prepare", "held-out text"),
+            ("align", s.align.enabled, "pairs", "preference pairs"), ("pairs", s.align.enabled, "qa", "questions"),
+            ("compress", s.compress.enabled, "prepare", "calibration text"),
+            ("distill", s.distill.enabled, "compress", "pruned student"),
+            ("bundle", s.bundle.enabled and s.export.enabled, "export", "model"),
+        ]
+        for stage, runs, need, what in needs:
+            if runs and not getattr(s, need).enabled:
+                raise UserError(f"recipe: stages.{need}.enabled is false, but stages.{stage} needs its {what}; "
+                                f"set stages.{stage}.enabled: false too, or enable {need}")
+        for stage in ("answer", "bench"):  # they follow the bundles; an explicit 'enabled: true' must get them
+            if _explicitly_enabled(getattr(s, stage)) and not (s.export.enabled and s.bundle.enabled):
+                off = "export" if not s.export.enabled else "bundle"
+                raise UserError(f"recipe: stages.{off}.enabled is false, but stages.{stage} needs the bundles; "
+                                f"set stages.{stage}.enabled: false too, or enable {off}")
+
     def build(self) -> list[Stage]:
         r, s = self.recipe, self.recipe.stages
+        self.check_enabled()
         docs = self.documents()
+        profiles = export_profiles(s.export.profiles, self.base_dir) if s.export.enabled else {}
+        # What later stages read only when the stage that writes it runs (export/bench can do without).
+        heldout_args = ["--heldout", str(self.path("data") / "heldout.jsonl")] if s.prepare.enabled else []
         seed = ["--seed", str(r.seed)]
         base = self.path("base")
         if r.base_model == "embedded":
@@ -214,13 +306,16 @@ class PlanBuilder:
                  _json_metric("slmforge.json", lambda m: f"{m['metrics'].get('parameters', 0) / 1e6:.1f}M params"))
 
         data = self.path("data")
-        self.add("prepare", ["data", "prepare", *map(str, docs), "--out", str(data), *seed], docs, data, s.prepare,
-                 [], _json_metric("stats.json", lambda m: f"{m.get('train_pieces', m.get('train', '?'))} train / "
-                                                            f"{m.get('heldout_pieces', m.get('heldout', '?'))} held-out"))
+        if s.prepare.enabled:
+            self.add("prepare", ["data", "prepare", *map(str, docs), "--out", str(data), *seed], docs, data,
+                     s.prepare, [], _json_metric("stats.json",
+                                                 lambda m: f"{m.get('train_pieces', m.get('train', '?'))} train / "
+                                                           f"{m.get('heldout_pieces', m.get('heldout', '?'))} held-out"))
         qa_dir = self.path("qa")
         qa_inputs = docs + [(self.base_dir / q).resolve() for q in r.qa]
-        self.add("qa", ["data", "qa", *map(str, qa_inputs), "--out", str(qa_dir / "qa.jsonl"), *seed], qa_inputs,
-                 qa_dir / "qa.jsonl", s.qa, [], _lines_metric("training Q&A pairs"))
+        if s.qa.enabled:
+            self.add("qa", ["data", "qa", *map(str, qa_inputs), "--out", str(qa_dir / "qa.jsonl"), *seed], qa_inputs,
+                     qa_dir / "qa.jsonl", s.qa, [], _lines_metric("training Q&A pairs"))
         model, model_stage = base, "base"
         if s.pretrain.enabled:
             cpt = self.path("cpt")
@@ -269,15 +364,16 @@ class PlanBuilder:
             else:
                 model, model_stage = pruned, "compress"
         bundles: list[Path] = []
-        for profile in s.export.profiles if s.export.enabled else []:
+        names = list(profiles)
+        for profile, profile_arg in profiles.items():
             exp = self.path(f"export/{profile}")
-            heldout = data / "heldout.jsonl"
             # Later profiles link what the first export built and measured when they pick the same quant.
-            first = s.export.profiles[0]
+            first = names[0]
             reuse = ["--reuse", str(self.path(f"export/{first}"))] if profile != first else []
-            self.add(f"export:{profile}", ["export", "--model", str(model), "--profile", profile, "--out", str(exp),
-                                           "--heldout", str(heldout), *reuse], [model, data], exp, s.export,
-                     [model_stage, "prepare", *([f"export:{first}"] if reuse else [])],
+            prepared = ["prepare"] if s.prepare.enabled else []
+            self.add(f"export:{profile}", ["export", "--model", str(model), "--profile", profile_arg, "--out", str(exp),
+                                           *heldout_args, *reuse], [model, *([data] if prepared else [])], exp,
+                     s.export, [model_stage, *prepared, *([f"export:{first}"] if reuse else [])],
                      _json_metric("export.json", _export_metric))
             if s.bundle.enabled:
                 bundle = self.path(f"bundles/{profile}")
@@ -285,25 +381,29 @@ class PlanBuilder:
                 reuse = ["--index-from", str(bundles[0])] if bundles else []
                 self.add(f"bundle:{profile}", ["bundle", "--export", str(exp), *[a for d in docs for a in ("--docs", str(d))],
                                                "--out", str(bundle), *reuse], [exp, *docs, *bundles[:1]], bundle,
-                         s.bundle, [f"export:{profile}", *([f"bundle:{s.export.profiles[0]}"] if bundles else [])],
+                         s.bundle, [f"export:{profile}", *([f"bundle:{names[0]}"] if bundles else [])],
                          _json_metric("manifest.json", _bundle_metric))
                 bundles.append(bundle)
         if bundles and s.answer.enabled:
             answer = self.path("answer.json")
             self.stages.append(Stage("answer", ["run", str(bundles[0]), s.answer.question, "--json"], [bundles[0]],
                                      answer, {"question": s.answer.question}, _json_metric("", _answer_metric),
-                                     [f"bundle:{s.export.profiles[0]}"], stdout_to=answer))
+                                     [f"bundle:{names[0]}"], stdout_to=answer))
         if bundles and s.bench.enabled:
-            benched = _benched_bundles(s.bench.bundles, s.export.profiles, bundles)
+            benched = _benched_bundles(s.bench.bundles, names, bundles)
             results = self.path("bench/results.jsonl")
             emulate = [a for p in s.bench.emulate for a in ("--emulate", p)]
             opts = {k: v for k, v in s.bench.cli_options().items()}
-            # Quality next to speed: held-out perplexity and answers to the held-out FAQ questions.
-            quality = [data / "heldout.jsonl", qa_dir / "qa.heldout.jsonl"]
+            # Quality next to speed: held-out perplexity and answers to the held-out FAQ questions,
+            # each when the stage that writes it runs.
+            quality = {stage: (flag, path) for stage, flag, path in [
+                ("prepare", "--heldout", data / "heldout.jsonl"), ("qa", "--qa", qa_dir / "qa.heldout.jsonl")]
+                if getattr(s, stage).enabled}
+            quality_args = [a for flag, path in quality.values() for a in (flag, str(path))]
             self.stages.append(Stage("bench", ["bench", "run", *map(str, benched.values()), *emulate, "--out",
-                                               str(results), "--heldout", str(quality[0]), "--qa", str(quality[1]),
-                                               *options_to_argv("bench", opts)], [*benched.values(), *quality], results,
-                                     opts, _bench_metric, [f"bundle:{p}" for p in benched] + ["prepare", "qa"]))
+                                               str(results), *quality_args, *options_to_argv("bench", opts)],
+                                     [*benched.values(), *(path for _, path in quality.values())], results,
+                                     opts, _bench_metric, [f"bundle:{p}" for p in benched] + list(quality)))
             report = self.path("bench/report")
             self.stages.append(Stage("report", ["bench", "report", str(results), "--out", str(report)], [results],
                                      report, {}, lambda out: str(out / "report.md"), ["bench"]))
