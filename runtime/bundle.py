@@ -139,13 +139,18 @@ def inside_bundle(root: Path, rel: object, field: str) -> Path:
     A bundle is untrusted: a manifest path such as ``../other/rag.db`` or a link to ``/etc`` would
     make ``index add`` write, or ``run`` load, a file the bundle's sha256 list never covered.
     """
+    return resolve_inside(root, rel, f"manifest field '{field}'", "the bundle")
+
+
+def resolve_inside(root: Path, rel: object, what: str, where: str | None = None) -> Path:
+    """``root/rel`` if ``rel`` is a relative path that resolves (links followed) inside ``root``."""
+    where = where or f"its folder {root}"
     if not isinstance(rel, str) or not rel.strip():
-        raise UserError(f"{root}: manifest field '{field}' must be a path inside the bundle, got {json.dumps(rel)}; "
-                        "rebuild the bundle")
+        raise UserError(f"{root}: {what} must be a path inside {where}, got {json.dumps(rel)}; rebuild it")
     pure = PurePosixPath(rel)
     path = root / pure
     if pure.is_absolute() or ".." in pure.parts or not path.resolve().is_relative_to(root.resolve()):
-        raise UserError(f"{root}: manifest field '{field}' names '{rel}', outside the bundle; refusing it")
+        raise UserError(f"{root}: {what} names '{rel}', outside {where}; refusing it")
     return path
 
 

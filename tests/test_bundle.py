@@ -374,3 +374,24 @@ def test_hot_journal_in_a_read_only_folder_says_how_to_recover(built, tmp_path: 
     monkeypatch.setattr(sqlite, "_may_write", lambda path: False)  # as a user without write access sees it
     with pytest.raises(UserError, match=r"interrupted write left rag.db-journal .* re-run 'slmforge index add"):
         RagIndex(bundle / "rag.db", readonly=True)
+
+
+def test_embedder_model_file_outside_its_folder_is_refused(built, tmp_path: Path):
+    from slmforge.runtime.embedder import Embedder
+
+    mine = copy_bundle(built[0], tmp_path / "mine")
+    config = mine / "embedder" / "embedder.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"model_file": "../../outside.onnx"}))
+    with pytest.raises(UserError, match="embedder.json's model_file names '../../outside.onnx', outside"):
+        Embedder(mine / "embedder")
+
+
+def test_genai_config_file_names_outside_the_model_folder_are_refused(tmp_path: Path):
+    pytest.importorskip("onnxruntime_genai")
+    from slmforge.runtime.backend_onnx import OnnxGenaiBackend
+
+    folder = tmp_path / "onnx-int4"
+    folder.mkdir()
+    (folder / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"filename": "../../etc/model.onnx"}}}))
+    with pytest.raises(UserError, match="genai_config.json's 'filename' names '../../etc/model.onnx', outside"):
+        OnnxGenaiBackend(folder)
