@@ -211,7 +211,7 @@ def test_tar_symlink_chain_past_path_max_is_refused_before_writing(tmp_path: Pat
     """CVE-2025-4517: the chain resolves (in the archive, before extraction) to the cache's parent folder."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("SLMFORGE_CACHE", str(cache))
-    # the folder the tar would be unpacked into: <cache>/bundles/evil-<16 hex>.partial-<8 chars>
+    # the folder the tar was unpacked into before this check: <cache>/bundles/evil-<16 hex>.partial-<8 chars>
     dest_len = len(str(cache / "bundles")) + len("/evil-") + 16 + len(".partial-") + 8 + 1
     tar = _cve_2025_4517_tar(tmp_path / "evil.tar", dest_len)
     with pytest.raises(UserError, match=r"tar member 'escape' \(link to .*\) resolves outside the bundle; refusing"):
@@ -241,6 +241,25 @@ def test_tar_link_chains_are_resolved_in_the_archive(tmp_path: Path, monkeypatch
         open_bundle(path)
     assert _nothing_in(tmp_path / "cache")
     assert not (tmp_path / "out").exists() and not (tmp_path / "evil").exists()
+
+
+def test_links_inside_the_bundle_still_unpack(tmp_path: Path, monkeypatch):
+    from slmforge.runtime.bundle_tar import unpack_bundle_tar
+
+    path = tmp_path / "ok.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, kind, link, data in [("b/manifest.json", tarfile.REGTYPE, "", b"{}"),
+                                       ("b/sub/model.bin", tarfile.REGTYPE, "", b"weights"),
+                                       ("b/alias", tarfile.SYMTYPE, "sub/model.bin", b""),
+                                       ("b/dir-alias", tarfile.SYMTYPE, "sub", b""),
+                                       ("b/copy.bin", tarfile.LNKTYPE, "b/dir-alias/model.bin", b"")]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    root = unpack_bundle_tar(path, tmp_path / "cache" / "ok", "manifest.json")
+    assert root == tmp_path / "cache" / "ok" / "b"
+    assert (root / "alias").is_symlink() and (root / "alias").read_bytes() == b"weights"
+    assert not (root / "copy.bin").is_symlink() and (root / "copy.bin").read_bytes() == b"weights"
 
 
 def test_tar_bomb_is_refused_and_leaves_nothing(tmp_path: Path, monkeypatch):
@@ -357,6 +376,9 @@ def _kill_a_writer_mid_transaction(rag_db: Path) -> None:
 
 def test_read_only_opens_roll_back_a_hot_journal(built, tmp_path: Path):
     bundle = copy_bundle(built[0], tmp_path / "b")
+    _kill_a_writer_mid_transaction(bundle / "rag.db")
+    proc = run_cli("telemetry", "report", str(bundle))  # reads the index first, then finds no telemetry
+    assert "readonly" not in proc.stderr and "no telemetry yet" in proc.stderr, proc.stderr
     _kill_a_writer_mid_transaction(bundle / "rag.db")
     proc = run_cli("index", "status", str(bundle), "--json")
     assert proc.returncode == 0, proc.stderr
