@@ -272,16 +272,16 @@ class PlanBuilder:
             ("align", s.align.enabled, "pairs", "preference pairs"), ("pairs", s.align.enabled, "qa", "questions"),
             ("compress", s.compress.enabled, "prepare", "calibration text"),
             ("distill", s.distill.enabled, "compress", "pruned student"),
-            ("bundle", s.bundle.enabled and s.export.enabled, "export", "model"),
         ]
         for stage, runs, need, what in needs:
             if runs and not getattr(s, need).enabled:
                 raise UserError(f"recipe: stages.{need}.enabled is false, but stages.{stage} needs its {what}; "
                                 f"set stages.{stage}.enabled: false too, or enable {need}")
-        for stage in ("answer", "bench"):  # they follow the bundles; an explicit 'enabled: true' must get them
-            if _explicitly_enabled(getattr(s, stage)) and not (s.export.enabled and s.bundle.enabled):
-                off = "export" if not s.export.enabled else "bundle"
-                raise UserError(f"recipe: stages.{off}.enabled is false, but stages.{stage} needs the bundles; "
+        # bundle, answer and bench follow the exports; only an explicit 'enabled: true' insists on them
+        for stage, after in (("bundle", ("export",)), ("answer", ("export", "bundle")), ("bench", ("export", "bundle"))):
+            off = next((need for need in after if not getattr(s, need).enabled), None)
+            if off and _explicitly_enabled(getattr(s, stage)):
+                raise UserError(f"recipe: stages.{off}.enabled is false, but stages.{stage} needs its output; "
                                 f"set stages.{stage}.enabled: false too, or enable {off}")
 
     def build(self) -> list[Stage]:

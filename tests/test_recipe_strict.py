@@ -123,10 +123,10 @@ def _off(*stages: str, **explicit: bool):
 
 @pytest.mark.parametrize("disabled, needed_by", [
     (("qa",), "sft"), (("prepare",), "pretrain"), (("pairs",), "align"), (("export",), "answer"),
-    (("bundle",), "bench"),
+    (("bundle",), "bench"), (("export",), "bundle"),
 ])
 def test_disabling_a_stage_others_need_is_refused(tmp_path: Path, disabled, needed_by):
-    explicit = {needed_by: True} if needed_by in ("answer", "bench") else {}
+    explicit = {needed_by: True} if needed_by in ("answer", "bench", "bundle") else {}
     with pytest.raises(UserError, match=rf"stages.{disabled[0]}.enabled is false, but stages.{needed_by} needs"):
         _plan(_write(tmp_path, _off(*disabled, **explicit)))
 
