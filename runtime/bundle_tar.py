@@ -99,6 +99,7 @@ class _Tree:
 def plan_members(members: Iterator[tarfile.TarInfo], name: str, budget: int) -> list[Planned]:
     """Resolve every member inside the root, or raise a UserError naming the first bad one."""
     tree, planned, total = _Tree(), [], 0
+    sizes: dict[Rel, int] = {}
     for count, m in enumerate(members, start=1):
         if count > MAX_MEMBERS:
             raise UserError(f"{name}: the tar holds more than {MAX_MEMBERS} members (a bundle has a few dozen); "
@@ -124,6 +125,7 @@ def plan_members(members: Iterator[tarfile.TarInfo], name: str, budget: int) -> 
                 total += m.size
                 _check_budget(total, budget, name)
                 tree.claim(path, "file", parent)
+                sizes[path] = m.size
                 planned.append(Planned(m, path))
             elif m.issym():
                 tree.resolve(parent, PurePosixPath(m.linkname))  # the target must stay inside (it may not exist yet)
@@ -134,9 +136,10 @@ def plan_members(members: Iterator[tarfile.TarInfo], name: str, budget: int) -> 
                 target = tree.resolve((), PurePosixPath(m.linkname))  # hard link names are archive-root relative
                 if tree.kinds.get(target) != "file":
                     raise _Refused(f"is a hard link to '{m.linkname}', which is not a file earlier in the archive")
-                total += next(p.member.size for p in reversed(planned) if p.path == target and p.copy_of is None)
+                total += sizes[target]
                 _check_budget(total, budget, name)
                 tree.claim(path, "file", parent)
+                sizes[path] = sizes[target]
                 planned.append(Planned(m, path, copy_of=target))
             else:
                 raise UserError(f"{name}: tar member '{m.name}' is a device or special file; refusing to unpack it")
@@ -144,7 +147,19 @@ def plan_members(members: Iterator[tarfile.TarInfo], name: str, budget: int) -> 
             link = m.linkname if len(m.linkname) <= 60 else f"{m.linkname[:28]}...{m.linkname[-28:]}"
             target = f" (link to '{link}')" if m.issym() or m.islnk() else ""
             raise UserError(f"{name}: tar member '{m.name}'{target} {why}; refusing to unpack this bundle") from None
+    _check_links_again(tree, name)
     return planned
+
+
+def _check_links_again(tree: _Tree, name: str) -> None:
+    """A link checked when it was added can lead elsewhere once a later member turns a folder it goes
+    through into a link; every link must still resolve inside with the whole archive in place."""
+    for path, target in tree.links.items():
+        try:
+            tree.resolve(path[:-1], PurePosixPath(target))
+        except _Refused as why:
+            raise UserError(f"{name}: tar member '{'/'.join(path)}' (link to '{target[:60]}') {why} once the "
+                            "whole archive is unpacked; refusing to unpack this bundle") from None
 
 
 def _check_budget(total: int, budget: int, name: str) -> None:

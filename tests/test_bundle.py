@@ -225,17 +225,19 @@ def test_tar_symlink_chain_past_path_max_is_refused_before_writing(tmp_path: Pat
     [("b/x", "y"), ("b/y", "x"), ("b/x/f", None)],  # a loop
     [("b/d", "."), ("b/d/d/d/../../../../out", None)],  # '..' in a member name
     [("b/l", "sub/../../.."), ("b/l/f", None)],
+    [("b/l", "x/y/../../.."), ("b/x/y", ".")],  # inside when added; out once x/y turns into a link
+    [("b/f", None), ("b/h1", "b/f", "hard"), ("b/h2", "b/h1", "hard"), ("b/h3", "/etc/passwd", "hard")],
 ])
 def test_tar_link_chains_are_resolved_in_the_archive(tmp_path: Path, monkeypatch, members):
     monkeypatch.setenv("SLMFORGE_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "chain.tar"
     with tarfile.open(path, "w") as tar:
-        for name, link in [("b/manifest.json", None), *members]:
+        for name, link, *hard in [("b/manifest.json", None), *members]:
             info = tarfile.TarInfo(name)
             if link is None:
                 info.size = 1
             else:
-                info.type, info.linkname = tarfile.SYMTYPE, link
+                info.type, info.linkname = tarfile.LNKTYPE if hard else tarfile.SYMTYPE, link
             tar.addfile(info, io.BytesIO(b"x") if link is None else None)
     with pytest.raises(UserError, match="refusing to unpack"):
         open_bundle(path)
