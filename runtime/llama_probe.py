@@ -6,7 +6,7 @@ process, and every export, run, serve and bench with it. Before the first load o
 CPU, the model about to be loaded is loaded in a child process and decodes a few tokens; if the
 child is killed by a signal, the caller gets a ``UserError`` that names the signal and the CPU and
 says how to rebuild. A good result is cached per library build (path, size and mtime of every
-llama.cpp shared library, package version) and CPU (model name and flags) in the user cache, so
+llama.cpp shared library) and CPU (model name and flags) in the user cache, so
 later loads pay one small file read.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -54,11 +53,7 @@ def build_fingerprint() -> dict[str, object] | None:
     package = Path(spec.origin).parent
     libraries = sorted(p for pattern in ("*.so*", "*.dylib", "*.dll") for folder in (package, package / "lib")
                        for p in folder.glob(pattern) if p.is_file())
-    try:
-        version = importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return {"version": version,
+    return {"package": str(package),
             "libraries": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in libraries]}
 
 
