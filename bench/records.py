@@ -197,12 +197,12 @@ def device_facts() -> DeviceFacts:
     """Facts about this machine, read now (psutil, /proc/cpuinfo, package metadata)."""
     import psutil
 
-    from slmforge.profiles import _cpu_isa, _cpu_model
+    from slmforge.profiles import _cpu_isa, cpu_model
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return DeviceFacts(
         hostname=platform.node(),
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         cores_physical=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
         cores_logical=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
         ram_gb=round(psutil.virtual_memory().total / 1e9, 2),

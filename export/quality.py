@@ -122,8 +122,11 @@ def source_reference(checkpoint: Path, windows: list[list[int]], progress: bool 
 def gguf_logits(path: Path, windows: list[list[int]], threads: int | None = None,
                 progress: bool = True) -> Iterable[np.ndarray]:
     """Logits of every position through llama.cpp (llama-cpp-python, logits_all)."""
-    from llama_cpp import Llama
+    from slmforge.runtime.llama_probe import ensure_llama_cpp_runs
     from tqdm import tqdm
+
+    ensure_llama_cpp_runs(path)  # the quality gate is the export's first decode: a crash is one line
+    from llama_cpp import Llama
 
     size = max(len(w) for w in windows)
     try:

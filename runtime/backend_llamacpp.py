@@ -15,6 +15,7 @@ from slmforge.runtime.backend import (
     default_threads,
 )
 from slmforge.runtime.chat_template import render_chat
+from slmforge.runtime.llama_probe import ensure_llama_cpp_runs
 
 from slmforge.errors import UserError
 
@@ -29,9 +30,10 @@ class LlamaCppBackend:
     def __init__(
         self, model_path: Path, n_ctx: int | None = None, threads: int | None = None, chat_template: str | None = None
     ) -> None:
+        self.model_path = Path(model_path)
+        ensure_llama_cpp_runs(self.model_path)  # a build that crashes on this CPU: one line, not SIGSEGV
         from llama_cpp import Llama
 
-        self.model_path = Path(model_path)
         self.threads = threads or default_threads()
         try:
             self.n_ctx = n_ctx or DEFAULT_N_CTX

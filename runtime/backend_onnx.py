@@ -15,6 +15,7 @@ from slmforge.runtime.backend import (
     collect,
     default_threads,
 )
+from slmforge.runtime.bundle import resolve_inside
 from slmforge.runtime.chat_template import render_chat
 
 from slmforge.errors import UserError
@@ -27,6 +28,16 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text()) if path.is_file() else {}
     except ValueError as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _file_names(config: Any) -> list[Any]:
+    """Every ``filename`` value anywhere in a genai_config (decoder, embeddings, vision...)."""
+    if isinstance(config, dict):
+        own = [config["filename"]] if "filename" in config else []
+        return own + [n for value in config.values() for n in _file_names(value)]
+    if isinstance(config, list):
+        return [n for value in config for n in _file_names(value)]
+    return []
 
 
 class OnnxGenaiBackend:
@@ -42,6 +53,8 @@ class OnnxGenaiBackend:
         self.model_dir = Path(model_dir)
         self.threads = threads or default_threads()
         genai = _read_json(self.model_dir / "genai_config.json")
+        for name in _file_names(genai):  # onnxruntime-genai opens them: none may lead out of the folder
+            resolve_inside(self.model_dir, name, "genai_config.json's 'filename'")
         model_cfg = genai.get("model", {})
         trained = int(model_cfg.get("context_length") or DEFAULT_N_CTX)
         self.n_ctx = min(n_ctx or DEFAULT_N_CTX, trained)

@@ -10,14 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pydantic import ValidationError
+from slmforge.runtime.bundle_tar import unpack_bundle_tar
+
+from slmforge.cache import cache_dir
 from slmforge.errors import UserError
-from slmforge.fileio import atomic_dir, atomic_write_json, sha256_file
-from slmforge.manifest import BundleFile, BundleManifest
-from slmforge.schema import load_model
+from slmforge.fileio import atomic_write_json, sha256_file
+from slmforge.manifest import SUPPORTED_BUNDLE_FORMATS, BundleFile, BundleManifest
+from slmforge.schema import describe_validation_error, read_structured
 
 BUNDLE_MANIFEST = "manifest.json"
 RAG_DB = "rag.db"
@@ -33,15 +37,15 @@ class Bundle:
 
     @property
     def model_path(self) -> Path:
-        return self.root / self.manifest.model["path"]
+        return inside_bundle(self.root, self.manifest.model.get("path"), "model.path")
 
     @property
     def embedder_dir(self) -> Path:
-        return self.root / self.manifest.embedder.path
+        return inside_bundle(self.root, self.manifest.embedder.path, "embedder.path")
 
     @property
     def rag_db(self) -> Path:
-        return self.root / str(self.manifest.index.get("path", RAG_DB))
+        return inside_bundle(self.root, self.manifest.index.get("path", RAG_DB), "index.path")
 
     @property
     def manifest_path(self) -> Path:
@@ -73,10 +77,36 @@ def write_manifest(root: Path, manifest: BundleManifest) -> BundleManifest:
 
 
 def read_bundle_manifest(root: Path) -> BundleManifest:
+    """``manifest.json``, refusing a format this slmforge does not read before looking at the rest."""
     path = root / BUNDLE_MANIFEST
     if not path.is_file():
         raise UserError(f"{root}: no {BUNDLE_MANIFEST}; is this a bundle made by 'slmforge bundle'?")
-    return load_model(BundleManifest, path)
+    data = read_structured(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    version = data.get("format_version")
+    if type(version) is not int or version not in SUPPORTED_BUNDLE_FORMATS:
+        readable = ", ".join(map(str, SUPPORTED_BUNDLE_FORMATS))
+        raise UserError(f"{path}: bundle format_version {json.dumps(version)} is not one this slmforge reads "
+                        f"({readable}); rebuild the bundle with this slmforge or upgrade slmforge")
+    try:
+        return BundleManifest.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(path, exc)) from None
+
+
+def check_manifest_paths(root: Path, manifest: BundleManifest) -> None:
+    """Every path the manifest names resolves (links followed) inside the bundle; no link in it leads out."""
+    bundle = Bundle(root=root, manifest=manifest, source=root)
+    _ = bundle.model_path, bundle.embedder_dir, bundle.rag_db
+    for entry in manifest.files:
+        inside_bundle(root, entry.path, "files")
+    real_root = root.resolve()
+    for folder, dirs, files in os.walk(root):
+        for entry in (*dirs, *files):
+            path = Path(folder) / entry
+            if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+                raise UserError(f"{root}: '{path.relative_to(root)}' links outside the bundle; refusing it")
 
 
 def verify_files(root: Path, manifest: BundleManifest, skip: tuple[str, ...] = ()) -> None:
@@ -84,7 +114,7 @@ def verify_files(root: Path, manifest: BundleManifest, skip: tuple[str, ...] = (
     for entry in manifest.files:
         if entry.path in skip:
             continue
-        path = _inside(root, entry.path)
+        path = inside_bundle(root, entry.path, "files")
         if not path.is_file():
             raise UserError(f"{root}: bundle file '{entry.path}' is missing; re-copy the bundle")
         size = path.stat().st_size
@@ -103,65 +133,65 @@ def _remedy(rel: str) -> str:
     return "re-copy or rebuild the bundle"
 
 
-def _inside(root: Path, rel: str) -> Path:
-    """``root/rel``, refusing manifest paths that point outside the bundle."""
+def inside_bundle(root: Path, rel: object, field: str) -> Path:
+    """``root/rel`` when it resolves (following links) inside the bundle; else one line naming the field.
+
+    A bundle is untrusted: a manifest path such as ``../other/rag.db`` or a link to ``/etc`` would
+    make ``index add`` write, or ``run`` load, a file the bundle's sha256 list never covered.
+    """
+    return resolve_inside(root, rel, f"manifest field '{field}'", "the bundle")
+
+
+def resolve_inside(root: Path, rel: object, what: str, where: str | None = None) -> Path:
+    """``root/rel`` if ``rel`` is a relative path that resolves (links followed) inside ``root``."""
+    where = where or f"its folder {root}"
+    if not isinstance(rel, str) or not rel.strip():
+        raise UserError(f"{root}: {what} must be a path inside {where}, got {json.dumps(rel)}; rebuild it")
     pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts:
-        raise UserError(f"{root}: manifest lists '{rel}', a path outside the bundle; refusing it")
-    return root / pure
+    path = root / pure
+    if pure.is_absolute() or ".." in pure.parts or not path.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{root}: {what} names '{rel}', outside {where}; refusing it")
+    return path
 
 
 def open_bundle(path: str | os.PathLike[str], verify: bool = True, skip_verify: tuple[str, ...] = ()) -> Bundle:
-    """A bundle folder, or a ``.tar`` unpacked safely into the cache; files verified unless ``verify`` is False."""
+    """A bundle folder, or a ``.tar`` unpacked safely into the cache; files verified unless ``verify`` is False.
+
+    Every path the manifest names must resolve inside the bundle. A ``.tar`` whose content is
+    refused does not stay in the cache.
+    """
     source = Path(path)
     if not source.exists():
         raise UserError(f"{source}: no such bundle")
     root = _unpack_tar(source) if source.is_file() else source
-    manifest = read_bundle_manifest(root)
-    if verify:
-        verify_files(root, manifest, skip=skip_verify)
+    try:
+        manifest = read_bundle_manifest(root)
+        check_manifest_paths(root, manifest)
+        if verify:
+            verify_files(root, manifest, skip=skip_verify)
+    except UserError:
+        if source.is_file():
+            shutil.rmtree(_tar_cache_entry(source), ignore_errors=True)
+        raise
     return Bundle(root=root, manifest=manifest, source=source)
 
 
 # -- tar bundles -----------------------------------------------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SLMFORGE_CACHE", Path.home() / ".cache" / "slmforge")) / "bundles"
-
-
-def check_tar_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
-    """Members of a bundle tar, refusing anything that could land outside the bundle folder."""
-    members = tar.getmembers()
-    for m in members:
-        pure = PurePosixPath(m.name)
-        if pure.is_absolute() or m.name.startswith(("/", "\\")) or ".." in pure.parts:
-            raise UserError(f"{name}: tar member '{m.name}' has an absolute or '..' path; refusing to unpack this bundle")
-        if m.issym() or m.islnk():
-            target = PurePosixPath(m.linkname)
-            base = pure.parent if m.issym() else PurePosixPath()
-            resolved = os.path.normpath((base / target).as_posix())
-            if target.is_absolute() or resolved.startswith(".."):
-                raise UserError(f"{name}: tar member '{m.name}' links to '{m.linkname}', outside the bundle; "
-                                "refusing to unpack it")
-        elif not (m.isfile() or m.isdir()):
-            raise UserError(f"{name}: tar member '{m.name}' is a device or special file; refusing to unpack it")
-    return members
+def _tar_cache_entry(source: Path) -> Path:
+    """The cache folder of one .tar, keyed by (path, size, mtime) so a changed file is unpacked again."""
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir("bundles") / f"{source.stem}-{key}"
 
 
 def _unpack_tar(source: Path) -> Path:
-    """Unpack once per (path, size, mtime) into the cache; returns the folder holding manifest.json."""
-    stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = _cache_dir() / f"{source.stem}-{key}"
+    """Unpack once into the cache (members checked and sizes capped by ``bundle_tar``); the folder holding
+    manifest.json."""
+    target = _tar_cache_entry(source)
     if not target.is_dir():
-        try:
-            with tarfile.open(source) as tar:
-                members = check_tar_members(tar, str(source))
-                with atomic_dir(target) as tmp:
-                    tar.extractall(tmp, members=members, filter="data")
-        except tarfile.TarError as exc:
-            raise UserError(f"{source}: not a readable tar bundle ({exc}); re-copy it") from None
+        return unpack_bundle_tar(source, target, BUNDLE_MANIFEST)
     if (target / BUNDLE_MANIFEST).is_file():
         return target
     subdirs = [p for p in target.iterdir() if p.is_dir()]

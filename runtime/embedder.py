@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from slmforge.runtime.bundle import resolve_inside
 
 from slmforge.errors import UserError
 from slmforge.manifest import EmbedderInfo
@@ -41,7 +42,7 @@ class Embedder:
         self.info = read_embedder_info(self.dir)
         self.dim = int(self.info.dim)
         self.max_tokens = int(self.info.max_tokens)
-        model_file = self.dir / str(getattr(self.info, "model_file", MODEL_FILE))
+        model_file = resolve_inside(self.dir, getattr(self.info, "model_file", MODEL_FILE), "embedder.json's model_file")
         for needed in (model_file, self.dir / TOKENIZER_FILE):
             if not needed.is_file():
                 raise UserError(f"{needed}: missing from the embedder folder; re-export or re-bundle")

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from slmforge.runtime.bitscan import BitScan
 from slmforge.runtime.chunking import Chunk
-from slmforge.runtime.sqlite import connect, database_error
+from slmforge.runtime.sqlite import connect, database_error, hot_journal_advice
 
 from slmforge.errors import UserError
 
@@ -108,7 +108,8 @@ class RagIndex:
             self.conn = connect(self.path, readonly=readonly)
             meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
         except database_error() as exc:
-            raise UserError(f"{self.path}: not a readable index ({exc}); rebuild it with 'slmforge bundle'") from None
+            advice = hot_journal_advice(self.path, "re-run 'slmforge index add BUNDLE DOCS...'")
+            raise UserError(advice or f"{self.path}: not a readable index ({exc}); rebuild it with 'slmforge bundle'") from None
         if int(meta.get("version", -1)) != INDEX_VERSION:
             raise UserError(f"{self.path}: index version {meta.get('version')} is not {INDEX_VERSION}; rebuild the bundle")
         self.dim = int(meta["dim"])

@@ -7,6 +7,7 @@ bad input never leaves a half-written artifact behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -78,16 +79,47 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(target: Path) -> list[Path]:
+    """Remove ``<target>.partial-<pid>-*`` folders whose process is gone (an earlier run that was killed).
+
+    A kill -9 or a native crash never reaches ``atomic_dir``'s cleanup, and a model-sized partial
+    folder would stay forever; the next run of the same stage removes it. A partial folder of a
+    process still running (two runs of one stage at once) is left alone; one without a pid in its
+    name was made by an slmforge before this rule and is stale.
+    """
+    removed = []
+    prefix = f"{target.name}.partial-"
+    for stale in target.parent.glob(f"{glob.escape(prefix)}*"):
+        owner = stale.name[len(prefix):].partition("-")[0]
+        if owner.isdigit() and _process_alive(int(owner)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Build a directory under a temporary sibling name; rename it to ``out`` on success.
 
     On any exception the partial directory is removed and ``out`` is untouched.
     With ``overwrite`` an existing ``out`` is replaced only after the new one is complete.
+    Partial folders of ``out`` left by a killed earlier run are removed first.
     """
     target = Path(out).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    remove_stale_partials(target)
+    partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-{os.getpid()}-", dir=target.parent))
     partial.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the finished artifact gets normal permissions
     try:
         yield partial

@@ -148,6 +148,7 @@ class ExportManifest(BaseModel):
 
 BUNDLE_MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT_VERSION = 1
+SUPPORTED_BUNDLE_FORMATS = (BUNDLE_FORMAT_VERSION,)  # the format versions this slmforge can open
 
 
 class BundleFile(BaseModel):

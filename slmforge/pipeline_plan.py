@@ -21,7 +21,7 @@ import yaml
 
 from slmforge.errors import UserError
 from slmforge.pipeline_runner import Stage
-from slmforge.recipe import Recipe, StageOptions
+from slmforge.recipe import AnswerOptions, Recipe, StageOptions
 
 STAGE_VERBS: dict[str, tuple[str, ...]] = {
     "prepare": ("data", "prepare"),
@@ -71,7 +71,8 @@ def options_to_argv(stage: str, options: dict[str, Any]) -> list[str]:
             raise UserError(f"recipe: stages.{stage}.{key}: unknown option for 'slmforge {' '.join(STAGE_VERBS[stage])}'"
                             f" (known: {known})")
         values = value if isinstance(value, list) and param.multiple else [value]
-        for item in values:
+        for raw in values:
+            item = _yaml_value_for(param, raw, f"recipe: stages.{stage}.{key}")
             try:
                 param.type.convert(item, param, None)
             except click.BadParameter as exc:
@@ -85,6 +86,34 @@ def options_to_argv(stage: str, options: dict[str, Any]) -> list[str]:
             else:
                 argv += [flag, str(item)]
     return argv
+
+
+def _yaml_value_for(param: click.Option, value: Any, where: str) -> Any:
+    """``value`` as the verb's option would receive it, refusing YAML types the command line could not mean.
+
+    click converts leniently (``int(2.7) == 2``, ``int(True) == 1``, a list becomes its text); a recipe
+    must be as strict as typing the flag: a whole number where an integer belongs, true/false for a flag.
+    """
+    shown = json.dumps(value, default=str)
+    if param.is_flag or isinstance(param.type, click.types.BoolParamType):
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {shown}")
+        return value
+    if value is None or isinstance(value, (bool, list, dict)):
+        kind = "nothing" if value is None else "a list" if isinstance(value, list) else \
+            "a mapping" if isinstance(value, dict) else shown
+        many = " (a list is only allowed for options that may repeat)" if isinstance(value, list) else ""
+        wanted = ("integer" if isinstance(param.type, click.types.IntParamType) else
+                  "number" if isinstance(param.type, click.types.FloatParamType) else "text")
+        raise UserError(f"{where}: expected one {wanted} value, got {kind}{many}")
+    if isinstance(param.type, click.types.IntParamType) and isinstance(value, float):
+        if not value.is_integer():
+            raise UserError(f"{where}: expected a whole number, got {shown}")
+        return int(value)
+    if isinstance(value, (int, float)) and not isinstance(param.type, (click.types.IntParamType,
+                                                                         click.types.FloatParamType)):
+        return str(value)
+    return value
 
 
 def _json_metric(relpath: str, fmt: Callable[[dict], str | None]) -> Callable[[Path], str | None]:
@@ -186,6 +215,44 @@ def _answer_metric(m: dict) -> str | None:
     return f"{len(m.get('citations', []))} citations: {text[:60]}"
 
 
+def output_dir_of(recipe: Recipe) -> str:
+    """``output_dir`` with ``{name}`` replaced; any other placeholder is a one-line error, not a KeyError."""
+    if "{" in recipe.output_dir.replace("{name}", "") or "}" in recipe.output_dir.replace("{name}", ""):
+        raise UserError(f"recipe: output_dir: '{recipe.output_dir}' has a placeholder other than {{name}} "
+                        "(the only one replaced); remove the braces")
+    return recipe.output_dir.replace("{name}", recipe.name)
+
+
+def export_profiles(entries: list[str], base_dir: Path) -> dict[str, str]:
+    """Profile name (a safe folder name) → what ``export --profile`` gets, for each recipe entry.
+
+    An entry is a shipped profile name, ``host``, or a profile YAML file (relative to the recipe) whose
+    ``name`` equals its file name; anything else (``../../etc/passwd``) is refused, so the plan's
+    ``export/<name>`` and ``bundles/<name>`` folders always stay inside the run folder.
+    """
+    from slmforge.profiles import load_profile_file, profile_paths
+
+    known = profile_paths()
+    out: dict[str, str] = {}
+    for entry in entries:
+        candidate = base_dir / entry
+        if entry in known or entry == "host":
+            name, arg = entry, entry
+        elif candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            name, arg = load_profile_file(candidate).name, str(candidate.resolve())
+        else:
+            raise UserError(f"recipe: stages.export.profiles: '{entry}' is neither a known profile "
+                            f"({', '.join([*known, 'host'])}) nor a profile YAML file next to the recipe")
+        if name in out:
+            raise UserError(f"recipe: stages.export.profiles: '{name}' is listed twice")
+        out[name] = arg
+    return out
+
+
+def _explicitly_enabled(options: StageOptions | AnswerOptions) -> bool:
+    return options.enabled and "enabled" in options.model_fields_set
+
+
 class PlanBuilder:
     """Builds the stage list for one recipe file."""
 
@@ -194,7 +261,7 @@ class PlanBuilder:
         self.recipe = recipe
         self.dry_run = dry_run
         self.base_dir = recipe_path.resolve().parent
-        self.run_dir = out_override or (self.base_dir / recipe.output_dir.format(name=recipe.name)).resolve()
+        self.run_dir = out_override or (self.base_dir / output_dir_of(recipe)).resolve()
         self.stages: list[Stage] = []
 
     def path(self, rel: str) -> Path:
@@ -213,9 +280,35 @@ class PlanBuilder:
         argv = [*verb, *extra, *(options_to_argv(name.split(":")[0], opts) if opts else [])]
         self.stages.append(Stage(name, argv, inputs, output, opts, metric, depends_on))
 
+    def check_enabled(self) -> None:
+        """Every ``enabled: false`` is honoured, or refused when an enabled stage cannot do without it."""
+        s = self.recipe.stages
+        needs = [  # (stage, runs?, stage it needs, what it needs from it)
+            ("pretrain", s.pretrain.enabled, "prepare", "training text"),
+            ("sft", s.sft.enabled, "qa", "Q&A pairs"), ("sft", s.sft.enabled, "prepare", "held-out text"),
+            ("align", s.align.enabled, "pairs", "preference pairs"), ("pairs", s.align.enabled, "qa", "questions"),
+            ("compress", s.compress.enabled, "prepare", "calibration text"),
+            ("distill", s.distill.enabled, "compress", "pruned student"),
+        ]
+        for stage, runs, need, what in needs:
+            if runs and not getattr(s, need).enabled:
+                raise UserError(f"recipe: stages.{need}.enabled is false, but stages.{stage} needs its {what}; "
+                                f"set stages.{stage}.enabled: false too, or enable {need}")
+        # bundle, answer and bench follow the exports; only an explicit 'enabled: true' insists on them
+        for stage, after in (("bundle", ("export",)), ("answer", ("export", "bundle")), ("bench", ("export", "bundle")),
+                             ("rag", ("export", "bundle", "qa")), ("eval", ("export", "bundle"))):
+            off = next((need for need in after if not getattr(s, need).enabled), None)
+            if off and _explicitly_enabled(getattr(s, stage)):
+                raise UserError(f"recipe: stages.{off}.enabled is false, but stages.{stage} needs its output; "
+                                f"set stages.{stage}.enabled: false too, or enable {off}")
+
     def build(self) -> list[Stage]:
         r, s = self.recipe, self.recipe.stages
+        self.check_enabled()
         docs = self.documents()
+        profiles = export_profiles(s.export.profiles, self.base_dir) if s.export.enabled else {}
+        # What later stages read only when the stage that writes it runs (export/bench can do without).
+        heldout_args = ["--heldout", str(self.path("data") / "heldout.jsonl")] if s.prepare.enabled else []
         seed = ["--seed", str(r.seed)]
         base = self.path("base")
         if r.base_model == "embedded":
@@ -231,16 +324,19 @@ class PlanBuilder:
                  _json_metric("slmforge.json", lambda m: f"{m['metrics'].get('parameters', 0) / 1e6:.1f}M params"))
 
         data = self.path("data")
-        self.add("prepare", ["data", "prepare", *map(str, docs), "--out", str(data), *seed], docs, data, s.prepare,
-                 [], _json_metric("stats.json", lambda m: f"{m.get('train_pieces', m.get('train', '?'))} train / "
-                                                            f"{m.get('heldout_pieces', m.get('heldout', '?'))} held-out"))
+        if s.prepare.enabled:
+            self.add("prepare", ["data", "prepare", *map(str, docs), "--out", str(data), *seed], docs, data,
+                     s.prepare, [], _json_metric("stats.json",
+                                                 lambda m: f"{m.get('train_pieces', m.get('train', '?'))} train / "
+                                                           f"{m.get('heldout_pieces', m.get('heldout', '?'))} held-out"))
         qa_dir = self.path("qa")
         qa_inputs = docs + [(self.base_dir / q).resolve() for q in r.qa]
-        self.add("qa", ["data", "qa", *map(str, qa_inputs), "--out", str(qa_dir / "qa.jsonl"), *seed], qa_inputs,
-                 qa_dir / "qa.jsonl", s.qa, [], _lines_metric("training Q&A pairs"))
-        baseline = self._baseline(base, data, docs)
+        if s.qa.enabled:
+            self.add("qa", ["data", "qa", *map(str, qa_inputs), "--out", str(qa_dir / "qa.jsonl"), *seed], qa_inputs,
+                     qa_dir / "qa.jsonl", s.qa, [], _lines_metric("training Q&A pairs"))
+        baseline = self._baseline(base, profiles, heldout_args, docs)
         sft_data, sft_data_stage = qa_dir / "qa.jsonl", "qa"
-        if baseline is not None and s.rag.enabled:
+        if baseline is not None and s.rag.enabled and s.qa.enabled:
             sft_data, sft_data_stage = self._rag(baseline, qa_dir, seed)
         model, model_stage = base, "base"
         if s.pretrain.enabled:
@@ -290,21 +386,22 @@ class PlanBuilder:
             else:
                 model, model_stage = pruned, "compress"
         bundles: list[Path] = []
-        for profile in s.export.profiles if s.export.enabled else []:
+        names = list(profiles)
+        for profile, profile_arg in profiles.items():
             exp = self.path(f"export/{profile}")
-            heldout = data / "heldout.jsonl"
             # Later profiles link what the first export built and measured when they pick the same quant.
-            first = s.export.profiles[0]
+            first = names[0]
             reuse = ["--reuse", str(self.path(f"export/{first}"))] if profile != first else []
-            self.add(f"export:{profile}", ["export", "--model", str(model), "--profile", profile, "--out", str(exp),
-                                           "--heldout", str(heldout), *reuse], [model, data], exp, s.export,
-                     [model_stage, "prepare", *([f"export:{first}"] if reuse else [])],
+            prepared = ["prepare"] if s.prepare.enabled else []
+            self.add(f"export:{profile}", ["export", "--model", str(model), "--profile", profile_arg, "--out", str(exp),
+                                           *heldout_args, *reuse], [model, *([data] if prepared else [])], exp,
+                     s.export, [model_stage, *prepared, *([f"export:{first}"] if reuse else [])],
                      _json_metric("export.json", _export_metric))
             if s.bundle.enabled:
                 bundle = self.path(f"bundles/{profile}")
                 # Bundles start from the baseline's (or the first one's) index: same documents, same embedder.
                 index_from, index_stage = ((baseline, "bundle:baseline") if baseline is not None else
-                                           (bundles[0], f"bundle:{s.export.profiles[0]}") if bundles else (None, None))
+                                           (bundles[0], f"bundle:{names[0]}") if bundles else (None, None))
                 reuse = ["--index-from", str(index_from)] if index_from else []
                 self.add(f"bundle:{profile}", ["bundle", "--export", str(exp), *[a for d in docs for a in ("--docs", str(d))],
                                                "--out", str(bundle), *reuse], [exp, *docs, *([index_from] if index_from else [])],
@@ -315,34 +412,40 @@ class PlanBuilder:
             answer = self.path("answer.json")
             self.stages.append(Stage("answer", ["run", str(bundles[0]), s.answer.question, "--json"], [bundles[0]],
                                      answer, {"question": s.answer.question}, _json_metric("", _answer_metric),
-                                     [f"bundle:{s.export.profiles[0]}"], stdout_to=answer))
-        if bundles and baseline is not None and s.eval.enabled:
-            self._eval(bundles[0], baseline, qa_dir)
+                                     [f"bundle:{names[0]}"], stdout_to=answer))
+        if bundles and baseline is not None and s.eval.enabled and (s.eval.qa or s.qa.enabled
+                                                                    or _explicitly_enabled(s.eval)):
+            self._eval(bundles[0], baseline, qa_dir, names[0])
         if bundles and s.bench.enabled:
-            benched = _benched_bundles(s.bench.bundles, s.export.profiles, bundles)
+            benched = _benched_bundles(s.bench.bundles, names, bundles)
             results = self.path("bench/results.jsonl")
             emulate = [a for p in s.bench.emulate for a in ("--emulate", p)]
             opts = {k: v for k, v in s.bench.cli_options().items()}
-            # Quality next to speed: held-out perplexity and answers to the held-out FAQ questions.
-            quality = [data / "heldout.jsonl", qa_dir / "qa.heldout.jsonl"]
+            # Quality next to speed: held-out perplexity and answers to the held-out FAQ questions,
+            # each when the stage that writes it runs.
+            quality = {stage: (flag, path) for stage, flag, path in [
+                ("prepare", "--heldout", data / "heldout.jsonl"), ("qa", "--qa", qa_dir / "qa.heldout.jsonl")]
+                if getattr(s, stage).enabled}
+            quality_args = [a for flag, path in quality.values() for a in (flag, str(path))]
             self.stages.append(Stage("bench", ["bench", "run", *map(str, benched.values()), *emulate, "--out",
-                                               str(results), "--heldout", str(quality[0]), "--qa", str(quality[1]),
-                                               *options_to_argv("bench", opts)], [*benched.values(), *quality], results,
-                                     opts, _bench_metric, [f"bundle:{p}" for p in benched] + ["prepare", "qa"]))
+                                               str(results), *quality_args, *options_to_argv("bench", opts)],
+                                     [*benched.values(), *(path for _, path in quality.values())], results,
+                                     opts, _bench_metric, [f"bundle:{p}" for p in benched] + list(quality)))
             report = self.path("bench/report")
             self.stages.append(Stage("report", ["bench", "report", str(results), "--out", str(report)], [results],
                                      report, {}, lambda out: str(out / "report.md"), ["bench"]))
         return self.stages
 
-    def _baseline(self, base: Path, data: Path, docs: list[Path]) -> Path | None:
+    def _baseline(self, base: Path, profiles: dict[str, str], heldout_args: list[str], docs: list[Path]) -> Path | None:
         """Export and bundle the untuned base model like the first profile's bundle; None when nothing needs it."""
         s = self.recipe.stages
-        if not (s.export.enabled and s.bundle.enabled and (s.rag.enabled or s.eval.enabled)):
+        if not (profiles and s.bundle.enabled and (s.rag.enabled or s.eval.enabled)):
             return None
         exp, bundle = self.path("baseline/export"), self.path("baseline/bundle")
-        self.add("export:baseline", ["export", "--model", str(base), "--profile", s.export.profiles[0], "--out", str(exp),
-                                     "--heldout", str(data / "heldout.jsonl")], [base, data], exp, s.export,
-                 ["base", "prepare"], _json_metric("export.json", _export_metric))
+        prepared = ["prepare"] if heldout_args else []
+        self.add("export:baseline", ["export", "--model", str(base), "--profile", next(iter(profiles.values())),
+                                     "--out", str(exp), *heldout_args], [base, *([self.path("data")] if prepared else [])],
+                 exp, s.export, ["base", *prepared], _json_metric("export.json", _export_metric))
         self.add("bundle:baseline", ["bundle", "--export", str(exp), *[a for d in docs for a in ("--docs", str(d))],
                                      "--out", str(bundle)], [exp, *docs], bundle, s.bundle, ["export:baseline"],
                  _json_metric("manifest.json", _bundle_metric))
@@ -361,19 +464,21 @@ class PlanBuilder:
                  out, s.rag, ["bundle:baseline", "qa"], _json_metric("sft.slmforge.json", _rag_metric))
         return out, "rag"
 
-    def _eval(self, bundle: Path, baseline: Path, qa_dir: Path) -> None:
+    def _eval(self, bundle: Path, baseline: Path, qa_dir: Path, first: str) -> None:
         """The adapted bundle against the base model's, on held-out questions (the user's own when given)."""
         s = self.recipe.stages
         if s.eval.qa:
             questions, after = (self.base_dir / s.eval.qa).resolve(), []
             if not questions.is_file():
                 raise UserError(f"recipe: stages.eval.qa: {questions} not found")
-        elif s.rag.enabled:
+        elif s.rag.enabled and s.qa.enabled:
             questions, after = self.path("rag/heldout.jsonl"), ["rag"]
-        else:
+        elif s.qa.enabled:
             questions, after = qa_dir / "qa.heldout.jsonl", ["qa"]
+        else:
+            raise UserError("recipe: stages.eval needs held-out questions: set stages.eval.qa to your own JSONL, "
+                            "enable stages.qa, or set stages.eval.enabled: false")
         out = self.path("eval")
-        first = self.recipe.stages.export.profiles[0]
         self.add("eval", ["eval", str(bundle), "--baseline", str(baseline), "--qa", str(questions), "--out", str(out)],
                  [bundle, baseline, questions], out, s.eval, [f"bundle:{first}", "bundle:baseline", *after],
                  _json_metric("eval.json", _eval_metric))

@@ -116,7 +116,8 @@ def measure_memory_bandwidth_gbs(size_mb: int = 128, repeats: int = 5) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what ``platform`` knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith(("model name", "hardware", "cpu model")):
@@ -126,20 +127,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> list[str]:
+    """Every instruction-set flag the CPU advertises (``/proc/cpuinfo`` flags/features; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("flags", "features")):
+                return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
 def _cpu_isa() -> list[str]:
     machine = platform.machine().lower()
     isa = ["arm64"] if machine in ("arm64", "aarch64") else [machine]
-    try:
-        flags = ""
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("flags", "features")):
-                flags = line.split(":", 1)[1]
-                break
-        wanted = ["avx2", "avx512f", "avx_vnni", "fma", "f16c", "neon", "asimd", "asimddp", "i8mm", "sve"]
-        isa += [f for f in wanted if f in flags.split()]
-    except OSError:
-        pass
-    return isa
+    wanted = ["avx2", "avx512f", "avx_vnni", "fma", "f16c", "neon", "asimd", "asimddp", "i8mm", "sve"]
+    flags = cpu_flags()
+    return isa + [f for f in wanted if f in flags]
 
 
 def detect_host_profile() -> DeviceProfile:
@@ -154,7 +158,7 @@ def detect_host_profile() -> DeviceProfile:
         description=f"this machine ({platform.system()} {platform.machine()}), detected at run time",
         ram_gb=round(vm.total / 1e9, 2),
         app_memory_gb=round(vm.available / 1e9, 2),
-        cpu=CpuSpec(model=_cpu_model(), cores=cores, threads=threads, isa=_cpu_isa()),
+        cpu=CpuSpec(model=cpu_model(), cores=cores, threads=threads, isa=_cpu_isa()),
         memory_bandwidth_gbs=round(measure_memory_bandwidth_gbs(), 2),
         accelerator=None,
         formats=["gguf", "onnx"],

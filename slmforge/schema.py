@@ -25,8 +25,29 @@ def describe_validation_error(path: Path | str, err: ValidationError) -> str:
     return f"{path}: field '{field}': {problem}{more}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first given on line {first + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_structured(path: str | Path) -> Any:
-    """Parse a .yaml/.yml/.json file; a missing or unparsable file is a UserError."""
+    """Parse a .yaml/.yml/.json file; a missing or unparsable file is a UserError.
+
+    Duplicate keys and nesting too deep for the parser are refused in one line.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: file not found")
@@ -37,7 +58,10 @@ def read_structured(path: str | Path) -> Any:
     try:
         if p.suffix == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except RecursionError:
+        raise UserError(f"{p}: nested too deeply to read; a {'JSON' if p.suffix == '.json' else 'YAML'} "
+                        "file here holds a few levels of mappings and lists") from None
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""

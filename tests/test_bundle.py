@@ -170,3 +170,252 @@ def test_index_from_reuses_an_index_of_the_same_vectors(built, tmp_path: Path, c
     assert embedded == []  # every document was already in the copied index
     with RagIndex(second / "rag.db", readonly=True) as a, RagIndex(folder / "rag.db", readonly=True) as b:
         assert a.count() == b.count() > 0
+
+
+# -- hostile bundles (issue 19): link chains, bombs, manifest paths, format versions --------------------------
+
+
+def _nothing_in(cache: Path) -> bool:
+    """No file, link or folder (a temp folder included) under the cache's ``bundles/``."""
+    return not cache.exists() or all(p == cache / "bundles" for p in cache.rglob("*"))
+
+
+def _cve_2025_4517_tar(path: Path, dest_len: int) -> Path:
+    """CPython's own reproducer of CVE-2025-4517: symlinks whose expansion passes PATH_MAX, so the
+    ``data`` filter's ``realpath`` check stops early, then a member written through the chain.
+    ``dest_len`` is the length of the folder the tar is unpacked into (the components fill PATH_MAX)."""
+    import os
+
+    steps = "abcdefghijklmnop"
+    component = "d" * ((os.pathconf("/", "PC_PATH_MAX") - dest_len) // (len(steps) + 1))
+    with tarfile.open(path, "w") as tar:
+        def add(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", data: bytes = b"") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+
+        add("manifest.json", data=b"{}")
+        prefix = ""
+        for step in steps:
+            add(os.path.join(prefix, component), tarfile.DIRTYPE)
+            add(os.path.join(prefix, step), tarfile.SYMTYPE, component)
+            prefix = os.path.join(prefix, component)
+        long_link = os.path.join(*steps, "l" * 254)
+        add(long_link, tarfile.SYMTYPE, os.path.join(*[".."] * len(steps)))
+        add("escape", tarfile.SYMTYPE, os.path.join(long_link, ".."))
+        add("escape/newfile", data=b"written outside the bundle")
+    return path
+
+
+def test_tar_symlink_chain_past_path_max_is_refused_before_writing(tmp_path: Path, monkeypatch):
+    """CVE-2025-4517: the chain resolves (in the archive, before extraction) to the cache's parent folder."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SLMFORGE_CACHE", str(cache))
+    # the folder the tar was unpacked into before this check: <cache>/bundles/evil-<16 hex>.partial-<8 chars>
+    dest_len = len(str(cache / "bundles")) + len("/evil-") + 16 + len(".partial-") + 8 + 1
+    tar = _cve_2025_4517_tar(tmp_path / "evil.tar", dest_len)
+    with pytest.raises(UserError, match=r"tar member 'escape' \(link to .*\) resolves outside the bundle; refusing"):
+        open_bundle(tar)
+    assert not (cache / "bundles" / "newfile").exists() and not (tmp_path / "newfile").exists()
+    assert _nothing_in(cache)  # nothing written at all, not even a temp folder
+
+
+@pytest.mark.parametrize("members", [
+    [("b/up", ".."), ("b/up2", "up/.."), ("b/up2/evil", None)],  # each link looks inside on its own
+    [("b/x", "y"), ("b/y", "x"), ("b/x/f", None)],  # a loop
+    [("b/d", "."), ("b/d/d/d/../../../../out", None)],  # '..' in a member name
+    [("b/l", "sub/../../.."), ("b/l/f", None)],
+    [("b/l", "x/y/../../.."), ("b/x/y", ".")],  # inside when added; out once x/y turns into a link
+    [("b/f", None), ("b/h1", "b/f", "hard"), ("b/h2", "b/h1", "hard"), ("b/h3", "/etc/passwd", "hard")],
+])
+def test_tar_link_chains_are_resolved_in_the_archive(tmp_path: Path, monkeypatch, members):
+    monkeypatch.setenv("SLMFORGE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "chain.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, link, *hard in [("b/manifest.json", None), *members]:
+            info = tarfile.TarInfo(name)
+            if link is None:
+                info.size = 1
+            else:
+                info.type, info.linkname = tarfile.LNKTYPE if hard else tarfile.SYMTYPE, link
+            tar.addfile(info, io.BytesIO(b"x") if link is None else None)
+    with pytest.raises(UserError, match="refusing to unpack"):
+        open_bundle(path)
+    assert _nothing_in(tmp_path / "cache")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evil").exists()
+
+
+def test_links_inside_the_bundle_still_unpack(tmp_path: Path, monkeypatch):
+    from slmforge.runtime.bundle_tar import unpack_bundle_tar
+
+    path = tmp_path / "ok.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, kind, link, data in [("b/manifest.json", tarfile.REGTYPE, "", b"{}"),
+                                       ("b/sub/model.bin", tarfile.REGTYPE, "", b"weights"),
+                                       ("b/alias", tarfile.SYMTYPE, "sub/model.bin", b""),
+                                       ("b/dir-alias", tarfile.SYMTYPE, "sub", b""),
+                                       ("b/copy.bin", tarfile.LNKTYPE, "b/dir-alias/model.bin", b"")]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    root = unpack_bundle_tar(path, tmp_path / "cache" / "ok", "manifest.json")
+    assert root == tmp_path / "cache" / "ok" / "b"
+    assert (root / "alias").is_symlink() and (root / "alias").read_bytes() == b"weights"
+    assert not (root / "copy.bin").is_symlink() and (root / "copy.bin").read_bytes() == b"weights"
+
+
+def test_tar_bomb_is_refused_and_leaves_nothing(tmp_path: Path, monkeypatch):
+    """30 MB of zeros gzip to ~30 KB: past the expansion cap, refused from the headers, nothing unpacked."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SLMFORGE_CACHE", str(cache))
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz") as tar:
+        for name, size in [("b/manifest.json", 2), ("b/model.gguf", 30 * 1024 * 1024)]:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(b"{}" if size == 2 else bytes(size)))
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(UserError, match=r"unpacks to more than [\d,]+ MB .*refusing"):
+        open_bundle(bomb)
+    assert _nothing_in(cache)
+
+
+def test_tar_member_declaring_a_huge_size_is_refused_from_its_header(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SLMFORGE_CACHE", str(tmp_path / "cache"))
+    import gzip
+
+    header = tarfile.TarInfo("b/model.gguf")
+    header.size = 50 * 1024**3
+    bomb = tmp_path / "huge.tar.gz"
+    bomb.write_bytes(gzip.compress(header.tobuf(tarfile.PAX_FORMAT) + bytes(64 * 1024)))
+    with pytest.raises(UserError, match="unpacks to more than"):
+        open_bundle(bomb)
+    assert _nothing_in(tmp_path / "cache")
+
+
+def test_unpacking_stops_at_the_budget_while_writing():
+    """The header check can be wrong (sparse members); the copy itself counts bytes too."""
+    from slmforge.runtime.bundle_tar import copy_capped
+
+    out = io.BytesIO()
+    with pytest.raises(UserError, match="unpacks past the size limit"):
+        copy_capped(io.BytesIO(bytes(3 << 20)), out, 2 << 20, "x.tar", "big")
+    assert len(out.getvalue()) <= 2 << 20
+
+
+def _edit_manifest(bundle: Path, **changes) -> None:
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            manifest[section][key] = value
+        else:
+            manifest[section] = value
+    path.write_text(json.dumps(manifest))
+
+
+def test_index_path_to_another_bundle_is_refused(built, tmp_path: Path):
+    from slmforge.fileio import sha256_file
+
+    mine, other = copy_bundle(built[0], tmp_path / "mine"), copy_bundle(built[0], tmp_path / "other")
+    before = sha256_file(other / "rag.db")
+    _edit_manifest(mine, index__path="../other/rag.db")
+    new_doc = tmp_path / "new"
+    new_doc.mkdir()
+    (new_doc / "note.md").write_text("# Note\n\nA new document about copying folders with shutil.copytree.\n")
+    proc = run_cli("index", "add", str(mine), str(new_doc))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "'index.path'" in proc.stderr and "outside the bundle" in proc.stderr
+    assert sha256_file(other / "rag.db") == before
+
+
+def test_linked_rag_db_leading_outside_is_refused(built, tmp_path: Path):
+    mine, other = copy_bundle(built[0], tmp_path / "mine"), copy_bundle(built[0], tmp_path / "other")
+    (mine / "rag.db").unlink()
+    (mine / "rag.db").symlink_to(other / "rag.db")
+    with pytest.raises(UserError, match="outside the bundle"):
+        open_bundle(mine, skip_verify=("rag.db",))
+
+
+def test_model_path_outside_the_bundle_is_never_loaded(built, tmp_path: Path):
+    mine = copy_bundle(built[0], tmp_path / "mine")
+    (tmp_path / "outside.gguf").write_bytes((mine / "model-Q4_1.gguf").read_bytes())
+    _edit_manifest(mine, model__path="../outside.gguf")
+    proc = run_cli("run", str(mine), "How do I copy a file?")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'model.path'" in lines[0] and "outside the bundle" in lines[0], lines
+
+
+@pytest.mark.parametrize("version", [99, 0, "1", True])
+def test_unknown_format_version_is_refused(built, tmp_path: Path, version):
+    mine = copy_bundle(built[0], tmp_path / "mine")
+    _edit_manifest(mine, format_version=version)
+    with pytest.raises(UserError, match=r"format_version .* is not one this slmforge reads \(1\)"):
+        open_bundle(mine)
+
+
+_KILLED_WRITER = """
+import os, signal, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA cache_size=1")  # spill changed pages into rag.db before the commit that never comes
+conn.execute("BEGIN")
+conn.execute("UPDATE chunks SET text = text || ' (half-written)'")
+conn.execute("DELETE FROM documents")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _kill_a_writer_mid_transaction(rag_db: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(rag_db)], check=False)
+    assert proc.returncode < 0  # killed by the signal, inside the transaction
+    assert Path(f"{rag_db}-journal").stat().st_size > 0  # the hot journal a killed 'index add' leaves
+
+
+def test_read_only_opens_roll_back_a_hot_journal(built, tmp_path: Path):
+    bundle = copy_bundle(built[0], tmp_path / "b")
+    _kill_a_writer_mid_transaction(bundle / "rag.db")
+    proc = run_cli("telemetry", "report", str(bundle))  # reads the index first, then finds no telemetry
+    assert "readonly" not in proc.stderr and "no telemetry yet" in proc.stderr, proc.stderr
+    _kill_a_writer_mid_transaction(bundle / "rag.db")
+    proc = run_cli("index", "status", str(bundle), "--json")
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["documents"] == 4 and status["manifest"] == "verified"  # the half-done transaction is gone
+    assert not Path(f"{bundle / 'rag.db'}-journal").exists()
+
+
+def test_hot_journal_in_a_read_only_folder_says_how_to_recover(built, tmp_path: Path, monkeypatch):
+    from slmforge.runtime import sqlite
+    from slmforge.runtime.index import RagIndex
+
+    bundle = copy_bundle(built[0], tmp_path / "b")
+    _kill_a_writer_mid_transaction(bundle / "rag.db")
+    monkeypatch.setattr(sqlite, "_may_write", lambda path: False)  # as a user without write access sees it
+    with pytest.raises(UserError, match=r"interrupted write left rag.db-journal .* re-run 'slmforge index add"):
+        RagIndex(bundle / "rag.db", readonly=True)
+
+
+def test_embedder_model_file_outside_its_folder_is_refused(built, tmp_path: Path):
+    from slmforge.runtime.embedder import Embedder
+
+    mine = copy_bundle(built[0], tmp_path / "mine")
+    config = mine / "embedder" / "embedder.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"model_file": "../../outside.onnx"}))
+    with pytest.raises(UserError, match="embedder.json's model_file names '../../outside.onnx', outside"):
+        Embedder(mine / "embedder")
+
+
+def test_genai_config_file_names_outside_the_model_folder_are_refused(tmp_path: Path):
+    pytest.importorskip("onnxruntime_genai")
+    from slmforge.runtime.backend_onnx import OnnxGenaiBackend
+
+    folder = tmp_path / "onnx-int4"
+    folder.mkdir()
+    (folder / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"filename": "../../etc/model.onnx"}}}))
+    with pytest.raises(UserError, match="genai_config.json's 'filename' names '../../etc/model.onnx', outside"):
+        OnnxGenaiBackend(folder)
