@@ -13,7 +13,8 @@ from slmforge.bench import measure
 from slmforge.bench.bandwidth import BandwidthSampler
 from slmforge.bench.campaign import copy_quality, quality_identity
 from slmforge.bench.emulate import emulate
-from slmforge.bench.quality import load_qa, token_f1
+from slmforge.bench.metrics import token_f1
+from slmforge.bench.quality import load_qa
 from slmforge.bench.records import (
     SCHEMA_VERSION,
     BenchRecord,
@@ -364,7 +365,7 @@ def test_bundle_description_from_a_bare_model_name(tmp_path: Path):
 
 
 def test_paired_bootstrap_separates_signal_from_noise():
-    from slmforge.bench.merge_quality import paired_bootstrap
+    from slmforge.bench.metrics import paired_bootstrap
 
     better = paired_bootstrap([0.5 + 0.01 * i for i in range(20)], [0.2 + 0.01 * i for i in range(20)])
     assert better["mean"] == 0.3 and better["ci95_low"] > 0 and better["significant"]
