@@ -107,14 +107,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
             err = [[max(0.0, v - c[0])], [max(0.0, c[1] - v)]] if c else None
             label = f"{name} (baseline)" if name == result["baseline"] else name
             ax.bar(x, v, width, color=colors[s % 10], alpha=0.85, yerr=err, capsize=3, label=label)
-            ax.annotate(f"{v:.2f}", (x, (c[1] if c else v) + 0.01), ha="center", va="bottom", fontsize=7)
+            ax.annotate(f"{v:.2f}", (x, (c[1] if c else v) + 0.01), ha="center", va="bottom", fontsize=7,
+                        rotation=90)
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels([_label(m, result).replace(" (", "\n(") for m in metrics], fontsize=8, rotation=30,
                        ha="right")
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.25)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("share / score (higher is better; 95 % interval)")
     handles = {lab: h for h, lab in zip(*ax.get_legend_handles_labels())}
-    ax.legend(handles.values(), handles.keys(), fontsize=8, loc="upper right")
+    ax.legend(handles.values(), handles.keys(), fontsize=8, loc="upper left", ncol=len(names))
     ax.grid(axis="y", alpha=0.3)
     if comparisons:
         dx = axes[0][1]
@@ -129,13 +131,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
                             fmt="o", color=color, capsize=4, label=f"{name} − {result['baseline']}")
                 dx.annotate(f"{c['delta']:+.2f}", (c["ci95"][1], y), xytext=(4, 0), textcoords="offset points",
                             va="center", fontsize=7)
+        ends = [v for c in comparisons for v in (*c["ci95"], 0.0)]
+        span = max(max(ends) - min(ends), 0.05)
+        dx.set_xlim(min(ends) - 0.08 * span, max(ends) + 0.22 * span)  # room for the labels right of each bar
         dx.axvline(0, color="black", linewidth=0.8)
         dx.set_yticks(range(len(compared)))
         dx.set_yticklabels([_label(m, result) for m in compared], fontsize=8)
         dx.invert_yaxis()
         dx.set_xlabel("difference from the baseline (paired bootstrap 95 % interval)")
         handles = {lab: h for h, lab in zip(*dx.get_legend_handles_labels())}
-        dx.legend(handles.values(), handles.keys(), fontsize=8, loc="lower right")
+        dx.legend(handles.values(), handles.keys(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                  ncol=min(2, len(handles)))
         dx.grid(axis="x", alpha=0.3)
     fig.suptitle(f"slmforge eval: {result['questions']} held-out questions, k={result['k']}, "
                  f"{result['probes']['count']} off-domain probes", fontsize=10)
