@@ -246,3 +246,18 @@ def test_bad_bundles_and_out(tiny_bundles: dict[str, Path], heldout: Path, tmp_p
     (busy / "keep.txt").write_text("mine")
     proc = run_cli("eval", tiny, "--qa", str(heldout), "--out", str(busy))
     assert proc.returncode == 2 and "holds other files" in proc.stderr and (busy / "keep.txt").read_text() == "mine"
+
+
+def test_system_names_and_probe_files(tmp_path: Path):
+    from slmforge.bench.evaluate import DEFAULT_PROBES, read_probes, unique_names
+
+    assert unique_names([Path("runs/a/bundle"), Path("runs/b/bundle"), Path("x/base.tar"), Path("runs/a/bundle")]) == [
+        "bundle", "bundle-2", "base", "bundle-3"]
+    assert read_probes(None) == list(DEFAULT_PROBES) and len(DEFAULT_PROBES) == 10
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(json.dumps({"question": "Who painted it?"}) + "\n"
+                     + json.dumps({"messages": [{"role": "user", "content": "Best pizza?"}]}) + "\n")
+    assert read_probes(jsonl) == ["Who painted it?", "Best pizza?"]
+    jsonl.write_text(json.dumps({"answer": "x"}) + "\n")
+    with pytest.raises(Exception, match="p.jsonl:1"):
+        read_probes(jsonl)
