@@ -190,7 +190,7 @@ def score_rag(ref: QARecord, reply: Reply) -> dict[str, Any]:
     return {**answer_scores(reply.text, ref.answer),
             "hit_at_k": None if matches is None else any(matches),
             "cites": cites, "citation_accurate": accurate,
-            "groundedness": groundedness(reply.text, reply.context),
+            "groundedness": groundedness(reply.text, reply.context, ref.question),
             "refused": is_refusal(reply.text), "answer_tokens": reply.completion_tokens,
             "ttft_ms": reply.ttft_ms, "decode_tok_s": reply.decode_tok_s}
 

@@ -113,10 +113,12 @@ def content_words(text: str) -> list[str]:
     return [w for w in words if w not in STOP_WORDS and (len(w) > 1 or w.isdigit())]
 
 
-def groundedness(answer: str, context: str) -> float | None:
-    """Share of the answer's content words (with repeats) that occur in the context the model was given;
-    None when the answer has no content word."""
-    words = content_words(answer)
+def groundedness(answer: str, context: str, question: str = "") -> float | None:
+    """Share of the answer's content words (with repeats) that occur in the context the model was given,
+    leaving out the question's own words (the retrieved chunks hold them by construction, so restating the
+    question is no sign of using the context); None when no such word is left."""
+    asked = set(content_words(question))
+    words = [w for w in content_words(answer) if w not in asked]
     if not words:
         return None
     seen = set(content_words(context))

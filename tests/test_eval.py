@@ -77,6 +77,9 @@ def test_groundedness_counts_content_words_found_in_the_context():
     assert groundedness("Use the pickle module to serialize it.", context) == 0.0
     assert groundedness("Use shutil.copyfile or pickle.", context) == pytest.approx(2 / 3)  # "use" is a stop word
     assert groundedness("It is [1].", context) is None  # no content word: not judged
+    # restating the question's words proves nothing: only the other words count
+    assert groundedness("To copy a file use the pickle module.", context, "How do I copy a file?") == 0.0
+    assert groundedness("Copy the file.", context, "How do I copy a file?") is None
 
 
 @pytest.mark.parametrize("answer", [
