@@ -102,7 +102,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         xs = [i - 0.4 + width * (s + 0.5) for i in range(len(metrics))]
         ci = [result["intervals"][name].get(m) for m in metrics]
         for x, v, c in zip(xs, values, ci):
-            if v is None:
+            if v is None:  # not judged (e.g. no answer cites): say so rather than draw a zero
+                ax.annotate("n/a", (x, 0.01), ha="center", va="bottom", fontsize=7, rotation=90, color="gray")
                 continue
             err = [[max(0.0, v - c[0])], [max(0.0, c[1] - v)]] if c else None
             label = f"{name} (baseline)" if name == result["baseline"] else name
