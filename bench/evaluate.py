@@ -27,7 +27,6 @@ from slmforge.bench.metrics import (
     mean_of,
     median_of,
     paired_bootstrap,
-    token_f1,
 )
 from slmforge.runtime.bundle import Bundle, open_bundle
 from slmforge.runtime.drift import NULL_PROBES
@@ -286,8 +285,7 @@ def answer_rows(records: list[QARecord], probes: list[str], systems: list[System
             per_system[s.name] = {
                 "rag": {"answer": r.rag[i].text, "context": [f"{src} — {h}" if h else src for src, h in r.rag[i].chunks],
                         "metrics": scored[s.name][i]},
-                **({"closed_book": {"answer": r.closed_book[i].text,
-                                    "f1": _round(token_f1(r.closed_book[i].text, ref.answer))}}
+                **({"closed_book": {"answer": r.closed_book[i].text, "f1": scored[s.name][i]["closed_book_f1"]}}
                    if r.closed_book is not None else {}),
             }
         rows.append({"kind": "heldout", "question": ref.question, "reference": ref.answer, "source": ref.source,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from slmforge.bench.metrics import token_f1
+from slmforge.bench.metrics import answer_scores
 from slmforge.bench.records import Metric, measured, unknown
 from tqdm import tqdm
 
@@ -186,6 +186,6 @@ def qa_f1(engine: Any, items: list[tuple[str, str]], k: int, max_tokens: int) ->
     scores = []
     for question, reference in tqdm(items, desc="QA answers", unit="q", file=sys.stderr, leave=False):
         answer = engine.answer(question, k=k, max_tokens=max_tokens, sampling={"temperature": 0.0, "seed": 0})
-        scores.append(token_f1(answer.answer, reference))
+        scores.append(answer_scores(answer.answer, reference)["f1"])  # [n] markers removed, as in eval
     return measured(float(np.mean(scores)), "F1", std=float(np.std(scores)), n=len(scores),
                     note=f"greedy, k={k}, max {max_tokens} new tokens")
