@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ def open_systems(bundles: list[Path], baseline: Path | None) -> list[System]:
     for i, (path, name) in enumerate(zip(paths, names)):
         is_base = baseline is not None and i == 0
         try:
+            if path.is_file() and not tarfile.is_tarfile(path):  # a .tar error would span lines: say it plainly
+                raise UserError(f"{path}: not a bundle (a folder with manifest.json, or a .tar made by "
+                                "'slmforge bundle --tar')")
             bundle = open_bundle(path)
         except UserError as exc:
             raise UserError(f"{'--baseline ' if is_base else ''}{exc}") from None

@@ -155,17 +155,13 @@ def _unpack_tar(source: Path) -> Path:
     key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}"
     if not target.is_dir():
-        if not tarfile.is_tarfile(source):
-            raise UserError(f"{source}: not a bundle (a bundle is a folder with {BUNDLE_MANIFEST} or a .tar made by "
-                            "'slmforge bundle --tar')")
         try:
             with tarfile.open(source) as tar:
                 members = check_tar_members(tar, str(source))
                 with atomic_dir(target) as tmp:
                     tar.extractall(tmp, members=members, filter="data")
         except tarfile.TarError as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"{source}: not a readable tar bundle ({detail}); re-copy it") from None
+            raise UserError(f"{source}: not a readable tar bundle ({exc}); re-copy it") from None
     if (target / BUNDLE_MANIFEST).is_file():
         return target
     subdirs = [p for p in target.iterdir() if p.is_dir()]
