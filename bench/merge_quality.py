@@ -20,11 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from slmforge.bench.quality import load_qa, token_f1
+from slmforge.bench.metrics import paired_bootstrap, token_f1
+from slmforge.bench.quality import load_qa
 
 from slmforge.errors import UserError
-
-BOOTSTRAP_SAMPLES = 2000
 
 
 def score(checkpoint: Path, texts: list[str], qa: list[tuple[str, str]], ppl_tokens: int,
@@ -53,18 +52,6 @@ def score(checkpoint: Path, texts: list[str], qa: list[tuple[str, str]], ppl_tok
     return {"path": str(checkpoint), "ppl": round(ppl, 4), "answer_loss": answer_loss,
             "qa_f1": round(sum(f1s) / max(1, len(f1s)), 4), "questions": len(f1s),
             "qa_f1_per_question": [round(f, 4) for f in f1s]}
-
-
-def paired_bootstrap(merged: list[float], parent: list[float], seed: int = 0) -> dict[str, float]:
-    """Mean of merged − parent over the same questions and its 95 % bootstrap interval."""
-    import numpy as np
-
-    diff = np.asarray(merged) - np.asarray(parent)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(BOOTSTRAP_SAMPLES, len(diff)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": round(float(diff.mean()), 4), "ci95_low": round(float(low), 4), "ci95_high": round(float(high), 4),
-            "significant": bool(low > 0 or high < 0)}
 
 
 def verdict(merged: float, parents: list[float], higher_is_better: bool) -> str:

@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import string
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from slmforge.bench.metrics import answer_scores
 from slmforge.bench.records import Metric, measured, unknown
 from tqdm import tqdm
 
 from slmforge.errors import UserError
+from slmforge.qa_records import read_qa
 
 PPL_WINDOW = 512
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
@@ -177,55 +176,9 @@ def faq_retrieval(engine: Any, k: int) -> tuple[dict[str, Metric], list[float]]:
 
 # -- answer quality -----------------------------------------------------------------------------------------
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> list[str]:
-    """SQuAD's normalization: lower case, no punctuation, no articles, single spaces."""
-    return _ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split()
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Harmonic mean of token precision and recall after normalization (SQuAD's F1)."""
-    pred, ref = normalize_answer(prediction), normalize_answer(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _pair(obj: dict[str, Any]) -> tuple[str, str] | None:
-    if isinstance(obj.get("question"), str) and isinstance(obj.get("answer"), str):
-        return obj["question"], obj["answer"]
-    if isinstance(obj.get("instruction"), str) and isinstance(obj.get("output"), str):
-        return (obj["instruction"] + "\n\n" + str(obj.get("input") or "")).strip(), obj["output"]
-    messages = obj.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        if users and isinstance(users[-1], str) and messages[-1].get("role") == "assistant":
-            return users[-1], str(messages[-1].get("content", ""))
-    return None
-
-
 def load_qa(path: str | Path) -> list[tuple[str, str]]:
-    """(question, reference answer) pairs from question/answer, alpaca or chat-messages JSONL."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: QA file not found; pass a JSONL of {{\"question\", \"answer\"}} (or 'data qa' output)")
-    items = []
-    for lineno, obj in _jsonl(p):
-        pair = _pair(obj)
-        if pair is None or not pair[0].strip() or not pair[1].strip():
-            raise UserError(f"{p}:{lineno}: needs \"question\"/\"answer\", alpaca \"instruction\"/\"output\", "
-                            "or chat \"messages\" ending with the assistant's answer")
-        items.append((pair[0].strip(), pair[1].strip()))
-    if not items:
-        raise UserError(f"{p}: no question/answer pairs")
-    return items
+    """(question, reference answer) pairs from a QA JSONL file (any format ``slmforge.qa_records`` reads)."""
+    return [(r.question, r.answer) for r in read_qa(path)]
 
 
 def qa_f1(engine: Any, items: list[tuple[str, str]], k: int, max_tokens: int) -> Metric:
@@ -233,6 +186,6 @@ def qa_f1(engine: Any, items: list[tuple[str, str]], k: int, max_tokens: int) ->
     scores = []
     for question, reference in tqdm(items, desc="QA answers", unit="q", file=sys.stderr, leave=False):
         answer = engine.answer(question, k=k, max_tokens=max_tokens, sampling={"temperature": 0.0, "seed": 0})
-        scores.append(token_f1(answer.answer, reference))
+        scores.append(answer_scores(answer.answer, reference)["f1"])  # [n] markers removed, as in eval
     return measured(float(np.mean(scores)), "F1", std=float(np.std(scores)), n=len(scores),
                     note=f"greedy, k={k}, max {max_tokens} new tokens")

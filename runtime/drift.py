@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from slmforge.rag_prompt import strip_citations
+
 # Questions no technical document collection answers; their scores are the index's "noise floor".
 NULL_PROBES = [
     "What is a good recipe for lasagna?", "Who won the last tennis grand slam?", "How do I get to the airport?",
@@ -82,7 +84,7 @@ class IndexReference:
 
 def split_sentences(text: str, min_chars: int = 12) -> list[str]:
     """Answer sentences long enough to carry a claim (citation markers like [1] removed)."""
-    parts = (re.sub(r"\[\d+\]", "", s).strip() for s in _SENTENCE.split(text or ""))
+    parts = (strip_citations(s).strip() for s in _SENTENCE.split(text or ""))
     return [p for p in parts if len(p) >= min_chars]
 
 

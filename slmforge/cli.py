@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "telemetry": ("slmforge.runtime.cli_telemetry:telemetry", "Report latency, memory and drift from telemetry."),
     "feedback": ("slmforge.runtime.cli_feedback:feedback", "Export user feedback as training data."),
     "bench": ("slmforge.bench.cli:bench", "Benchmark bundles across device profiles; build reports."),
+    "eval": ("slmforge.bench.cli_eval:eval_cmd", "Compare bundles with a baseline on held-out questions (RAG, citations)."),
 }
 # Sub-verbs that live with the code they drive rather than with their group (the layering keeps
 # trainer/ free of runtime imports, yet `data rag` reads best next to `data qa`).

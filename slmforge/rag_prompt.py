@@ -7,6 +7,7 @@ trained on and what it sees on the device cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -46,3 +47,30 @@ def build_messages(system_prompt: str | None, history: Sequence[dict], question:
                    chunks: Sequence[ContextChunk]) -> list[dict]:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + list(history) + [{"role": "user", "content": user_message(question, chunks)}]
+
+
+# -- citation markers: the [n] the prompt asks for, read back from an answer ------------------------------
+# A marker is [n], [n, m] or a run like [1][2], not glued to a word or a closing bracket (so ``x[1]``
+# indexing is not one) and never inside `code` or a ``` block (``[1, 2]`` there is a list). A line that
+# repeats a context header ("[2] faq/library.rst — How do I copy a file?") is the model echoing its
+# prompt, not citing: it is kept as text and not counted.
+_MARKERS = re.compile(
+    r"(?P<code>```.*?(?:```|\Z)|`[^`\n]*`)"
+    r"|(?P<echo>(?m:^[ \t]*\[\d{1,3}\][ \t]+[^\n]*? \u2014 [^\n]*$))"
+    r"|(?<![\w\])'\"])(?P<cite>(?:\[\d{1,3}(?:\s*[,;]\s*\d{1,3})*\])+)",
+    re.DOTALL,
+)
+
+
+def cited_numbers(answer: str) -> list[int]:
+    """The passage numbers an answer cites, in order of first citation."""
+    found: dict[int, None] = {}
+    for m in _MARKERS.finditer(answer or ""):
+        if m.group("cite"):
+            found.update((int(n), None) for n in re.findall(r"\d+", m.group("cite")))
+    return list(found)
+
+
+def strip_citations(answer: str) -> str:
+    """The answer without its [n] markers (code left as it is), for scoring it against a reference."""
+    return _MARKERS.sub(lambda m: m.group("code") or m.group("echo") or "", answer or "")

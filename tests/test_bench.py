@@ -13,7 +13,8 @@ from slmforge.bench import measure
 from slmforge.bench.bandwidth import BandwidthSampler
 from slmforge.bench.campaign import copy_quality, quality_identity
 from slmforge.bench.emulate import emulate
-from slmforge.bench.quality import load_qa, token_f1
+from slmforge.bench.metrics import token_f1
+from slmforge.bench.quality import load_qa
 from slmforge.bench.records import (
     SCHEMA_VERSION,
     BenchRecord,
@@ -310,7 +311,7 @@ def test_bench_run_path_imports_without_torch():
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "for m in ('cli', 'campaign', 'run_bundle', 'measure', 'quality', 'emulate', 'records', 'report', 'plots',\n"
-        "          'runtime_overhead'):\n"
+        "          'runtime_overhead', 'metrics', 'evaluate', 'eval_report', 'cli_eval'):\n"
         "    importlib.import_module('slmforge.bench.' + m)\n"
         "importlib.import_module('slmforge.runtime.engine')\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]\n"
@@ -364,7 +365,7 @@ def test_bundle_description_from_a_bare_model_name(tmp_path: Path):
 
 
 def test_paired_bootstrap_separates_signal_from_noise():
-    from slmforge.bench.merge_quality import paired_bootstrap
+    from slmforge.bench.metrics import paired_bootstrap
 
     better = paired_bootstrap([0.5 + 0.01 * i for i in range(20)], [0.2 + 0.01 * i for i in range(20)])
     assert better["mean"] == 0.3 and better["ci95_low"] > 0 and better["significant"]
