@@ -42,6 +42,8 @@ def eval_cmd(bundles: tuple[Path, ...], qa: Path, baseline: Path | None, out: Pa
     result, rows = run_eval(list(bundles), qa, baseline=baseline, k=k, max_tokens=max_tokens,
                             closed_book=not no_closed_book, limit=limit, probes_path=probes,
                             threads=threads)
+    names = [n for n in result["systems"] if n != result["baseline"]] or [result["baseline"]]
+    result["summary"] = gain_line(result, names[0])  # the line the pipeline and the demo print
     written = write_outputs(out, result, rows) if out is not None else []
     if as_json:
         emit_json(result)
@@ -49,6 +51,5 @@ def eval_cmd(bundles: tuple[Path, ...], qa: Path, baseline: Path | None, out: Pa
     click.echo(table(result))
     for path in written:
         click.echo(f"  {path}")
-    names = [n for n in result["systems"] if n != result["baseline"]] or [result["baseline"]]
     for name in names:
         click.echo(gain_line(result, name))
