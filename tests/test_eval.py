@@ -171,6 +171,7 @@ def test_eval_of_a_bundle_against_itself(tiny_bundles: dict[str, Path], heldout:
     assert "answer F1" in proc.stdout and "hit@4" in proc.stdout
     result = json.loads((out / "eval.json").read_text())
     assert result["baseline"] == "tiny" and set(result["systems"]) == {"tiny", "tiny-2"}
+    assert result["summary"] == proc.stdout.strip().splitlines()[-1]  # what the pipeline and the demo print
     assert result["questions"] == 3 and result["k"] == 4 and len(result["qa"]["sha256"]) == 64
     assert result["bundles"]["tiny"]["quant"] == "F16" and result["bundles"]["tiny"]["model"] == "model-F16.gguf"
     metrics = result["systems"]["tiny"]
