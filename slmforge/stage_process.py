@@ -38,8 +38,29 @@ def run_stage(argv: list[str], log_path: Path, stdout_path: Path | None = None) 
     proc = context.Process(target=_stage_main, args=(argv, str(log_path), str(stdout_path) if stdout_path else None),
                            name=f"slmforge {argv[0] if argv else ''}")
     proc.start()
-    proc.join()
+    try:
+        proc.join()
+    except BaseException:  # Ctrl-C or SIGTERM of the pipeline: its stage must not go on training alone
+        stop(proc)
+        raise
     return proc.exitcode if proc.exitcode is not None else 1
+
+
+def stop(proc: multiprocessing.process.BaseProcess, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``: a stage writes atomically, so nothing half-done stays."""
+    proc.terminate()
+    proc.join(grace_s)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit in the main thread, so ``run_stage`` stops the running stage first
+    (by default SIGTERM ends Python at once and the forked stage, not in its process group, runs on)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _run_cold(argv: list[str], log_path: Path, stdout_path: Path | None) -> int:

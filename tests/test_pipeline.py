@@ -130,8 +130,8 @@ def _live_group_members(pgid: int) -> list[int]:
     return live
 
 
-def test_pipeline_killed_mid_stage_completes_on_rerun(tmp_path, tiny_checkpoint, user_docs):
-    recipe = _recipe(tmp_path, tiny_checkpoint, user_docs, short=True)
+def _pipeline_inside_pretrain(tmp_path: Path, recipe: Path) -> subprocess.Popen:
+    """A pipeline run in its own process group, once its pretrain stage has started."""
     state = tmp_path / "run" / ".pipeline" / "prepare.json"
     proc = subprocess.Popen([sys.executable, "-m", "slmforge.cli", "pipeline", str(recipe)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -142,6 +142,25 @@ def test_pipeline_killed_mid_stage_completes_on_rerun(tmp_path, tiny_checkpoint,
     while not pretrain_log.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(1.0)  # now inside pretrain
+    return proc
+
+
+def test_sigterm_to_the_pipeline_stops_its_running_stage(tmp_path, tiny_checkpoint, user_docs):
+    proc = _pipeline_inside_pretrain(tmp_path, _recipe(tmp_path, tiny_checkpoint, user_docs, short=True))
+    assert _live_group_members(proc.pid), "no stage was running"
+    proc.send_signal(signal.SIGTERM)  # the pipeline process only, as `kill PID` does
+    proc.wait(timeout=60)
+    deadline = time.time() + 20
+    while _live_group_members(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _live_group_members(proc.pid), "the stage went on training after the pipeline was terminated"
+    assert not (tmp_path / "run" / ".pipeline" / "pretrain.json").exists()
+
+
+def test_pipeline_killed_mid_stage_completes_on_rerun(tmp_path, tiny_checkpoint, user_docs):
+    recipe = _recipe(tmp_path, tiny_checkpoint, user_docs, short=True)
+    state = tmp_path / "run" / ".pipeline" / "prepare.json"
+    proc = _pipeline_inside_pretrain(tmp_path, recipe)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10  # the stage process (forked from the pipeline's warm server) dies with the group

@@ -12,6 +12,7 @@ from slmforge.output import emit_json, format_table, json_option
 from slmforge.pipeline_plan import PlanBuilder
 from slmforge.pipeline_runner import PipelineRunner, StageOutcome
 from slmforge.recipe import load_recipe
+from slmforge.stage_process import exit_on_sigterm
 
 
 def run_recipe(recipe_path: Path, from_stage: str | None = None, until_stage: str | None = None,
@@ -26,6 +27,7 @@ def run_recipe(recipe_path: Path, from_stage: str | None = None, until_stage: st
     if dry_run:
         return builder.run_dir, runner.plan(selected, forced)
     started = time.time()
+    exit_on_sigterm()
     outcomes = runner.run(selected, forced)
     atomic_write_json(builder.run_dir / "run.json", {
         "recipe": str(recipe_path.resolve()),
