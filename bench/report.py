@@ -162,8 +162,8 @@ def build_markdown(rows: list[Row], records: list[LoadedRecord], plots: list[str
             parts += [f"### {title}", "", markdown_table(measured_rows, names), ""]
     if emulated_rows:
         parts += ["## Projected for emulated profiles", "",
-                  "Decode speed scaled from the host's by the profile's memory bandwidth; memory is the host-measured "
-                  "peak against the profile's budget.", "", markdown_table(emulated_rows, PROJECTED_TABLE), ""]
+                  ("Decode speed scaled from the host's by the profile's memory bandwidth; memory is the "
+                   "host-measured peak against the profile's budget."), "", markdown_table(emulated_rows, PROJECTED_TABLE), ""]
     if eval_figures:
         parts += ["## Eval (slmforge eval)", "", eval_table(eval_figures), ""]
         if unmatched_eval:
