@@ -31,7 +31,6 @@ from slmforge.runtime.telemetry_report import answer_series, build_report
 
 ASSETS: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
-    "status.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
@@ -89,7 +88,7 @@ def add_page_routes(app: FastAPI, service: Any, api_key: str | None) -> None:
 
     @app.get("/status", include_in_schema=False)
     async def status_page() -> Response:
-        return page("status.html")
+        return page("index.html")  # one page, two views: the script shows the status view on this path
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:

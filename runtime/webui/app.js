@@ -19,6 +19,14 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
 // -- API key: asked for on 401, kept in this tab ---------------------------------------------------
 
 const auth = {
@@ -87,8 +95,14 @@ function answerView(question) {
   view.root.append(el("div", { class: "question" }, question),
     el("div", { class: "answer" }, view.ood, view.text, view.sources, view.actions, view.meta));
   $("messages").append(view.root);
-  view.root.scrollIntoView({ block: "end" });
+  scrollToEnd(true);
   return view;
+}
+
+// Keep the newest text above the fixed question box, unless the reader scrolled up to read something.
+function scrollToEnd(always) {
+  const doc = document.documentElement;
+  if (always || doc.scrollHeight - (window.scrollY + window.innerHeight) < 200) window.scrollTo(0, doc.scrollHeight);
 }
 
 // The answer's text with each [n] turned into a button that opens citation n.
@@ -159,12 +173,23 @@ function renderRating(view) {
       view.actions.querySelector(".thanks").textContent = "Could not store the rating: " + await errorText(res);
     }
   };
-  const up = el("button", { type: "button", class: "thumb up", "aria-label": "Good answer", title: "Good answer" }, "👍");
-  const down = el("button", { type: "button", class: "thumb down", "aria-label": "Bad answer", title: "Bad answer" }, "👎");
+  const up = el("button", { type: "button", class: "thumb up", "aria-label": "Good answer", title: "Good answer" },
+    thumbIcon(false), "Good");
+  const down = el("button", { type: "button", class: "thumb down", "aria-label": "Bad answer", title: "Bad answer" },
+    thumbIcon(true), "Bad");
   up.addEventListener("click", () => send(true, up));
   down.addEventListener("click", () => send(false, down));
   view.actions.append(up, down, el("span", { class: "thanks muted" }));
   view.actions.hidden = false;
+}
+
+// A thumb drawn as SVG: the page needs no emoji font (many devices and headless browsers have none).
+function thumbIcon(down) {
+  const icon = svg("svg", { viewBox: "0 0 24 24", width: "16", height: "16", "aria-hidden": "true",
+    class: "thumb-icon" + (down ? " flipped" : "") });
+  icon.append(svg("path", { d: "M7 11v9H3v-9h4zm2 9h8.2a2 2 0 0 0 2-1.6l1.3-6.4A2 2 0 0 0 18.5 9.6H14l.9-4.2A1.6 1.6 0 " +
+    "0 0 13.3 3.5L9 9.4V20z" }));
+  return icon;
 }
 
 function finish(view, chunk) {
@@ -211,6 +236,7 @@ async function readStream(res, view) {
         if (choice && choice.delta && choice.delta.content) {
           view.raw += choice.delta.content;
           view.text.textContent = view.raw;
+          scrollToEnd(false);
         }
         if (choice && choice.finish_reason) final = chunk;
         if (chunk.usage && final) final.usage = chunk.usage;
@@ -256,13 +282,14 @@ async function ask(question) {
     chat.controller = null;
     $("send").disabled = false;
     $("stop").hidden = true;
-    view.root.scrollIntoView({ block: "end" });
+    scrollToEnd(false);
   }
 }
 
 async function openPassage(citation, n) {
   const panel = $("passage");
   panel.hidden = false;
+  document.body.classList.add("passage-open");
   $("passage-title").textContent = `[${n}] ${citation.source}`;
   $("passage-section").textContent = citation.heading || "";
   $("passage-text").textContent = "Loading…";
@@ -307,19 +334,14 @@ async function startChat() {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("ask-form").requestSubmit(); }
   });
   $("stop").addEventListener("click", () => chat.controller && chat.controller.abort());
-  $("passage-close").addEventListener("click", () => { $("passage").hidden = true; });
+  $("passage-close").addEventListener("click", () => {
+    $("passage").hidden = true;
+    document.body.classList.remove("passage-open");
+  });
   $("question").focus();
 }
 
 // -- status page -------------------------------------------------------------------------------------
-
-const SVG = "http://www.w3.org/2000/svg";
-
-function svg(tag, attrs) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  return node;
-}
 
 // A small line chart over answer order; series: [{name, values, cls}], optional dashed threshold.
 function lineChart(box, seriesList, threshold) {
@@ -327,7 +349,7 @@ function lineChart(box, seriesList, threshold) {
   const all = seriesList.flatMap((s) => s.values).filter((v) => typeof v === "number");
   if (threshold !== undefined && threshold !== null) all.push(threshold);
   if (!all.length) { box.append(el("p", { class: "muted" }, "No answers recorded yet.")); return; }
-  const W = 640, H = 180, L = 48, B = 22, T = 8, R = 8;
+  const W = 460, H = 200, L = 46, B = 22, T = 8, R = 8;
   const n = Math.max(...seriesList.map((s) => s.values.length));
   const top = Math.max(...all) * 1.1 || 1, bottom = Math.min(0, Math.min(...all));
   const x = (i) => L + (n <= 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (n - 1));
@@ -337,7 +359,7 @@ function lineChart(box, seriesList, threshold) {
     const v = bottom + frac * (top - bottom);
     chart.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }));
     const label = svg("text", { x: L - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" });
-    label.textContent = v >= 100 ? Math.round(v) : v.toFixed(2);
+    label.textContent = top >= 10 ? String(Math.round(v)) : v.toFixed(2);
     chart.append(label);
   }
   if (threshold !== undefined && threshold !== null) {
@@ -364,9 +386,13 @@ function card(label, value, sub) {
     el("div", { class: "card-sub muted" }, sub || ""));
 }
 
-function pair(a, b, unit) {
-  const f = (v) => (v === null || v === undefined ? "—" : v);
-  return `${f(a)} / ${f(b)}${unit ? " " + unit : ""}`;
+function duration(ms) {
+  if (ms === null || ms === undefined) return "—";
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+}
+
+function pair(a, b) {
+  return `${duration(a)} / ${duration(b)}`;
 }
 
 async function refreshStatus() {
@@ -383,8 +409,8 @@ async function refreshStatus() {
     card("Device profile", s.profile || "host", `embedder ${s.embedder} · ${s.chunks} chunks`),
     card("Answers", r.chat_answers, `${r.requests} requests · ` +
       Object.entries(r.status_codes).map(([k, v]) => `${k}: ${v}`).join(", ")),
-    card("Latency p50 / p95", pair(r.latency_ms.p50, r.latency_ms.p95, "ms"),
-      `first token ${pair(r.ttft_ms.p50, r.ttft_ms.p95, "ms")}`),
+    card("Latency p50 / p95", pair(r.latency_ms.p50, r.latency_ms.p95),
+      `first token ${pair(r.ttft_ms.p50, r.ttft_ms.p95)}`),
     card("Decode speed", r.decode_tok_s.p50 === null ? null : `${r.decode_tok_s.p50} tok/s`,
       r.decode_tok_s.p5 === null ? "" : `slowest 5%: ${r.decode_tok_s.p5} tok/s`),
     card("Memory", r.memory_mb.rss_p50 === null ? null : `${Math.round(r.memory_mb.rss_p50)} MB`,
@@ -416,6 +442,10 @@ async function startStatus() {
 document.addEventListener("DOMContentLoaded", () => {
   $("key-button").addEventListener("click", () => auth.ask(""));
   if (auth.key) $("key-button").hidden = false;
-  const start = document.body.dataset.page === "status" ? startStatus : startChat;
-  start().catch((err) => notice(String(err.message || err)));
+  const view = location.pathname.replace(/\/+$/, "") === "/status" ? "status" : "chat";
+  document.body.dataset.page = view;
+  $(view).hidden = false;
+  $(view === "status" ? "status-link" : "chat-link").classList.add("current");
+  document.title = view === "status" ? "slmforge status" : "slmforge";
+  (view === "status" ? startStatus : startChat)().catch((err) => notice(String(err.message || err)));
 });
