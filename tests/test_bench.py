@@ -346,6 +346,16 @@ def test_report_summary_is_one_row_per_device_and_file_with_projections_apart(tm
         assert (tmp_path / "rep" / png).read_bytes().startswith(PNG_MAGIC)
 
 
+def test_shipped_demo_report_opens_with_one_row_per_device_and_file(tmp_path: Path):
+    results = Path(__file__).resolve().parents[1] / "bench" / "results" / "demo" / "results.jsonl"
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    pairs = {(r["profile"]["name"], r["mode"], r["bundle"]["model_sha256"]) for r in records}
+    summary = build_report([results], tmp_path / "rep")
+    assert summary["records"] == len(records) == 12 and summary["summary_rows"] == len(pairs) == 4
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.split("\n## ")[1].startswith("Summary")
+
+
 def test_report_eval_file_errors_are_one_line(tmp_path: Path):
     results = _same_file_records(tmp_path)
     bad = tmp_path / "eval.json"
