@@ -343,8 +343,8 @@ async function startChat() {
 
 // -- status page -------------------------------------------------------------------------------------
 
-// A small line chart over answer order; series: [{name, values, cls}], optional dashed threshold.
-function lineChart(box, seriesList, threshold) {
+// A small line chart over answer order; series: [{name, values, cls}], optional dashed threshold and label format.
+function lineChart(box, seriesList, threshold, format) {
   box.textContent = "";
   const all = seriesList.flatMap((s) => s.values).filter((v) => typeof v === "number");
   if (threshold !== undefined && threshold !== null) all.push(threshold);
@@ -359,7 +359,7 @@ function lineChart(box, seriesList, threshold) {
     const v = bottom + frac * (top - bottom);
     chart.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }));
     const label = svg("text", { x: L - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" });
-    label.textContent = top >= 10 ? String(Math.round(v)) : v.toFixed(2);
+    label.textContent = format ? format(v) : top >= 10 ? String(Math.round(v)) : v.toFixed(2);
     chart.append(label);
   }
   if (threshold !== undefined && threshold !== null) {
@@ -427,7 +427,7 @@ async function refreshStatus() {
   lineChart($("chart-latency"), [
     { name: "request", values: s.series.map((p) => p.latency_ms), cls: "s1" },
     { name: "first token", values: s.series.map((p) => p.ttft_ms), cls: "s2" },
-  ]);
+  ], null, (v) => (v === 0 ? "0" : duration(v)));
   lineChart($("chart-top1"), [{ name: "best match", values: s.series.map((p) => p.top1), cls: "s1" }],
     d.reference.ood_threshold);
   $("status-updated").textContent = "Updated " + new Date(s.generated * 1000).toLocaleTimeString() +
