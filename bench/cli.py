@@ -61,7 +61,7 @@ def run_cmd(bundles: tuple[Path, ...], profile_name: str | None, detect: bool, e
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for report.md, report.json, PNGs.")
 @click.option("--eval", "eval_file", type=click.Path(path_type=Path), default=None,
-              help="eval.json from 'slmforge eval': its F1 and citation accuracy join the summary table.")
+              help="eval.json (or its folder) from 'slmforge eval': F1 and citation accuracy join the summary.")
 @json_option
 def report_cmd(results: tuple[Path, ...], out: Path, eval_file: Path | None, as_json: bool) -> None:
     """Merge results.jsonl files from many devices into report.md, report.json and PNG plots."""

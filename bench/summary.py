@@ -95,7 +95,11 @@ def _figure(raw: Any) -> float | None:
 
 
 def read_eval(path: Path) -> dict[str, dict[str, float | None]]:
-    """``slmforge eval``'s figures per system name: {name: {"f1", "citation_accuracy", "hit_at_k"}}."""
+    """``slmforge eval``'s figures per system name: {name: {"f1", "citation_accuracy", "hit_at_k"}}.
+
+    ``path`` is eval.json or the folder ``slmforge eval --out`` wrote it into."""
+    if path.is_dir():
+        path = path / "eval.json"
     if not path.is_file():
         raise UserError(f"--eval {path}: not found; give the eval.json written by 'slmforge eval'")
     try:

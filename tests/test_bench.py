@@ -317,7 +317,7 @@ def test_report_summary_is_one_row_per_device_and_file_with_projections_apart(tm
         "baseline": "base", "comparisons": [],
         "systems": {"/bundles/phone": {"f1": 0.41, "citation_accuracy": 0.75, "hit_at_k": 0.9},
                     "base": {"f1": {"value": 0.2, "low": 0.1, "high": 0.3}, "citation_accuracy": 0.5}}}))
-    summary = build_report([results], tmp_path / "rep", eval_file=evaluation)
+    summary = build_report([results], tmp_path / "rep", eval_file=tmp_path)  # the folder eval --out wrote
     assert summary["records"] == 8 and summary["summary_rows"] == 4  # 2 devices × 2 files
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md.index("## Summary") < md.index("## Measured on the device") < md.index("## Projected for emulated")
