@@ -18,7 +18,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 LLAMA_WHEELS := $(HOME)/.cache/slmforge/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 
-.PHONY: setup test test-unit demo demo-quick lint clean
+.PHONY: setup browser test test-unit demo demo-quick lint clean
 
 setup: $(VENV)/.installed
 
@@ -33,7 +33,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[train,dev]'
 	touch $@
 
-test: setup
+# The serve page is tested in Debian's headless Chromium (tests/test_serve_page.py). Installed here when
+# missing and possible (root + apt-get); otherwise that test skips and prints why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+	    || echo "make: could not install chromium; the browser test will skip"; \
+	else echo "make: no chromium and no root/apt-get to install it; the browser test will skip"; fi
+
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

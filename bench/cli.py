@@ -60,16 +60,19 @@ def run_cmd(bundles: tuple[Path, ...], profile_name: str | None, detect: bool, e
 @bench.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for report.md, report.json, PNGs.")
+@click.option("--eval", "eval_file", type=click.Path(path_type=Path), default=None,
+              help="eval.json (or its folder) from 'slmforge eval': F1 and citation accuracy join the summary.")
 @json_option
-def report_cmd(results: tuple[Path, ...], out: Path, as_json: bool) -> None:
+def report_cmd(results: tuple[Path, ...], out: Path, eval_file: Path | None, as_json: bool) -> None:
     """Merge results.jsonl files from many devices into report.md, report.json and PNG plots."""
     from slmforge.bench.report import build_report
 
-    summary = build_report(list(results), out)
+    summary = build_report(list(results), out, eval_file=eval_file)
     if as_json:
         emit_json(summary)
         return
-    click.echo(f"{summary['records']} records from {len(results)} file(s) → {out}")
+    click.echo(f"{summary['records']} records from {len(results)} file(s), {summary['summary_rows']} summary rows "
+               f"→ {out}")
     for name in summary["files"]:
         click.echo(f"  {out / name}")
     for gap in summary["problems"][:10]:

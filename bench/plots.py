@@ -1,7 +1,9 @@
 """The report's PNGs (matplotlib, Agg): tok/s by device and quant, quality vs. speed, memory vs. budget.
 
-Projected values are drawn hatched and labelled "projected"; rows without a value are left
-out of a plot and listed in the report's gaps, never drawn as zero.
+Each plot draws the summary's rows (one per device and model file, ``bench/summary.py``) and names
+a file as the summary table does ("gguf Q8_0 · 9c6eba25"). Projected values are drawn hatched and
+labelled "projected"; rows without a value are left out of a plot and listed in the report's gaps,
+never drawn as zero.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from slmforge.bench.report import Row
+    from slmforge.bench.summary import FileGroup
 
 
 def pyplot():
@@ -38,24 +40,24 @@ def _save(plt, fig, axes, path: Path, title: str) -> bool:
     return True
 
 
-def _value(row: Row, name: str) -> tuple[float | None, float, bool]:
+def _value(row: FileGroup, name: str) -> tuple[float | None, float, bool]:
     m = row.metrics.get(name)
     if m is None or m.value is None:
         return None, 0.0, False
     return m.value, m.std or 0.0, m.status == "projected"
 
 
-def _decode(row: Row) -> tuple[float | None, float, bool]:
+def _decode(row: FileGroup) -> tuple[float | None, float, bool]:
     """Measured tg128, or the projection for an emulated profile."""
     value = _value(row, "tg128_tok_s")
     return value if value[0] is not None else _value(row, "tg128_projected_tok_s")
 
 
-def plot_speed(rows: list[Row], path: Path) -> bool:
-    """Grouped bars: decode (tg128) and prefill (pp512) tok/s per device, one bar per bundle."""
+def plot_speed(rows: list[FileGroup], path: Path) -> bool:
+    """Grouped bars: decode (tg128) and prefill (pp512) tok/s per device, one bar per model file."""
     plt = pyplot()
     devices = list(dict.fromkeys(r.device for r in rows))
-    bundles = list(dict.fromkeys(f"{r.bundle} ({r.fmt_quant})" for r in rows))
+    bundles = list(dict.fromkeys(r.file_label for r in rows))
     if not any(_decode(r)[0] for r in rows):
         return False
     fig, axes = plt.subplots(1, 2, figsize=(max(9, 2.2 * len(devices) + 4), 5.2), gridspec_kw={"width_ratios": [3, 2]})
@@ -65,7 +67,7 @@ def plot_speed(rows: list[Row], path: Path) -> bool:
         plot_devices = devices if metric == "tg128" else [d for d in devices if "(emulated)" not in d]
         for b, bundle in enumerate(bundles):
             for d, device in enumerate(plot_devices):
-                row = next((r for r in rows if r.device == device and f"{r.bundle} ({r.fmt_quant})" == bundle), None)
+                row = next((r for r in rows if r.device == device and r.file_label == bundle), None)
                 if row is None:
                     continue
                 value, std, projected = _decode(row) if metric == "tg128" else _value(row, metric)
@@ -84,14 +86,8 @@ def plot_speed(rows: list[Row], path: Path) -> bool:
                  "Tokens/s by device and quantization (hatched = projected from host bandwidth, not measured)")
 
 
-def bundle_labels(rows: list[Row]) -> dict[int, str]:
-    """Format and quant per row, plus the bundle's name when several bundles share a quant (else they overprint)."""
-    shared = {q for q in (r.fmt_quant for r in rows) if len({r.bundle for r in rows if r.fmt_quant == q}) > 1}
-    return {id(r): f"{r.fmt_quant} · {r.bundle}" if r.fmt_quant in shared else r.fmt_quant for r in rows}
-
-
-def plot_quality_speed(rows: list[Row], path: Path) -> bool:
-    """Each measured bundle as a point: decode speed against perplexity and against retrieval/answer quality."""
+def plot_quality_speed(rows: list[FileGroup], path: Path) -> bool:
+    """Each measured model file as a point: decode speed against perplexity and against retrieval/answer quality."""
     plt = pyplot()
     measured = [r for r in rows if r.mode == "measured" and _value(r, "tg128_tok_s")[0] is not None]
     panels = [(n, label) for n, label in (("perplexity", "held-out perplexity (lower is better)"),
@@ -102,7 +98,6 @@ def plot_quality_speed(rows: list[Row], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.3), squeeze=False)
     devices = list(dict.fromkeys(r.device for r in measured))
-    labels = bundle_labels(measured)
     markers = "osD^v<>"
     for ax, (name, label) in zip(axes[0], panels):
         for i, r in enumerate(measured):
@@ -113,15 +108,15 @@ def plot_quality_speed(rows: list[Row], path: Path) -> bool:
             d = devices.index(r.device)
             ax.errorbar(x, y, xerr=xerr or None, fmt=markers[d % len(markers)], color=plt.cm.tab10.colors[d % 10],
                         capsize=3, label=r.device)
-            ax.annotate(labels[id(r)], (x, y), textcoords="offset points", xytext=(5, 4 + 9 * (i % 3)), fontsize=7)
+            ax.annotate(r.file_label, (x, y), textcoords="offset points", xytext=(5, 4 + 9 * (i % 3)), fontsize=7)
         ax.set_xlabel("decode tg128 tok/s (measured)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     return _save(plt, fig, list(axes[0]), path, "Quality vs. speed: a faster quant that answers worse shows up here")
 
 
-def plot_memory(rows: list[Row], path: Path) -> bool:
-    """Peak RSS of each bundle against each device's app-memory budget (log scale; red = does not fit)."""
+def plot_memory(rows: list[FileGroup], path: Path) -> bool:
+    """Peak RSS of each model file against each device's app-memory budget (log scale; red = does not fit)."""
     plt = pyplot()
     items = [(r, _value(r, "peak_rss_mb")[0], _value(r, "app_memory_mb")[0]) for r in rows]
     items = [(r, rss, budget) for r, rss, budget in items if rss is not None and budget is not None]
@@ -135,23 +130,23 @@ def plot_memory(rows: list[Row], path: Path) -> bool:
         ax.annotate(f"{rss:.0f} / {budget:.0f} MB", (rss, i), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize=7)
     ax.set_yticks(range(len(items)))
-    labels = bundle_labels([r for r, _, _ in items])
-    ax.set_yticklabels([f"{r.device} | {labels[id(r)]}" for r, _, _ in items], fontsize=8)
+    ax.set_yticklabels([f"{r.device} | {r.file_label}" for r, _, _ in items], fontsize=8)
     ax.set_xscale("log")
     ax.set_xlim(left=10 ** math.floor(math.log10(min(rss for _, rss, _ in items))),
                 right=max(max(b for _, _, b in items), max(rss for _, rss, _ in items)) * 3)
     ax.set_xlabel("peak RSS, MB (log scale); black tick = the profile's app memory budget")
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title("Memory vs. budget (green fits, red does not; emulated rows use host-measured RSS)", fontsize=10)
+    ax.set_title("Memory vs. budget: green fits, red does not\n(emulated rows: host-measured RSS against the profile budget)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
 
 
-def draw_all(rows: list[Row], out: Path) -> list[str]:
-    """Draw every plot that has data; returns the file names written."""
+def draw_all(rows: list[FileGroup], out: Path) -> list[str]:
+    """Draw every plot that has data from the summary's rows; returns the file names written."""
     drawn = []
     for name, draw in (("tok_s_by_device.png", plot_speed), ("quality_vs_speed.png", plot_quality_speed),
                        ("memory_vs_budget.png", plot_memory)):

@@ -2,7 +2,8 @@
 
 Records are read tolerantly: a record of another schema version, or one missing fields, still
 contributes what it has; every gap is shown ("—", with the reason listed) instead of dropped.
-Projections are labelled in tables and drawn hatched in plots.
+The report opens with a summary (bench/summary.py): one row per device and model file. Projections
+stand in their own columns and tables, and are drawn hatched in plots.
 """
 
 from __future__ import annotations
@@ -13,18 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.bench.records import METRICS, SCHEMA_VERSION, LoadedRecord, Metric, fmt, read_records
+from slmforge.bench.summary import (
+    EVAL_FIGURES,
+    FileGroup,
+    attach_eval,
+    collapse,
+    read_eval,
+    summary_json,
+    summary_markdown,
+)
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
 
+# Detail tables of records measured on a device; projections for emulated profiles get their own table.
 TABLES: dict[str, tuple[str, ...]] = {
-    "Speed": ("pp512_tok_s", "tg128_tok_s", "tg128_projected_tok_s", "rag_ttft_ms", "rag_decode_tok_s", "load_ms"),
+    "Speed": ("pp512_tok_s", "tg128_tok_s", "rag_ttft_ms", "rag_decode_tok_s", "load_ms"),
     "Bandwidth ceiling": ("memory_bandwidth_gbs", "bytes_per_token_mb", "decode_ceiling_tok_s",
                           "decode_share_of_ceiling"),
     "Memory against the device budget": ("peak_rss_mb", "app_memory_mb", "rss_share_of_budget"),
     "Retrieval and energy": ("retrieval_p50_ms", "retrieval_p95_ms", "energy_j_per_token"),
     "Quality": ("perplexity", "faq_hit_at_k", "qa_token_f1"),
 }
+PROJECTED_TABLE = ("tg128_projected_tok_s", "decode_ceiling_tok_s", "bytes_per_token_mb", "peak_rss_mb",
+                   "app_memory_mb", "rss_share_of_budget")
 SHORT = {"pp512_tok_s": "pp512 tok/s", "tg128_tok_s": "tg128 tok/s", "tg128_projected_tok_s": "tg128 projected",
          "rag_ttft_ms": "RAG TTFT ms", "rag_decode_tok_s": "RAG decode tok/s", "load_ms": "load ms",
          "memory_bandwidth_gbs": "bandwidth GB/s", "bytes_per_token_mb": "MB read/token",
@@ -48,6 +61,7 @@ class Row:
     source: str
     valid: bool
     gaps: list[str]
+    sha256: str | None = None  # of the model file: bundles that share it are one row in the summary
 
     @property
     def key(self) -> str:
@@ -89,7 +103,8 @@ def to_row(rec: LoadedRecord) -> Row:
     gaps += [f"{rec.source}: note: {n}" for n in raw.get("notes", []) if isinstance(n, str)]
     return Row(device=device, bundle=str(bundle.get("name", "unknown bundle")),
                fmt_quant=f"{bundle.get('format', '?')} {bundle.get('quant', '?')}", mode=mode,
-               threads=raw.get("threads", "?"), metrics=metrics, source=rec.source, valid=rec.valid, gaps=gaps)
+               threads=raw.get("threads", "?"), metrics=metrics, source=rec.source, valid=rec.valid, gaps=gaps,
+               sha256=str(bundle["model_sha256"]) if bundle.get("model_sha256") else None)
 
 
 def _cell(row: Row, name: str) -> str:
@@ -124,15 +139,35 @@ def device_table(records: list[LoadedRecord]) -> str:
     return "\n".join(lines)
 
 
-def build_markdown(rows: list[Row], records: list[LoadedRecord], plots: list[str]) -> str:
+def build_markdown(rows: list[Row], records: list[LoadedRecord], plots: list[str], groups: list[FileGroup],
+                   eval_figures: dict[str, dict[str, float | None]] | None = None,
+                   unmatched_eval: list[str] | None = None) -> str:
+    measured_rows = [r for r in rows if r.mode != "emulated"]
+    emulated_rows = [r for r in rows if r.mode == "emulated"]
     parts = ["# slmforge bench report", "",
              (f"{len(rows)} records; generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. "
-             "Values are mean ± std over repeats. **(projected)** marks numbers computed for an emulated profile "
-             "from host measurements, never measured on that device; `—` marks a gap (reasons listed at the end); "
-             "`†` marks a value from a record that is not of the current schema "
-             f"(version {SCHEMA_VERSION})."), ""]
-    for title, names in TABLES.items():
-        parts += [f"## {title}", "", markdown_table(rows, names), ""]
+              "Values are mean ± std over repeats. Projected numbers are computed for an emulated profile from host "
+              "measurements, never measured on that device, and stand in their own columns; `—` marks a gap "
+              "(reasons listed at the end); `†` marks a value from a record that is not of the current schema "
+              f"(version {SCHEMA_VERSION})."), "",
+             "## Summary", "",
+             ("One row per device and model file: bundles that ship the same file (same sha256) are one row listing "
+              "their profiles, with the range when their measurements differ. tok/s is decode (tg128); "
+              "quality figures come from the bench records"
+              + (" and from `slmforge eval` (eval F1, citation accuracy)." if eval_figures else ".")), "",
+             summary_markdown(groups, eval_given=bool(eval_figures)), ""]
+    if measured_rows:
+        parts += ["## Measured on the device", ""]
+        for title, names in TABLES.items():
+            parts += [f"### {title}", "", markdown_table(measured_rows, names), ""]
+    if emulated_rows:
+        parts += ["## Projected for emulated profiles", "",
+                  ("Decode speed scaled from the host's by the profile's memory bandwidth; memory is the "
+                   "host-measured peak against the profile's budget."), "", markdown_table(emulated_rows, PROJECTED_TABLE), ""]
+    if eval_figures:
+        parts += ["## Eval (slmforge eval)", "", eval_table(eval_figures), ""]
+        if unmatched_eval:
+            parts += [f"Systems with no bundle of that name in these records: {', '.join(unmatched_eval)}.", ""]
     parts += ["## Devices", "", device_table(records), ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
@@ -140,6 +175,14 @@ def build_markdown(rows: list[Row], records: list[LoadedRecord], plots: list[str
     if gaps:
         parts += ["## Gaps and notes", ""] + [f"- {g}" for g in gaps] + [""]
     return "\n".join(parts)
+
+
+def eval_table(figures: dict[str, dict[str, float | None]]) -> str:
+    lines = ["| system | F1 | citation accuracy | hit@k |", "|---|---|---|---|"]
+    for name, figs in figures.items():
+        cells = ["—" if figs.get(k) is None else f"{figs[k]:.3g}" for k in EVAL_FIGURES]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def absent_values(rows: list[Row]) -> list[str]:
@@ -154,29 +197,36 @@ def absent_values(rows: list[Row]) -> list[str]:
     return [f"{', '.join(names)} — {why} ({', '.join(sources)})" for why, (names, sources) in reasons.items()]
 
 
-def build_report(results: list[Path], out: Path) -> dict[str, Any]:
+def build_report(results: list[Path], out: Path, eval_file: Path | None = None) -> dict[str, Any]:
     """Write report.md, report.json and the PNG plots into ``out``; returns a summary."""
     from slmforge.bench.plots import draw_all
 
+    eval_figures = read_eval(eval_file) if eval_file is not None else None
     records = read_records(results)
     if not records:
         raise UserError(f"no records in {', '.join(map(str, results))}; run 'slmforge bench run ... --out FILE' first")
     rows = [to_row(r) for r in records if r.raw]
     if not rows:
         raise UserError("none of the result lines is a JSON record; are these results.jsonl files from 'bench run'?")
+    groups = collapse(rows)
+    unmatched = attach_eval(groups, eval_figures) if eval_figures else []
     problems = [g for r in rows for g in r.gaps if "missing" in g or "schema" in g or "error" in g]
     problems += [f"{r.source}: {p}" for r in records if not r.raw for p in r.problems]
     with atomic_dir(out) as tmp:
-        plots = draw_all(rows, tmp)
-        atomic_write_text(tmp / "report.md", build_markdown(rows, records, plots))
+        plots = draw_all(groups, tmp)
+        atomic_write_text(tmp / "report.md", build_markdown(rows, records, plots, groups, eval_figures, unmatched))
         atomic_write_json(tmp / "report.json", {
             "schema_version": SCHEMA_VERSION,
             "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "sources": [str(p) for p in results],
+            "eval": None if eval_file is None else {"path": str(eval_file), "systems": eval_figures,
+                                                   "unmatched": unmatched},
+            "summary": summary_json(groups),
             "rows": [{"device": r.device, "bundle": r.bundle, "format": r.fmt_quant, "mode": r.mode,
-                      "threads": r.threads, "valid": r.valid, "source": r.source,
+                      "threads": r.threads, "valid": r.valid, "source": r.source, "model_sha256": r.sha256,
                       "metrics": {k: (m.model_dump(mode="json") if m else None) for k, m in r.metrics.items()},
                       "gaps": r.gaps} for r in rows],
             "problems": problems,
         })
-    return {"records": len(rows), "files": ["report.md", "report.json", *plots], "problems": problems}
+    return {"records": len(rows), "summary_rows": len(groups), "files": ["report.md", "report.json", *plots],
+            "problems": problems}

@@ -236,6 +236,8 @@ class AnswerService:
         top1 = answer.retrieval.get("top1")  # the nearest vector candidate, even when k cut it from the hits
         reply.retrieval = {"top1": top1 if top1 is not None else (ranked[0] if ranked else None), "k": len(ranked),
                            "gap": round(ranked[0] - ranked[-1], 4) if len(ranked) > 1 else None}
+        # the drift reference's verdict, so a client can say "not in the documents" (the page does)
+        reply.retrieval["out_of_domain"] = self.reference.is_out_of_domain(reply.retrieval["top1"])
         reply.support = answer_support(answer.answer, [h.text for h in answer.hits], self.engine.embed)
 
     def _escalate(self, reply: Reply, question: str, history: list[dict[str, Any]], hits: list[Any],

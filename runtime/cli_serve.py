@@ -1,4 +1,4 @@
-"""`slmforge serve BUNDLE`: the bundle behind an OpenAI-compatible HTTP API on this machine."""
+"""`slmforge serve BUNDLE`: the bundle behind an OpenAI-compatible HTTP API and a chat page on this machine."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ from slmforge.runtime.telemetry import DEFAULT_MAX_DAYS, DEFAULT_MAX_ROWS
 def model_name(source: Path) -> str:
     """The id clients pass as ``model``: the bundle's name."""
     return source.name.removesuffix(".tar")
+
+
+def page_url(host: str, port: int) -> str:
+    """The chat page's address to print: a wildcard bind is opened on this machine as localhost."""
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
 
 
 def _is_loopback(host: str) -> bool:
@@ -54,7 +60,8 @@ def serve(bundle: Path, host: str, port: int, api_key: str | None, log_text: boo
           escalate_key: str | None, escalate_model: str | None, queue: int, max_tokens_limit: int,
           max_body_bytes: int, no_cache: bool, cache_similarity: float, telemetry_file: Path | None,
           retention_rows: int, retention_days: float, threads: int | None, n_ctx: int | None, k: int) -> None:
-    """Serve BUNDLE over an OpenAI-compatible API (chat, streaming, embeddings) with cited answers."""
+    """Serve BUNDLE over an OpenAI-compatible API (chat, streaming, embeddings) with cited answers,
+    and a chat page with sources and a status page in the browser (the printed URL)."""
     from slmforge.runtime.answer_cache import AnswerCache
     from slmforge.runtime.answering import AnswerService
     from slmforge.runtime.bundle import open_bundle
@@ -62,6 +69,7 @@ def serve(bundle: Path, host: str, port: int, api_key: str | None, log_text: boo
     from slmforge.runtime.escalate import Escalator
     from slmforge.runtime.server import ServerConfig, create_app, run_server
     from slmforge.runtime.telemetry import TelemetryStore, telemetry_path
+    from slmforge.runtime.webui import add_page_routes
 
     opened = open_bundle(bundle)
     engine = Engine(opened, threads=threads, n_ctx=n_ctx)
@@ -78,7 +86,10 @@ def serve(bundle: Path, host: str, port: int, api_key: str | None, log_text: boo
     if not _is_loopback(host) and not api_key:
         click.echo(f"warning: serving on {host} without --api-key; anyone on the network can use this model",
                    err=True)
+    app = create_app(service, config)
+    add_page_routes(app, service, api_key)
     click.echo(f"serving {opened.source} as '{service.model_name}' on http://{host}:{port}/v1 "
                f"({service.backend_name}, queue {queue}, telemetry {db}{', text logged' if log_text else ''})",
                err=True)
-    run_server(create_app(service, config), host=host, port=port)
+    click.echo(f"open the page: {page_url(host, port)}  (status: {page_url(host, port)}status)", err=True)
+    run_server(app, host=host, port=port)

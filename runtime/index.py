@@ -251,6 +251,14 @@ class RagIndex:
     def count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
 
+    def passage(self, chunk_id: int) -> dict[str, Any] | None:
+        """One chunk as a reader sees it (document, section, text, place in the document); None if absent."""
+        row = self.conn.execute("SELECT chunk_id, source, heading, text, char_start, char_end FROM chunks "
+                                "WHERE chunk_id = ?", (int(chunk_id),)).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("chunk_id", "source", "heading", "text", "char_start", "char_end"), row))
+
     def vector_search(self, query_vec: np.ndarray, k: int, mode: str | None = None) -> list[tuple[int, float]]:
         """(chunk_id, cosine) of the ``k`` nearest chunks, best first, by the given vector mode."""
         mode = mode or self.settings["vector_mode"]

@@ -19,13 +19,14 @@ def _pct(values: list[Any], q: float, scale: float = 1.0) -> float | None:
     return round(float(np.percentile(real, q)) * scale, 2) if real else None
 
 
-def _chat_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def chat_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The answered chat requests (status 200): what latency, speed and drift are computed over."""
     return [r for r in rows if r.get("gen_ai.operation.name") == "chat" and r.get("http.response.status_code") == 200]
 
 
 def build_report(rows: list[dict[str, Any]], feedback: list[dict[str, Any]], reference: IndexReference,
                  window: int = DEFAULT_WINDOW) -> dict[str, Any]:
-    chats = _chat_rows(rows)
+    chats = chat_rows(rows)
     local = [r for r in chats if r.get("slmforge.route") in ("local", "escalation_failed")]
     statuses = Counter(int(r["http.response.status_code"]) for r in rows if r.get("http.response.status_code"))
     col = lambda name, src=chats: [r.get(name) for r in src]
@@ -54,6 +55,20 @@ def build_report(rows: list[dict[str, Any]], feedback: list[dict[str, Any]], ref
     }
 
 
+def answer_series(rows: list[dict[str, Any]], last: int = 200) -> list[dict[str, Any]]:
+    """The latest answered questions in order, the figures the status page draws over time (no text, no vectors)."""
+    def ms(value: Any) -> float | None:
+        return None if value is None else round(float(value) * 1000, 1)
+
+    return [{"time": r.get("time"), "latency_ms": ms(r.get("gen_ai.server.request.duration")),
+             "ttft_ms": ms(r.get("gen_ai.server.time_to_first_token")),
+             "decode_tok_s": r.get("slmforge.decode.tokens_per_second"),
+             "top1": r.get("slmforge.retrieval.top1_score"),
+             "out_of_domain": None if r.get("slmforge.query.out_of_domain") is None
+             else bool(r["slmforge.query.out_of_domain"]),
+             "route": r.get("slmforge.route")} for r in chat_rows(rows)[-last:]]
+
+
 def plot_report(rows: list[dict[str, Any]], report: dict[str, Any], reference: IndexReference, out: Path) -> Path:
     """Four panels over request order: latency, decode speed, retrieval top-1 (with the OOD line), memory."""
     import matplotlib
@@ -63,7 +78,7 @@ def plot_report(rows: list[dict[str, Any]], report: dict[str, Any], reference: I
 
     from slmforge.fileio import atomic_write_bytes
 
-    chats = _chat_rows(rows)
+    chats = chat_rows(rows)
     x = np.arange(1, len(chats) + 1)
 
     def series(name: str, scale: float = 1.0) -> np.ndarray:

@@ -291,6 +291,83 @@ def test_report_over_mixed_versions_and_missing_fields(tmp_path: Path):
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000, png
 
 
+def _same_file_records(tmp_path: Path) -> Path:
+    """Three bundles (one per profile) shipping the same Q8_0 file, one with another file; each measured on the
+    host and emulated for a Pi 5 (the demo's shape)."""
+    pi5 = load_profile("raspberry-pi-5-8gb")
+    lines = []
+    for name, sha, tg in (("pi5", "a" * 64, 50.0), ("phone", "a" * 64, 54.0), ("laptop", "a" * 64, 52.0),
+                          ("laptop-q4", "b" * 64, 70.0)):
+        quant = "Q4_K_M" if name == "laptop-q4" else "Q8_0"
+        bundle = BundleInfo(path=f"/b/{name}", name=name, format="gguf", quant=quant, model_bytes=100_000_000,
+                            model_sha256=sha, built_for_profile=name)
+        host = make_record(quant=quant, metrics=host_metrics(tg=tg, rss_mb=400.0 if sha[0] == "a" else 300.0))
+        metrics, emulation, notes = emulate(pi5, host.metrics, steady_bandwidth(21.0), 100_000_000, 2, "gguf")
+        emulated = make_record(mode="emulated", emulation=emulation, metrics=metrics, notes=notes,
+                               profile="raspberry-pi-5-8gb")
+        lines += [r.model_copy(update={"bundle": bundle}).model_dump(mode="json") for r in (host, emulated)]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_report_summary_is_one_row_per_device_and_file_with_projections_apart(tmp_path: Path):
+    results = _same_file_records(tmp_path)
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps({
+        "baseline": "base", "comparisons": [],
+        "systems": {"/bundles/phone": {"f1": 0.41, "citation_accuracy": 0.75, "hit_at_k": 0.9},
+                    "base": {"f1": {"value": 0.2, "low": 0.1, "high": 0.3}, "citation_accuracy": 0.5}}}))
+    summary = build_report([results], tmp_path / "rep", eval_file=tmp_path)  # the folder eval --out wrote
+    assert summary["records"] == 8 and summary["summary_rows"] == 4  # 2 devices × 2 files
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.index("## Summary") < md.index("## Measured on the device") < md.index("## Projected for emulated")
+    table = md.split("## Summary")[1].split("\n## ")[0]
+    lines = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()
+             if line.startswith("| ")]
+    header, rows = lines[0], lines[1:]
+    cells = {(r[0], r[1]): r for r in rows}
+    col = {name: header.index(name) for name in header}
+    host_q8 = cells[("host", "gguf Q8_0 · aaaaaaaa")]
+    assert host_q8[col["bundles (profiles)"]] == "pi5, phone, laptop"
+    assert host_q8[col["tok/s measured"]] == "50.0–54.0" and host_q8[col["tok/s projected"]] == "—"
+    assert "400 / 20000 MB: fits" in host_q8[col["peak RSS / budget"]]
+    assert host_q8[col["eval F1"]] == "0.41" and host_q8[col["eval citation acc."]] == "0.75"
+    pi_q8 = cells[("raspberry-pi-5-8gb (emulated)", "gguf Q8_0 · aaaaaaaa")]
+    assert pi_q8[col["tok/s measured"]] == "—" and pi_q8[col["tok/s projected"]] not in ("—", "")
+    assert "(projected)" not in table  # the column says it; the cells hold numbers only
+    q4 = cells[("host", "gguf Q4_K_M · bbbbbbbb")]
+    assert q4[col["bundles (profiles)"]] == "laptop-q4" and q4[col["eval F1"]] == "—"
+    assert "base" in md.split("## Eval")[1]  # the unmatched system is still shown in its own table
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert len(report["summary"]) == 4 and report["eval"]["unmatched"] == ["base"]
+    merged = report["summary"][0]["metrics"]["tg128_tok_s"]
+    assert merged["value"] == pytest.approx(52.0) and "range 50–54" in merged["note"]
+    for png in ("tok_s_by_device.png", "memory_vs_budget.png"):
+        assert (tmp_path / "rep" / png).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_shipped_demo_report_opens_with_one_row_per_device_and_file(tmp_path: Path):
+    results = Path(__file__).resolve().parents[1] / "bench" / "results" / "demo" / "results.jsonl"
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    pairs = {(r["profile"]["name"], r["mode"], r["bundle"]["model_sha256"]) for r in records}
+    summary = build_report([results], tmp_path / "rep")
+    assert summary["records"] == len(records) == 12 and summary["summary_rows"] == len(pairs) == 4
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.split("\n## ")[1].startswith("Summary")
+
+
+def test_report_eval_file_errors_are_one_line(tmp_path: Path):
+    results = _same_file_records(tmp_path)
+    bad = tmp_path / "eval.json"
+    bad.write_text("{not json")
+    proc = run_cli("bench", "report", str(results), "--out", str(tmp_path / "rep"), "--eval", str(bad))
+    assert proc.returncode == 2 and "not JSON" in proc.stderr and proc.stderr.strip().count("\n") == 0
+    bad.write_text(json.dumps({"baseline": "x"}))
+    proc = run_cli("bench", "report", str(results), "--out", str(tmp_path / "rep"), "--eval", str(bad))
+    assert proc.returncode == 2 and "'systems'" in proc.stderr and not (tmp_path / "rep").exists()
+
+
 def test_cli_errors_are_one_line(tmp_path: Path):
     proc = run_cli("bench", "run", str(tmp_path / "missing"), "--out", str(tmp_path / "r.jsonl"))
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr
