@@ -26,7 +26,7 @@ from slmforge.runtime.index import Hit
 
 from slmforge.datafiles import jsonl_text
 from slmforge.errors import UserError
-from slmforge.fileio import atomic_write_json, atomic_write_text
+from slmforge.fileio import atomic_write_json, atomic_write_text, sibling
 from slmforge.manifest import ArtifactManifest, input_ref
 from slmforge.qa_records import QARecord, chunk_matches, read_qa
 from slmforge.rag_prompt import NOT_IN_DOCUMENTS
@@ -42,11 +42,6 @@ class RagOptions:
     seq_len: int = 1024
     unanswerable_share: float = 0.15
     seed: int = 0
-
-
-def sibling(out: Path, suffix: str) -> Path:
-    """``sft.jsonl`` → ``sft<suffix>`` (``sft.slmforge.json``)."""
-    return out.with_name(out.name[: -len(out.suffix)] + suffix if out.suffix else out.name + suffix)
 
 
 class ExampleBuilder:

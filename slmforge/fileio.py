@@ -137,3 +137,8 @@ def atomic_dir(out: str | os.PathLike[str], overwrite: bool = True) -> Iterator[
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(partial, target)
+
+
+def sibling(out: Path, suffix: str) -> Path:
+    """``qa.jsonl`` → ``qa<suffix>`` (``qa.heldout.jsonl``, ``qa.slmforge.json``): files a stage writes beside its output."""
+    return out.with_name(out.name[: -len(out.suffix)] + suffix if out.suffix else out.name + suffix)

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmforge.trainer.qa import sibling
 from tqdm import tqdm
 
 from slmforge.errors import UserError
-from slmforge.fileio import atomic_write_json, atomic_write_text
+from slmforge.fileio import atomic_write_json, atomic_write_text, sibling
 from slmforge.manifest import ArtifactManifest, input_ref, lineage_of
 
 

@@ -24,14 +24,9 @@ from slmforge.trainer.qa_generate import AnswerBounds, generate_pairs, passages
 from tqdm import tqdm
 
 from slmforge.errors import UserError
-from slmforge.fileio import atomic_write_json, atomic_write_text
+from slmforge.fileio import atomic_write_json, atomic_write_text, sibling
 from slmforge.manifest import ArtifactManifest, input_ref
 from slmforge.qa_records import record_from_json
-
-
-def sibling(out: Path, suffix: str) -> Path:
-    """``qa.jsonl`` → ``qa<suffix>`` (e.g. ``qa.heldout.jsonl``, ``qa.slmforge.json``)."""
-    return out.with_name(out.name[: -len(out.suffix)] + suffix if out.suffix else out.name + suffix)
 
 
 def read_pairs(f: InputFile, max_answer_chars: int | None) -> list[QAPair]:
