@@ -111,6 +111,7 @@ class Served:
     url: str
     model: str
     proc: subprocess.Popen
+    log: Path | None = None  # the server's stderr
 
 
 @contextlib.contextmanager
@@ -134,7 +135,7 @@ def serving(bundle: Path, *args: str, ready_timeout_s: float = 240) -> Iterator[
             if time.monotonic() > deadline:
                 raise AssertionError(f"server not ready after {ready_timeout_s} s: {log.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield Served(url=url, model=health.json()["model"], proc=proc)
+        yield Served(url=url, model=health.json()["model"], proc=proc, log=log)
     finally:
         if proc.poll() is None:
             proc.terminate()
