@@ -16,7 +16,7 @@ from typing import Any
 
 from slmforge.trainer.faq import QAPair, extract_pairs
 from slmforge.trainer.ingest import InputFile, collect_files, read_text
-from slmforge.trainer.pii import redact
+from slmforge.trainer.pii import CLASSES, DEFAULT_CLASSES, redact
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_json, atomic_write_text
@@ -81,7 +81,8 @@ def _jsonl(pairs: list[QAPair]) -> str:
 
 
 def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float = 0.1, seed: int = 0,
-             max_answer_chars: int | None = 1500, redact_pii: bool = True) -> dict[str, Any]:
+             max_answer_chars: int | None = 1500,
+             redact_classes: frozenset[str] = DEFAULT_CLASSES) -> dict[str, Any]:
     """Collect, clean, deduplicate and split QA pairs; write qa.jsonl, qa.heldout.jsonl, qa.slmforge.json."""
     start = time.perf_counter()
     out = Path(out)
@@ -104,8 +105,8 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
         if key in unique:
             continue
         answer = p.answer
-        if redact_pii:
-            answer, found = redact(answer)
+        if redact_classes:
+            answer, found = redact(answer, redact_classes)
             pii.update(found)
         unique[key] = QAPair(p.question, answer, p.source)
     kept = list(unique.values())
@@ -114,7 +115,7 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
     heldout = [p for i, p in enumerate(kept) if i in held]
     stats = {"files_read": len(files), "pairs_found": len(pairs), "duplicate_questions": len(pairs) - len(kept),
              "pairs": len(kept), "train_pairs": len(train), "heldout_pairs": len(heldout),
-             "pii": {kind: pii.get(kind, 0) for kind in ("EMAIL", "PHONE", "IP", "SECRET")},
+             "pii": {c.upper(): pii.get(c.upper(), 0) for c in CLASSES if c in redact_classes},
              "pairs_by_file": {k: v for k, v in sorted(per_file.items()) if v},
              "files": {"train": str(out), "heldout": str(sibling(out, ".heldout.jsonl")),
                        "manifest": str(sibling(out, ".slmforge.json"))}}
@@ -127,7 +128,7 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
         heldout_path.unlink(missing_ok=True)
     manifest = ArtifactManifest(kind="dataset", stage="qa", inputs=inputs, seed=seed,
                                 params={"heldout_fraction": heldout_fraction, "max_answer_chars": max_answer_chars,
-                                        "redact_pii": redact_pii},
+                                        "redact": sorted(redact_classes)},
                                 metrics={k: v for k, v in stats.items() if k != "files"},
                                 duration_s=round(time.perf_counter() - start, 3))
     atomic_write_json(sibling(out, ".slmforge.json"), manifest.model_dump(mode="json"))
