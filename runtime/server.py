@@ -156,11 +156,15 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
     started = time.time()
     streams: set[Any] = set()  # stop() of every running stream, for SIGTERM
 
-    def begin_shutdown() -> None:
-        """SIGTERM (called from uvicorn's signal handler): refuse new work, end running streams with a final event."""
+    def begin_shutdown(grace_s: float) -> None:
+        """SIGTERM (from uvicorn's signal handler): refuse new work, end running streams with a final event now,
+        and stop plain answers (503) just before uvicorn would cancel them after ``grace_s``."""
         model_gate.draining = embed_gate.draining = True
         for stop in list(streams):
             stop()
+        timer = threading.Timer(max(0.0, grace_s - 2), service.stopping.set)
+        timer.daemon = True
+        timer.start()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -430,7 +434,7 @@ def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, graceful
         def handle_exit(self, sig: int, frame: Any) -> None:
             begin = getattr(app.state, "begin_shutdown", None)
             if begin is not None and not self.should_exit:
-                begin()  # streams end now with a final event instead of being cut after the grace period
+                begin(graceful_timeout_s)  # streams end now with a final event, not cut after the grace period
             super().handle_exit(sig, frame)
 
     # limit_concurrency counts open connections too: room for slow clients (cut by the body timeout)
