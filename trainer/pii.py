@@ -46,18 +46,18 @@ _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b
 _SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
 _PHONE = re.compile(
     r"(?<![\w+.-])(?:"
-    r"(?:\+|00(?=[1-9]))\d{1,3}(?:[ .-]?\(0?\d{0,4}\))?(?:[ .-]?\d{1,5}){1,5}"  # +44 20 7946 0958, +49 (0)30 1234567
+    r"(?:\+|00)(?=[1-9])\d{1,3}(?:[ .-]?\(0?\d{0,4}\))?(?:[ .-]?\d{1,5}){1,5}"  # +44 20 7946 0958, +49 (0)30 1234567
     r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]\d{3,4}"  # (555) 123-4567
     r"|\d{3}([.-])\d{3,4}\1\d{4}"  # 555-123-4567, 555.123.4567 (one separator: not "1000 2000 3000")
     r"|0\d{1,4}(?:(?: ?/ ?|[ -])\d{2,8}){1,4}"  # national with trunk 0: 030-98765432, 07700 900123, 06 12 34 56 78
-    r")(?![\w-]|[.,]\d)"
+    r")(?![\w-]|[.,:]\d)"  # not followed by a time's ":30"
 )
 _STREET_TYPES = (r"Street|St\.?|Avenue|Ave\.?|Road|Rd\.?|Boulevard|Blvd\.?|Lane|Ln\.?|Drive|Dr\.?|Court|Ct\.?"
-                 r"|Way|Place|Pl\.?|Terrace|Parkway|Pkwy\.?|Close|Crescent|Gardens|Square|Highway|Hwy\.?|Loop|Row")
+                 r"|Way|Place|Pl\.?|Terrace|Parkway|Pkwy\.?|Close|Crescent|Gardens|Square|Plaza|Highway|Hwy\.?|Loop|Row")
 _ADDRESS = re.compile(
     r"\b(?:\d{1,5}[A-Za-z]?,? (?:[NSEW]\.? |North |South |East |West )?(?:[A-Z][a-z]+ ){1,3}(?:" + _STREET_TYPES +
     r")(?!\w| of\b)"  # 221B Baker Street, 1600 Pennsylvania Avenue (not "3 Little Pigs Way of ...")
-    r"|\d{1,4},? (?:rue|avenue|boulevard|place|chemin|allée|quai) (?:de la |de l'|du |des |de |d')?[A-ZÉ][\w-]+"  # 12 rue de la Paix
+    r"|\d{1,4},? (?:[Rr]ue|[Aa]venue|[Bb]oulevard|[Pp]lace|[Cc]hemin|[Aa]llée|[Qq]uai) (?:de la |de l'|du |des |de |d')?[A-ZÉ][\w-]+"  # 12 rue de la Paix
     r"|(?:[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|str\.|weg|platz|allee|gasse|ring|damm|ufer)"
     r"|[A-ZÄÖÜ][a-zäöüß]+ (?:Straße|Str\.|Weg|Platz|Allee|Gasse|Ring|Damm)"
     r"|(?:Am|An der|Auf der|Auf dem|Zum|Zur) [A-ZÄÖÜ][a-zäöüß]+"  # Am Rosengarten 12
@@ -160,12 +160,16 @@ def iban_ok(text: str) -> bool:
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
+_DATE_START = re.compile(r"0\d[ /-][0-3]\d[ /-](?:19|20)\d\d\b")  # 05/17/2024 10, 01 02 2023 12 00
+
+
 def _is_phone(text: str) -> bool:
     digits = _digits(text)
     if text.startswith("+") or re.match(r"00[1-9]", text):
         return 8 <= len(digits) <= 15
-    if text.startswith("0"):  # national: an ISBN ends in a one-digit group, a phone does not
-        return 9 <= len(digits) <= 12 and len(re.split(r"[ /-]+", text)[-1]) >= 2
+    if text.startswith("0"):  # national: an ISBN ends in a one-digit group, a phone does not; nor is it a date
+        return (9 <= len(digits) <= 12 and len(re.split(r"[ /-]+", text)[-1]) >= 2
+                and not _DATE_START.match(text))
     return 10 <= len(digits) <= 11
 
 
