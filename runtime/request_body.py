@@ -100,9 +100,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 async def read_json(request: Request, limit: int, timeout_s: float) -> dict[str, Any]:
     """The body as a JSON object: at most ``limit`` bytes, received within ``timeout_s`` seconds."""
     try:
-        async with asyncio.timeout(timeout_s):
-            body = await _read_bytes(request, limit)
-    except TimeoutError:
+        body = await asyncio.wait_for(_read_bytes(request, limit), timeout_s)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
         raise ApiError(408, f"request body not received within {timeout_s:g} s; send the whole body at once",
                        kind="request_timeout", headers={"Connection": "close"}) from None
     except ClientDisconnect:
