@@ -6,7 +6,12 @@ import ipaddress
 from pathlib import Path
 
 import click
-from slmforge.runtime.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT, DEFAULT_QUEUE
+from slmforge.runtime.server import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_TOKENS_LIMIT,
+    DEFAULT_QUEUE,
+)
 from slmforge.runtime.telemetry import DEFAULT_MAX_DAYS, DEFAULT_MAX_ROWS
 
 
@@ -46,6 +51,8 @@ def _is_loopback(host: str) -> bool:
               help="Requests that may wait behind the one generating; more are refused with 429.")
 @click.option("--max-tokens-limit", type=click.IntRange(1), default=DEFAULT_MAX_TOKENS_LIMIT, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=DEFAULT_MAX_BODY_BYTES, show_default=True)
+@click.option("--body-timeout", type=click.FloatRange(0.1), default=DEFAULT_BODY_TIMEOUT_S, show_default=True,
+              help="Seconds a client has to send a request body; slower ones get 408 and are disconnected.")
 @click.option("--no-cache", is_flag=True, help="Do not answer repeated questions from the answer cache.")
 @click.option("--cache-similarity", type=click.FloatRange(0.5, 1.0), default=0.92, show_default=True,
               help="Cosine above which a differently worded question counts as a repeat.")
@@ -58,7 +65,7 @@ def _is_loopback(host: str) -> bool:
 @click.option("--k", type=click.IntRange(0, 32), default=4, show_default=True, help="Passages retrieved per question.")
 def serve(bundle: Path, host: str, port: int, api_key: str | None, log_text: bool, escalate_url: str | None,
           escalate_key: str | None, escalate_model: str | None, queue: int, max_tokens_limit: int,
-          max_body_bytes: int, no_cache: bool, cache_similarity: float, telemetry_file: Path | None,
+          max_body_bytes: int, body_timeout: float, no_cache: bool, cache_similarity: float, telemetry_file: Path | None,
           retention_rows: int, retention_days: float, threads: int | None, n_ctx: int | None, k: int) -> None:
     """Serve BUNDLE over an OpenAI-compatible API (chat, streaming, embeddings) with cited answers,
     and a chat page with sources and a status page in the browser (the printed URL)."""
@@ -82,7 +89,7 @@ def serve(bundle: Path, host: str, port: int, api_key: str | None, log_text: boo
         default_k=k,
     )
     config = ServerConfig(api_key=api_key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
-                          queue=queue)
+                          queue=queue, body_timeout_s=body_timeout)
     if not _is_loopback(host) and not api_key:
         click.echo(f"warning: serving on {host} without --api-key; anyone on the network can use this model",
                    err=True)

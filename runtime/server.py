@@ -5,7 +5,10 @@ chunk format ending with ``data: [DONE]``), ``POST /v1/embeddings``, ``GET /v1/m
 ``POST /v1/feedback``, ``GET /health``. Answers carry their sources in a ``citations``
 field. Errors use OpenAI's ``{"error": {...}}`` shape so clients report them cleanly.
 The model sits behind a bounded queue (``server_gate``): overload is answered at once
-with 429/503 and ``Retry-After``, never by waiting forever.
+with 429/503 and ``Retry-After``, never by waiting forever. Request bodies are untrusted
+(``request_body``): every bad one is a 4xx, a body not sent within ``body_timeout_s`` is a
+408, a client that leaves is a 499 in telemetry without a traceback. SIGTERM ends running
+streams at once with a final chunk and ``data: [DONE]``, then uvicorn drains.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from slmforge.runtime.api_error import ApiError, ClientGone
+from slmforge.runtime.request_body import read_json
 from slmforge.runtime.server_gate import GenerationGate, Overloaded
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmforge.errors import UserError
 
@@ -36,7 +42,10 @@ log = logging.getLogger("slmforge.serve")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_TOKENS_LIMIT = 1024
 DEFAULT_QUEUE = 4
+DEFAULT_BODY_TIMEOUT_S = 10.0
 MAX_EMBED_INPUTS = 256
+MAX_MESSAGES = 256
+MAX_TOKENS_FIELD = 1 << 20  # the config's limit decides; this only keeps absurd numbers out of messages
 
 
 @dataclass
@@ -45,19 +54,7 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
     queue: int = DEFAULT_QUEUE
-
-
-class ApiError(Exception):
-    """An HTTP error in OpenAI's error shape."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.headers = status, message, kind, param, headers or {}
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
 # -- request bodies ----------------------------------------------------------------------------------
@@ -79,14 +76,14 @@ class ChatMessage(_Body):
 
 class ChatRequest(_Body):
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_FIELD)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_FIELD)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(1 << 63), lt=1 << 64)  # llama.cpp keeps 32 bits of it
     repeat_penalty: float | None = Field(default=None, ge=1, le=2)  # llama.cpp's extension; bundle default 1.1
     n: int = Field(default=1, ge=1, le=1)
     rag: bool = True  # slmforge extension: retrieval on by default
@@ -118,7 +115,7 @@ def _validation_message(exc: ValidationError) -> str:
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-def _check_key(request: Request, api_key: str | None) -> None:
+def check_key(request: Request, api_key: str | None) -> None:
     if not api_key:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -126,30 +123,6 @@ def _check_key(request: Request, api_key: str | None) -> None:
         raise ApiError(401, "missing or wrong API key; send 'Authorization: Bearer <key>' with the key given to "
                             "slmforge serve --api-key", kind="authentication_error",
                        headers={"WWW-Authenticate": "Bearer"})
-
-
-async def _read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, refusing it as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body is {declared} bytes; this server accepts at most {limit}",
-                       kind="request_too_large")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise ApiError(413, f"request body is over {limit} bytes, the most this server accepts",
-                           kind="request_too_large")
-    try:
-        obj = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "request body is not UTF-8 text; send JSON") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
-            from None
-    if not isinstance(obj, dict):
-        raise ApiError(400, f"request body must be a JSON object, not {type(obj).__name__}")
-    return obj
 
 
 def _parse(model: type[BaseModel], obj: dict[str, Any]) -> Any:
@@ -181,6 +154,17 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
     model_gate = GenerationGate(config.queue, name="model")
     embed_gate = GenerationGate(config.queue, name="embedder")
     started = time.time()
+    streams: set[Any] = set()  # stop() of every running stream, for SIGTERM
+
+    def begin_shutdown(grace_s: float) -> None:
+        """SIGTERM (from uvicorn's signal handler): refuse new work, end running streams with a final event now,
+        and stop plain answers (503) just before uvicorn would cancel them after ``grace_s``."""
+        model_gate.draining = embed_gate.draining = True
+        for stop in list(streams):
+            stop()
+        timer = threading.Timer(max(0.0, grace_s - 2), service.stopping.set)
+        timer.daemon = True
+        timer.start()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -194,6 +178,10 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
     app = FastAPI(title="slmforge", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service, app.state.config = service, config
     app.state.gates = {"model": model_gate, "embedder": embed_gate}
+    app.state.begin_shutdown = begin_shutdown
+
+    async def read_body(request: Request, model: type[BaseModel]) -> Any:
+        return _parse(model, await read_json(request, config.max_body_bytes, config.body_timeout_s))
 
     def record(route: str, status: int, attrs: dict[str, Any] | None = None, error: str | None = None,
                started_at: float | None = None) -> None:
@@ -212,6 +200,17 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
         record(request.url.path, exc.status, error=exc.kind)
         return exc.response()
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405 of routing
+        return ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}",
+                        headers=dict(exc.headers or {})).response()
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> JSONResponse:
+        log.info("client left before sending the whole request on %s", request.url.path)
+        record(request.url.path, 499, error="client_disconnected")
+        return ApiError(499, "client closed the connection", kind="client_disconnected").response()
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s", request.url.path)
@@ -227,7 +226,7 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        _check_key(request, config.api_key)
+        check_key(request, config.api_key)
         created = int(started)
         return {"object": "list", "data": [
             {"id": service.model_name, "object": "model", "created": created, "owned_by": "slmforge"},
@@ -237,8 +236,8 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         t0 = time.perf_counter()
-        _check_key(request, config.api_key)
-        body: ChatRequest = _parse(ChatRequest, await _read_json(request, config.max_body_bytes))
+        check_key(request, config.api_key)
+        body: ChatRequest = await read_body(request, ChatRequest)
         max_tokens = body.max_completion_tokens or body.max_tokens or service.default_max_tokens
         if max_tokens > config.max_tokens_limit:
             raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {config.max_tokens_limit}",
@@ -290,6 +289,8 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
         def work() -> None:
             job_start = time.perf_counter()
             try:
+                if cancel.is_set():  # stopped (shutdown) while it waited in the queue
+                    return
                 stream = service.ask_stream(question, history, params, rid, cancel)
                 for delta in stream:
                     put("delta", delta)
@@ -300,13 +301,29 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
             finally:
                 model_gate.release(time.perf_counter() - job_start)
 
+        def stop() -> None:  # SIGTERM; runs in the signal handler on the loop's thread
+            cancel.set()
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(events.put_nowait, ("stop", None))
+
         try:
             model_gate.submit(work)  # submitted now, so the slot is released even if the client never reads
         except RuntimeError:  # the executor is shut down: the server is draining
             model_gate.release()
             raise ApiError(503, "the server is shutting down", kind="service_unavailable",
                            headers={"Retry-After": "5"}) from None
-        first = await events.get()  # wait for the first token: a prompt that cannot run is a plain HTTP error
+        streams.add(stop)
+        try:
+            first = await events.get()  # wait for the first token: a prompt that cannot run is a plain HTTP error
+        except BaseException:
+            streams.discard(stop)
+            cancel.set()
+            raise
+        if first[0] in ("error", "stop"):
+            streams.discard(stop)
+        if first[0] == "stop":
+            raise ApiError(503, "the server is shutting down; ask again later", kind="service_unavailable",
+                           headers={"Retry-After": "5"})
         if first[0] == "error":
             cancel.set()
             if isinstance(first[1], UserError):
@@ -335,6 +352,10 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
                         if include_usage:
                             yield _sse({**base, "created": int(time.time()), "choices": [], "usage": item.usage()})
                         record("/v1/chat/completions", 200, item.attrs, started_at=t0)
+                    elif kind == "stop":  # SIGTERM: the answer so far stands, cut like a length limit
+                        yield chunk({}, "length", slmforge={"stopped": "server_shutdown"})
+                        record("/v1/chat/completions", 200, {"gen_ai.response.id": rid}, started_at=t0,
+                               error="server_shutdown")
                     else:
                         message = str(item) if isinstance(item, UserError) else f"internal error ({item!r})"
                         yield _sse({"error": {"message": message, "type": "server_error"}})
@@ -344,6 +365,7 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
                     yield "data: [DONE]\n\n"
                     return
             finally:
+                streams.discard(stop)
                 if not done:  # the client went away mid-stream: stop generating for nobody
                     cancel.set()
                     record("/v1/chat/completions", 499, {"gen_ai.response.id": rid}, started_at=t0,
@@ -355,8 +377,8 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict[str, Any]:
         t0 = time.perf_counter()
-        _check_key(request, config.api_key)
-        body: EmbeddingRequest = _parse(EmbeddingRequest, await _read_json(request, config.max_body_bytes))
+        check_key(request, config.api_key)
+        body: EmbeddingRequest = await read_body(request, EmbeddingRequest)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         if len(texts) > MAX_EMBED_INPUTS:
             raise ApiError(400, f"{len(texts)} inputs; send at most {MAX_EMBED_INPUTS} per request", param="input")
@@ -381,8 +403,8 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
-        _check_key(request, config.api_key)
-        body: FeedbackRequest = _parse(FeedbackRequest, await _read_json(request, config.max_body_bytes))
+        check_key(request, config.api_key)
+        body: FeedbackRequest = await read_body(request, FeedbackRequest)
         rid = body.request_id or body.id
         if not rid:
             raise ApiError(400, "give the 'request_id' (the 'id' of the chat completion you rate)", param="request_id")
@@ -408,10 +430,19 @@ def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, graceful
 
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            begin = getattr(app.state, "begin_shutdown", None)
+            if begin is not None and not self.should_exit:
+                begin(graceful_timeout_s)  # streams end now with a final event, not cut after the grace period
+            super().handle_exit(sig, frame)
+
+    # limit_concurrency counts open connections too: room for slow clients (cut by the body timeout)
+    # next to the real ones, beyond which uvicorn answers 503 at once
     uv_config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                               timeout_graceful_shutdown=graceful_timeout_s, limit_concurrency=256)
+                               timeout_graceful_shutdown=graceful_timeout_s, limit_concurrency=1024)
     previous = signal.signal(signal.SIGTERM, _exit_quietly)
     try:
-        uvicorn.Server(uv_config).run()
+        Server(uv_config).run()
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -25,8 +25,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from slmforge.runtime.api_error import ApiError
 from slmforge.runtime.index import RagIndex
-from slmforge.runtime.server import ApiError, _check_key
+from slmforge.runtime.server import check_key
 from slmforge.runtime.telemetry_report import answer_series, build_report
 
 ASSETS: dict[str, str] = {
@@ -98,7 +99,7 @@ def add_page_routes(app: FastAPI, service: Any, api_key: str | None) -> None:
 
     @app.get("/v1/passages/{chunk_id}")
     async def passage(request: Request, chunk_id: str) -> dict[str, Any]:
-        _check_key(request, api_key)
+        check_key(request, api_key)
         if not chunk_id.isdigit() or len(chunk_id) > 18:
             raise ApiError(400, f"chunk id '{chunk_id[:40]}' is not a number; use a citation's 'chunk_id'",
                            param="chunk_id")
@@ -110,6 +111,6 @@ def add_page_routes(app: FastAPI, service: Any, api_key: str | None) -> None:
 
     @app.get("/v1/status")
     async def status(request: Request) -> dict[str, Any]:
-        _check_key(request, api_key)
+        check_key(request, api_key)
         return await asyncio.get_running_loop().run_in_executor(None, status_snapshot, service)
 

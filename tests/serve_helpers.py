@@ -67,6 +67,19 @@ def build_real_bundle(out: Path) -> Path:
     return out
 
 
+def build_tiny_bundle(out: Path) -> Path:
+    """The real SmolLM2-135M GGUF with the tiny word-level embedder over four shipped documents: seconds to build."""
+    from slmforge.runtime.bundle_build import build_bundle
+
+    from tests.runtime_fixtures import build_tiny_embedder, make_export_dir, real_gguf, small_corpus
+
+    docs = small_corpus(CORPUS, out.parent / f"{out.name}-docs")
+    embedder = build_tiny_embedder(out.parent / f"{out.name}-embedder", [docs])
+    export = make_export_dir(out.parent / f"{out.name}-export", real_gguf(), embedder)
+    build_bundle(export, [docs], out, progress=False)
+    return out
+
+
 _BUILT: dict[str, Path] = {}
 
 
@@ -80,6 +93,13 @@ def real_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _BUILT["bundle"]
 
 
+def tiny_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle, built once per session."""
+    if "tiny" not in _BUILT:
+        _BUILT["tiny"] = build_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle") / "tiny")
+    return _BUILT["tiny"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,6 +111,7 @@ class Served:
     url: str
     model: str
     proc: subprocess.Popen
+    log: Path | None = None  # the server's stderr
 
 
 @contextlib.contextmanager
@@ -114,7 +135,7 @@ def serving(bundle: Path, *args: str, ready_timeout_s: float = 240) -> Iterator[
             if time.monotonic() > deadline:
                 raise AssertionError(f"server not ready after {ready_timeout_s} s: {log.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield Served(url=url, model=health.json()["model"], proc=proc)
+        yield Served(url=url, model=health.json()["model"], proc=proc, log=log)
     finally:
         if proc.poll() is None:
             proc.terminate()

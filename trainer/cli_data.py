@@ -10,7 +10,20 @@ from slmforge.output import emit_json, format_table, json_option
 
 _DOCS = click.argument("docs", nargs=-1, required=True, type=click.Path(path_type=Path))
 _SEED = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split / sampling.")
-_NO_REDACT = click.option("--no-redact", is_flag=True, help="Keep e-mails, phone numbers, IPs and secrets as they are.")
+_NO_REDACT = click.option("--no-redact", is_flag=True, help="Redact nothing (same as --redact none).")
+
+
+def _classes(ctx: click.Context, param: click.Parameter, value: str) -> frozenset[str]:
+    from slmforge.trainer.pii import parse_classes
+
+    return parse_classes(value)
+
+
+_REDACT = click.option(
+    "--redact", default="default", show_default=True, callback=_classes,
+    help="PII classes to replace by placeholders, comma-separated: email, phone, ip, secret, card, iban, ssn, "
+         "address; 'default' is all but ip (addresses in technical text are content), 'all' adds ip; "
+         "e.g. --redact default,ip for server logs.")
 
 
 @click.group()
@@ -30,10 +43,11 @@ def data() -> None:
               help="Largest piece: paragraphs are packed up to this many characters (~4 chars per token).")
 @click.option("--near-dup-threshold", type=click.FloatRange(0.5, 1.0), default=0.8, show_default=True,
               help="MinHash Jaccard similarity at or above which a piece is a near-duplicate.")
+@_REDACT
 @_NO_REDACT
 @json_option
 def prepare(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, min_chars: int, max_chars: int,
-            near_dup_threshold: float, no_redact: bool, as_json: bool) -> None:
+            near_dup_threshold: float, redact: frozenset[str], no_redact: bool, as_json: bool) -> None:
     """Clean, redact, deduplicate and split DOCS (files or folders of .txt .md .rst .html .jsonl).
 
     Writes OUT/train.jsonl and OUT/heldout.jsonl (one {"text", "source", "doc_id"} per line),
@@ -45,7 +59,7 @@ def prepare(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: in
     from slmforge.trainer.prepare import prepare as run_prepare
 
     opts = PrepareOptions(heldout_fraction=heldout_fraction, seed=seed, min_chars=min_chars, max_chars=max_chars,
-                          redact_pii=not no_redact, near_dup_threshold=near_dup_threshold)
+                          redact=frozenset() if no_redact else redact, near_dup_threshold=near_dup_threshold)
     stats = run_prepare(list(docs), out, opts)
     if as_json:
         emit_json(stats)
@@ -58,7 +72,7 @@ def prepare(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: in
         ("near-empty dropped", stats["dropped_near_empty"]),
         ("boilerplate lines", stats["boilerplate_lines_removed"]),
         ("duplicates removed", f"{stats['exact_duplicates']} exact, {stats['near_duplicates']} near"),
-        ("PII redacted", pii if not no_redact else "off (--no-redact)"),
+        ("PII redacted", pii or "off"),
         ("train", f"{stats['train_pieces']} pieces, {stats['train_documents']} documents, {stats['train_chars']} chars"),
         ("held-out", (f"{stats['heldout_pieces']} pieces, {stats['heldout_documents']} documents "
                      f"({stats['split']})")),
@@ -85,10 +99,11 @@ def prepare(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: in
                    "strictly; the pairs' origin is 'teacher').")
 @click.option("--teacher-limit", type=click.IntRange(min=1), default=100, show_default=True,
               help="Passages the teacher reads (seeded choice; each costs one generation).")
+@_REDACT
 @_NO_REDACT
 @json_option
 def qa(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, max_answer_chars: int, generate: str,
-       teacher_gguf: Path | None, teacher_limit: int, no_redact: bool, as_json: bool) -> None:
+       teacher_gguf: Path | None, teacher_limit: int, redact: frozenset[str], no_redact: bool, as_json: bool) -> None:
     """Build chat SFT examples from DOCS: FAQ sections, QA JSONL files and generated pairs.
 
     A section whose heading ends in '?' (reST heading, Markdown '## Question?', HTML <h2>)
@@ -105,7 +120,7 @@ def qa(docs: tuple[Path, ...], out: Path, heldout_fraction: float, seed: int, ma
     from slmforge.trainer.qa import GenerateOptions, build_qa
 
     stats = build_qa(list(docs), out, heldout_fraction=heldout_fraction, seed=seed,
-                     max_answer_chars=max_answer_chars or None, redact_pii=not no_redact,
+                     max_answer_chars=max_answer_chars or None, redact_classes=frozenset() if no_redact else redact,
                      generate=GenerateOptions(mode=generate, teacher=teacher_gguf, teacher_limit=teacher_limit))
     if as_json:
         emit_json(stats)

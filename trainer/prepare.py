@@ -19,7 +19,7 @@ from typing import Any
 from slmforge.trainer.data_report import plot_dataset
 from slmforge.trainer.dedup import deduplicate
 from slmforge.trainer.ingest import Document, collect_files, read_documents
-from slmforge.trainer.pii import redact
+from slmforge.trainer.pii import CLASSES, DEFAULT_CLASSES, redact
 from slmforge.trainer.textclean import looks_like_text, remove_boilerplate, repeated_lines, to_plain_text
 from tqdm import tqdm
 
@@ -34,7 +34,7 @@ class PrepareOptions:
     seed: int = 0
     min_chars: int = 100
     max_chars: int = 2000
-    redact_pii: bool = True
+    redact: frozenset[str] = DEFAULT_CLASSES  # PII classes to replace (trainer/pii.py); empty = keep all
     near_dup_threshold: float = 0.8
     plot: bool = True
 
@@ -120,8 +120,8 @@ def build_pieces(docs: list[Document], opts: PrepareOptions) -> tuple[list[Piece
     for doc, text in zip(docs, tqdm(texts, desc="cut+redact", unit="doc", leave=False)):
         for raw in split_pieces(text, opts.max_chars):
             total += 1
-            if opts.redact_pii:
-                raw, found = redact(raw)
+            if opts.redact:
+                raw, found = redact(raw, opts.redact)
                 pii.update(found)
             if not looks_like_text(raw, opts.min_chars):
                 too_short += 1
@@ -135,7 +135,7 @@ def build_pieces(docs: list[Document], opts: PrepareOptions) -> tuple[list[Piece
         "boilerplate_lines_removed": boilerplate_lines,
         "exact_duplicates": dedup.exact,
         "near_duplicates": dedup.near,
-        "pii": {kind: pii.get(kind, 0) for kind in ("EMAIL", "PHONE", "IP", "SECRET")},
+        "pii": {c.upper(): pii.get(c.upper(), 0) for c in CLASSES if c in opts.redact},
         "pieces_kept": len(kept),
     }
     return kept, counts
@@ -187,7 +187,7 @@ def prepare(paths: list[str | Path], out: str | Path, opts: PrepareOptions) -> d
         "heldout_doc_ids": sorted({p.doc_id for p in held}),
     }
     params = {"heldout_fraction": opts.heldout_fraction, "min_chars": opts.min_chars, "max_chars": opts.max_chars,
-              "redact_pii": opts.redact_pii, "near_dup_threshold": opts.near_dup_threshold}
+              "redact": sorted(opts.redact), "near_dup_threshold": opts.near_dup_threshold}
     inputs = [input_ref("documents", p) for p in paths]
     with atomic_dir(out) as tmp:
         atomic_write_text(tmp / "train.jsonl", _jsonl(train))

@@ -19,7 +19,7 @@ from typing import Any
 from slmforge.trainer.dedup import deduplicate
 from slmforge.trainer.faq import QAPair, extract_pairs
 from slmforge.trainer.ingest import InputFile, collect_files, read_text
-from slmforge.trainer.pii import redact
+from slmforge.trainer.pii import CLASSES, DEFAULT_CLASSES, redact
 from slmforge.trainer.qa_generate import AnswerBounds, generate_pairs, passages
 from tqdm import tqdm
 
@@ -116,7 +116,7 @@ def _question_key(question: str) -> str:
 
 
 def _filter_generated(kept: list[QAPair], generated: list[QAPair], opts: GenerateOptions,
-                      redact_pii: bool, pii: Counter[str]) -> tuple[list[QAPair], dict[str, int]]:
+                      redact_classes: frozenset[str], pii: Counter[str]) -> tuple[list[QAPair], dict[str, int]]:
     """Generated pairs whose question is new: exact and near duplicates (of a FAQ question or an earlier
     generated one) dropped; answers redacted like the FAQ's."""
     questions = [_question_key(p.question) for p in kept + generated]
@@ -127,8 +127,8 @@ def _filter_generated(kept: list[QAPair], generated: list[QAPair], opts: Generat
         if i not in keep:
             continue
         answer = p.answer
-        if redact_pii:
-            answer, found = redact(answer)
+        if redact_classes:
+            answer, found = redact(answer, redact_classes)
             pii.update(found)
         out.append(QAPair(p.question, answer, p.source, p.section, p.origin))
     return out, {"found": len(generated), "duplicate_questions": len(generated) - len(out)}
@@ -184,7 +184,7 @@ def _samples(pairs: list[QAPair], seed: int, per_origin: int = SAMPLES_PER_ORIGI
 
 
 def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float = 0.1, seed: int = 0,
-             max_answer_chars: int | None = 1500, redact_pii: bool = True,
+             max_answer_chars: int | None = 1500, redact_classes: frozenset[str] = DEFAULT_CLASSES,
              generate: GenerateOptions | None = None) -> dict[str, Any]:
     """Collect, clean, deduplicate and split QA pairs; write qa.jsonl, qa.heldout.jsonl, qa.slmforge.json.
 
@@ -221,22 +221,22 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
         if key in unique:
             continue
         answer = p.answer
-        if redact_pii:
-            answer, found = redact(answer)
+        if redact_classes:
+            answer, found = redact(answer, redact_classes)
             pii.update(found)
         unique[key] = QAPair(p.question, answer, p.source, p.section, p.origin)
     kept = list(unique.values())
     held = split_heldout(len(kept), heldout_fraction, seed)
     train = [p for i, p in enumerate(kept) if i not in held]
     heldout = [p for i, p in enumerate(kept) if i in held]
-    new, gen_counts = _filter_generated(kept, generated, gen, redact_pii, pii)
+    new, gen_counts = _filter_generated(kept, generated, gen, redact_classes, pii)
     gen_train, gen_held, gen_split = _split_generated(new, heldout_fraction, seed)
     train, heldout = train + gen_train, heldout + gen_held
     every = kept + new
     by_file: Counter[str] = Counter(p.source for p in every if p.source)
     stats = {"files_read": len(files), "pairs_found": len(pairs), "duplicate_questions": len(pairs) - len(kept),
              "pairs": len(every), "train_pairs": len(train), "heldout_pairs": len(heldout),
-             "pii": {kind: pii.get(kind, 0) for kind in ("EMAIL", "PHONE", "IP", "SECRET")},
+             "pii": {c.upper(): pii.get(c.upper(), 0) for c in CLASSES if c in redact_classes},
              "pairs_by_file": {k: v for k, v in sorted(by_file.items()) if v},
              "origins_by_file": {src: dict(sorted(Counter(p.origin or "unknown" for p in every
                                                           if p.source == src).items()))
@@ -258,7 +258,7 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
         heldout_path.unlink(missing_ok=True)
     manifest = ArtifactManifest(kind="dataset", stage="qa", inputs=inputs, seed=seed,
                                 params={"heldout_fraction": heldout_fraction, "max_answer_chars": max_answer_chars,
-                                        "redact_pii": redact_pii, "generate": gen.mode,
+                                        "redact": sorted(redact_classes), "generate": gen.mode,
                                         "teacher": str(gen.teacher) if gen.teacher else None,
                                         "teacher_limit": gen.teacher_limit,
                                         "near_dup_threshold": gen.near_dup_threshold},
