@@ -216,7 +216,10 @@ def unpack_bundle_tar(source: Path, target: Path, wanted: str) -> Path:
             with atomic_dir(target) as tmp:
                 _write(tar, planned, tmp, budget, name)
     except tarfile.TarError as exc:
-        raise UserError(f"{source}: not a readable tar bundle ({exc}); re-copy it") from None
+        # tarfile lists every compression it tried, one per line: the user needs one line
+        detail = ("not a tar archive (plain, gzip, bzip2 or xz)" if "could not be opened" in str(exc)
+                  else " ".join(str(exc).split()))
+        raise UserError(f"{source}: not a readable tar bundle ({detail}); re-copy it") from None
     except (OSError, EOFError) as exc:
         raise UserError(f"{source}: could not unpack ({exc}); re-copy it or free disk space") from None
     return target.joinpath(*top)

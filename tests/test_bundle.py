@@ -121,6 +121,15 @@ def test_malicious_tar_is_refused(tmp_path: Path, monkeypatch, kind: str):
     assert not any((tmp_path / "cache").rglob("*")) if (tmp_path / "cache").exists() else True
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"x" * 2000])
+def test_a_file_that_is_no_tar_is_one_line(tmp_path: Path, content: bytes):
+    path = tmp_path / "bundle.tar"
+    path.write_bytes(content)
+    proc = run_cli("run", str(path), "hi", env={"SLMFORGE_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "not a readable tar bundle (not a tar archive" in proc.stderr
+
+
 def test_index_status_and_remove_cli(built, tmp_path: Path):
     bundle = copy_bundle(built[0], tmp_path / "b")
     proc = run_cli("index", "status", str(bundle), "--json")
