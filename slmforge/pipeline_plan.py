@@ -441,7 +441,7 @@ class PlanBuilder:
         s = self.recipe.stages
         if not (profiles and s.bundle.enabled and (s.rag.enabled or s.eval.enabled)):
             return None
-        exp, bundle = self.path("baseline/export"), self.path("baseline/bundle")
+        exp, bundle = self.path("export/base-model"), self.path("bundles/base-model")  # eval names it base-model
         prepared = ["prepare"] if heldout_args else []
         self.add("export:baseline", ["export", "--model", str(base), "--profile", next(iter(profiles.values())),
                                      "--out", str(exp), *heldout_args], [base, *([self.path("data")] if prepared else [])],

@@ -191,8 +191,8 @@ def test_shipped_demo_recipes_plan_every_stage(recipe: str, tmp_path: Path):
     plan = json.loads(run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"), "--json").stdout)
     command = {s["name"]: s["command"] for s in plan["stages"]}
     # SFT learns from the runtime's own prompt; adapted bundles reuse the baseline's index; eval judges against it
-    assert "rag/sft.jsonl" in command["sft"] and "baseline/bundle" in command["rag"]
-    assert all("--index-from" in c and "baseline/bundle" in c for n, c in command.items() if n.startswith("bundle:")
+    assert "rag/sft.jsonl" in command["sft"] and "bundles/base-model" in command["rag"]
+    assert all("--index-from" in c and "bundles/base-model" in c for n, c in command.items() if n.startswith("bundle:")
                and n != "bundle:baseline")
     assert "bundles/raspberry-pi-5-8gb" in command["eval"] and "--baseline" in command["eval"]
     bench = next(s["command"] for s in plan["stages"] if s["name"] == "bench")
