@@ -50,6 +50,9 @@ class ArtifactManifest(BaseModel):
         default_factory=list, description="ancestors, oldest first: {stage, path, sha256}"
     )
     duration_s: float | None = None
+    summary: str | None = Field(
+        default=None, description="one line a person reads first (the pipeline table shows it): what the stage made or measured"
+    )
 
     def write(self, directory: str | Path) -> Path:
         path = Path(directory) / MANIFEST_NAME
@@ -141,6 +144,7 @@ class ExportManifest(BaseModel):
     embedder: EmbedderInfo | None = None
     tool_versions: dict[str, str] = Field(default_factory=dict)
     duration_s: float | None = None
+    summary: str | None = Field(default=None, description="one line: the files chosen per profile and their gate")
 
 
 # ---------------------------------------------------------------------------
