@@ -140,25 +140,3 @@ def to_kto(fmt: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
     return out
 
-
-def text_dataset_files(data: str | Path) -> tuple[Path, Path | None]:
-    """(train file, held-out file or None) for a dataset dir or a single JSONL file of text."""
-    p = Path(data)
-    if p.is_dir():
-        train = p / "train.jsonl"
-        if not train.is_file():
-            raise UserError(f"--data {p}: no train.jsonl in this directory; make one with {MAKE_HINT['text']}")
-        heldout = p / "heldout.jsonl"
-        return train, heldout if heldout.is_file() else None
-    if not p.is_file():
-        raise UserError(f"--data {p}: not found; pass a dataset dir from 'slmforge data prepare' or a .jsonl file")
-    return p, None
-
-
-def load_text_records(path: Path) -> list[str]:
-    """The non-empty texts of a {"text"} JSONL file (one format, line numbers in errors)."""
-    _, records = load_records(path, "pretrain")
-    texts = [r["text"] for r in records if r["text"].strip()]
-    if not texts:
-        raise UserError(f"{path}: every text is empty; nothing to train on")
-    return texts
