@@ -23,9 +23,11 @@ from typing import Any
 
 from slmforge.trainer.pii import CLASSES, DEFAULT_CLASSES, PLACEHOLDERS, redact
 
+from slmforge.assets import example_docs
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "pii_sample.jsonl"
-DOCS = REPO / "examples" / "python-docs" / "docs"
+DOCS = example_docs()
 
 
 def load_sample(path: Path = SAMPLE) -> list[dict[str, Any]]:
