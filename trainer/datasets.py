@@ -12,23 +12,10 @@ from typing import Any
 
 from slmforge.datafiles import iter_jsonl
 from slmforge.errors import UserError
+from slmforge.formats import FORMAT_FIELDS, FORMAT_NAMES, alpaca_prompt, detect_format
 
 # --------------------------------------------------------------------------- formats
 
-FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
-    "preference": ("prompt", "chosen", "rejected"),
-    "kto": ("prompt", "completion", "label"),
-    "messages": ("messages",),
-    "alpaca": ("instruction", "output"),
-    "text": ("text",),
-}
-FORMAT_NAMES = {
-    "preference": "preference pairs (prompt/chosen/rejected)",
-    "kto": "KTO data (prompt/completion/label)",
-    "messages": "chat SFT data (messages)",
-    "alpaca": "alpaca SFT data (instruction/input/output)",
-    "text": "raw text (text)",
-}
 # what each method reads; KTO also takes pairs (split into a desirable and an undesirable example)
 ACCEPTS: dict[str, tuple[str, ...]] = {
     "pretrain": ("text",),
@@ -46,14 +33,6 @@ MAKE_HINT = {
     "kto": "'slmforge data pairs --kto-out kto.jsonl'",
 }
 ROLES = {"system", "user", "assistant"}
-
-
-def detect_format(obj: dict[str, Any]) -> str | None:
-    """Which known format one JSONL object is in (by its fields), or None."""
-    for name, fields in FORMAT_FIELDS.items():
-        if all(f in obj for f in fields):
-            return name
-    return None
 
 
 def _check_str(path: Path, lineno: int, obj: dict[str, Any], key: str, allow_empty: bool = False) -> None:
@@ -124,10 +103,7 @@ def to_messages(fmt: str, record: dict[str, Any]) -> list[dict[str, str]]:
     """An SFT record as chat messages (alpaca: instruction + optional input → user turn)."""
     if fmt == "messages":
         return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
-    user = record["instruction"].strip()
-    if record.get("input", "").strip():
-        user += "\n\n" + record["input"].strip()
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+    return [{"role": "user", "content": alpaca_prompt(record)}, {"role": "assistant", "content": record["output"]}]
 
 
 def to_kto(fmt: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
