@@ -22,18 +22,22 @@ HELDOUT_FRACTION = 0.1  # share of a dataset's lines held out when it has no hel
 MAKE_DATASET = "'slmforge data prepare DOCS --out DIR'"
 
 
-def read_texts(path: str | Path) -> list[str]:
+def read_texts(path: str | Path, purpose: str = "measure perplexity on") -> list[str]:
     """The non-empty ``text`` of every line of a ``{"text"}`` JSONL file; no text at all is an error."""
     p = Path(path)
     texts: list[str] = []
+    records = 0
     for lineno, obj in iter_jsonl(p):
+        records += 1
         text = obj.get("text")
         if not isinstance(text, str):
             raise UserError(f"{p}:{lineno}: no \"text\" string field; perplexity needs {{\"text\": ...}} lines")
         if text.strip():
             texts.append(text)
+    if not records:
+        raise UserError(f"{p}: no records (the file is empty); nothing to {purpose}")
     if not texts:
-        raise UserError(f"{p}: no non-empty \"text\" lines; nothing to measure perplexity on")
+        raise UserError(f"{p}: no non-empty \"text\" lines; nothing to {purpose}")
     return texts
 
 
@@ -86,7 +90,7 @@ class TextSplit(NamedTuple):
 def split_heldout(data: str | Path, seed: int) -> TextSplit:
     """The dataset's own held-out file, else ``HELDOUT_FRACTION`` of its lines (seeded); CPT trains on the rest."""
     train_file, heldout_file = text_dataset_files(data)
-    train = read_texts(train_file)
+    train = read_texts(train_file, "train on")
     if heldout_file is not None:
         return TextSplit([train_file, heldout_file], train, read_texts(heldout_file), heldout_file.name)
     if len(train) < 2:
@@ -103,7 +107,7 @@ def train_and_heldout(data: str | Path) -> tuple[list[str], list[str]]:
     """(training texts, held-out texts) for pruning and distillation: a single JSONL file is both,
     a dataset dir without heldout.jsonl has none held out."""
     train_file, heldout_file = text_dataset_files(data)
-    train = read_texts(train_file)
+    train = read_texts(train_file, "train on")
     if Path(data).is_file():
         return train, train
     return train, read_texts(heldout_file) if heldout_file is not None else []
