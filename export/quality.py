@@ -8,7 +8,6 @@ distributions (source || exported) and top-1 agreement. The gate bound comes fro
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from slmforge.errors import UserError
+from slmforge.perplexity import perplexity, token_stream
+from slmforge.perplexity import token_windows as cut_windows
 from slmforge.profiles import QualityBounds
-
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 
 
 @dataclass
@@ -43,50 +42,20 @@ class QualityReport:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-# ---------------------------------------------------------------------------- held-out text
-
-
-def load_heldout_texts(path: str | Path) -> list[str]:
-    """Texts from a dataset dir (heldout.jsonl), a .jsonl file with "text", or text files/folders."""
-    path = Path(path)
-    if path.is_dir() and (path / "heldout.jsonl").is_file():
-        path = path / "heldout.jsonl"
-    if path.is_file() and path.suffix == ".jsonl":
-        texts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}:{number}: expected a JSON object with a \"text\" field") from None
-        return texts
-    if path.is_file():
-        return [path.read_text(encoding="utf-8", errors="replace")]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-        if files:
-            return [p.read_text(encoding="utf-8", errors="replace") for p in files]
-    raise UserError(f"{path}: no held-out text found (give a dataset folder, a .jsonl with \"text\", "
-                    f"or text files {', '.join(TEXT_SUFFIXES)})")
+# ---------------------------------------------------------------------------- token windows
 
 
 def token_windows(checkpoint: Path, texts: Iterable[str], window: int, max_tokens: int) -> list[list[int]]:
-    """The source tokenizer's ids for the texts, cut into windows of ``window`` tokens."""
+    """The source tokenizer's ids for the texts (each followed by EOS, as the trainer and bench measure),
+    cut into windows of ``window`` tokens."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    stream: list[int] = []
-    for text in texts:
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if len(stream) >= max_tokens:
-            break
-    stream = stream[:max_tokens]
-    windows = [stream[i:i + window] for i in range(0, len(stream), window)]
-    windows = [w for w in windows if len(w) >= 2]
-    if not windows:
-        raise UserError("held-out text is too short to measure perplexity (need at least 2 tokens)")
-    return windows
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return cut_windows(token_stream(tokenize, texts, tokenizer.eos_token_id, max_tokens), window)
 
 
 # ---------------------------------------------------------------------------- log-probabilities
@@ -99,8 +68,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _perplexity(logprobs: list[np.ndarray], windows: list[list[int]]) -> float:
-    nll = [-lp[np.arange(len(w) - 1), w[1:]].astype(np.float64) for lp, w in zip(logprobs, windows)]
-    return float(np.exp(np.concatenate(nll).mean()))
+    return perplexity(-lp[np.arange(len(w) - 1), w[1:]] for lp, w in zip(logprobs, windows))
 
 
 def source_reference(checkpoint: Path, windows: list[list[int]], progress: bool = True) -> Reference:
@@ -119,46 +87,19 @@ def source_reference(checkpoint: Path, windows: list[list[int]], progress: bool 
     return Reference(windows, logprobs, _perplexity(logprobs, windows))
 
 
-def gguf_logits(path: Path, windows: list[list[int]], threads: int | None = None,
-                progress: bool = True) -> Iterable[np.ndarray]:
-    """Logits of every position through llama.cpp (llama-cpp-python, logits_all)."""
-    from slmforge.runtime.llama_probe import ensure_llama_cpp_runs
+def artifact_logits(path: Path, windows: list[list[int]], threads: int | None = None,
+                    progress: bool = True) -> Iterable[np.ndarray]:
+    """Logits of every position of each window, through the runtime backend that will run the artifact
+    (a GGUF file: llama.cpp; an ONNX folder: onnxruntime-genai)."""
+    from slmforge.runtime.backend import load_backend
     from tqdm import tqdm
 
-    ensure_llama_cpp_runs(path)  # the quality gate is the export's first decode: a crash is one line
-    from llama_cpp import Llama
-
-    size = max(len(w) for w in windows)
-    try:
-        llm = Llama(model_path=str(path), n_ctx=size, n_batch=size, n_ubatch=size, logits_all=True,
-                    n_threads=threads, verbose=False)
-    except ValueError as exc:
-        raise UserError(f"{path}: llama.cpp cannot load this GGUF ({exc})") from None
+    backend = load_backend(path, n_ctx=max(len(w) for w in windows), threads=threads)
     try:
         for window in tqdm(windows, desc=f"{path.name} logits", unit="window", disable=not progress):
-            llm.reset()
-            llm.eval(window)
-            yield np.array(llm.scores[: len(window) - 1], dtype=np.float32)
+            yield backend.logits(window)[: len(window) - 1]
     finally:
-        llm.close()
-
-
-def onnx_logits(folder: Path, windows: list[list[int]], progress: bool = True) -> Iterable[np.ndarray]:
-    """Logits of every position through onnxruntime-genai (one prefill per window)."""
-    import onnxruntime_genai as og
-    from tqdm import tqdm
-
-    try:
-        model = og.Model(str(folder))
-    except Exception as exc:  # noqa: BLE001 - og raises RuntimeError/OrtException subclasses on damaged folders
-        raise UserError(f"{folder}: onnxruntime-genai cannot load this model ({exc}); re-export it") from None
-    for window in tqdm(windows, desc=f"{folder.name} logits", unit="window", disable=not progress):
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(window) + 1, do_sample=False)
-        generator = og.Generator(model, params)
-        generator.append_tokens(np.array(window, dtype=np.int32))
-        yield np.asarray(generator.get_output("logits"), dtype=np.float32)[0, : len(window) - 1]
-        del generator
+        backend.close()
 
 
 # ---------------------------------------------------------------------------- comparison and gate

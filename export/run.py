@@ -21,8 +21,10 @@ from slmforge.export import fit, onnx_genai, quality, quantize
 from slmforge.export.gguf_writer import architecture_of, load_config, write_gguf
 from slmforge.export.reuse import PriorExport, link_or_copy, take_artifact
 
+from slmforge.assets import example_docs
 from slmforge.errors import QualityGateFailed, UserError
 from slmforge.fileio import atomic_dir, atomic_write_json, sha256_path
+from slmforge.heldout import load_heldout_texts
 from slmforge.manifest import (
     EXPORT_MANIFEST_NAME,
     EmbedderInfo,
@@ -34,7 +36,6 @@ from slmforge.manifest import (
 from slmforge.profiles import DeviceProfile
 
 FORMATS = ("gguf", "onnx", "all")
-REPO_DOCS = Path(__file__).resolve().parents[1] / "examples" / "python-docs" / "docs"
 TOOLS = ("gguf", "llama_cpp_python", "onnxruntime", "onnxruntime-genai", "transformers", "torch")
 
 
@@ -200,12 +201,9 @@ def _gate(candidate: Candidate, reference: Callable[[], quality.Reference], prof
                    f"measured by {candidate.extra['reused_from']})")
         return {"report": report, "passed": passed, "verdict": verdict}
     windows = reference().windows
-    if candidate.format == "gguf":
-        def logits():
-            return quality.gguf_logits(candidate.path, windows, opts.threads, opts.progress)
-    else:
-        def logits():
-            return quality.onnx_logits(candidate.path, windows, opts.progress)
+
+    def logits():
+        return quality.artifact_logits(candidate.path, windows, opts.threads, opts.progress)
     report, passed, bound = quality.evaluate(reference(), logits, candidate.quant, profile.quality_gate)
     verdict = (f"perplexity ratio {report.ppl_ratio:.4f} {'<=' if passed else '>'} {bound} "
                f"(profile '{profile.name}' bound for {quantize.bit_class(candidate.quant)} quants)")
@@ -244,8 +242,8 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
         if len(opts.formats) > 1:
             raise UserError("--quant names one format's quantization; use it with --format gguf or --format onnx")
         (quantize.check_quant if opts.formats[0] == "gguf" else onnx_genai.check_precision)(opts.quant)
-    heldout = opts.heldout or REPO_DOCS
-    texts = quality.load_heldout_texts(heldout)
+    heldout = opts.heldout or example_docs()
+    texts = load_heldout_texts(heldout)
     source = input_ref("source", model)
     heldout_key = {"path": str(Path(heldout).resolve()), "sha256": sha256_path(heldout), "window": opts.window,
                    "eval_tokens": opts.eval_tokens}

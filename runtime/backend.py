@@ -12,9 +12,12 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from slmforge.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -50,6 +53,11 @@ class Backend(Protocol):
     ) -> Iterator[str]: ...
 
     def generate(self, prompt: str, **kw: Any) -> GenerationResult: ...
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Next-token logits at every position of ``tokens`` (row i predicts token i + 1), float32 (len, vocab):
+        held-out perplexity and export's quality gate score an artifact through the runtime that will run it."""
+        ...
 
     def close(self) -> None: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmforge.runtime.backend import (
     GenerationResult,
@@ -18,6 +18,9 @@ from slmforge.runtime.chat_template import render_chat
 from slmforge.runtime.llama_probe import ensure_llama_cpp_runs
 
 from slmforge.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_N_CTX = 2048
 
@@ -52,7 +55,9 @@ class LlamaCppBackend:
         self._vocab = vocab
         self.bos_token = self._token_text(self._llm.token_bos())
         self.eos_token = self._token_text(self._llm.token_eos())
+        self.eos_id: int | None = int(self._llm.token_eos())  # ends each held-out text in a perplexity stream
         self.last_result: GenerationResult | None = None
+        self._scorer: Any = None  # the logits_all context of ``logits``
 
     def _load(self, llama_class: Any) -> Any:
         return llama_class(
@@ -115,7 +120,33 @@ class LlamaCppBackend:
         assert self.last_result is not None
         return self.last_result
 
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits of every position, from a second context with ``logits_all`` on the same memory-mapped GGUF
+        (the generation context keeps the last position's only); made on first use, grown when a longer one comes."""
+        import numpy as np
+
+        if self._scorer is None or self._scorer.n_ctx() < len(tokens):
+            from llama_cpp import Llama
+
+            self._close_scorer()
+            size = max(2, len(tokens))
+            try:
+                self._scorer = Llama(model_path=str(self.model_path), n_ctx=size, n_batch=size, n_ubatch=size,
+                                     n_threads=self.threads, n_threads_batch=self.threads, logits_all=True,
+                                     verbose=False)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise UserError(f"{self.model_path}: llama.cpp cannot load this GGUF ({exc}); re-export it") from None
+        self._scorer.reset()
+        self._scorer.eval(tokens)
+        return np.array(self._scorer.scores[: len(tokens)], dtype=np.float32)
+
+    def _close_scorer(self) -> None:
+        scorer, self._scorer = getattr(self, "_scorer", None), None
+        if scorer is not None:
+            scorer.close()
+
     def close(self) -> None:
+        self._close_scorer()
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()

@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmforge.runtime.backend import (
     GenerationResult,
@@ -19,6 +19,9 @@ from slmforge.runtime.bundle import resolve_inside
 from slmforge.runtime.chat_template import render_chat
 
 from slmforge.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_N_CTX = 2048
 
@@ -60,13 +63,14 @@ class OnnxGenaiBackend:
         self.n_ctx = min(n_ctx or DEFAULT_N_CTX, trained)
         eos = model_cfg.get("eos_token_id", [])
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_id: int | None = min(self.eos_ids) if self.eos_ids else None  # ends each held-out text (perplexity)
         try:
             config = og.Config(str(self.model_dir))
             self._set_threads(genai, config)
             self._model = og.Model(config)
             self._tokenizer = og.Tokenizer(self._model)
         except Exception as exc:  # noqa: BLE001 - onnxruntime-genai raises plain RuntimeError/OrtException
-            raise UserError(f"{self.model_dir}: onnxruntime-genai could not load this model ({exc}); re-export it") from None
+            raise UserError(f"{self.model_dir}: onnxruntime-genai cannot load this model ({exc}); re-export it") from None
         tok_cfg = _read_json(self.model_dir / "tokenizer_config.json")
         template_file = self.model_dir / "chat_template.jinja"
         self.chat_template = chat_template or tok_cfg.get("chat_template") or (
@@ -134,6 +138,19 @@ class OnnxGenaiBackend:
         collect(self.stream(prompt, **kw))
         assert self.last_result is not None
         return self.last_result
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits of every position: one prefill of ``tokens`` in a fresh generator, its logits output read back."""
+        import numpy as np
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self._model)
+        params.set_search_options(max_length=len(tokens) + 1, do_sample=False)
+        generator = og.Generator(self._model, params)
+        generator.append_tokens(np.asarray(tokens, dtype=np.int32))
+        out = np.array(generator.get_output("logits"), dtype=np.float32)[0, : len(tokens)]
+        del generator
+        return out
 
     def close(self) -> None:
         self._model = None

@@ -21,6 +21,7 @@ from typing import Any
 
 from slmforge.datafiles import iter_jsonl
 from slmforge.errors import UserError
+from slmforge.formats import FORMAT_FIELDS, QA_FIELDS, alpaca_prompt
 
 HEADING_SEPARATOR = " > "  # how the index joins a chunk's heading path (runtime/chunking.Chunk.heading_path)
 
@@ -60,14 +61,13 @@ def record_from_json(where: str, obj: dict[str, Any], default_source: str | None
         if msgs[-1].get("role") != "assistant" or not users:
             raise UserError(f"{where}: messages must contain a user turn and end with the assistant's answer")
         question, answer = users[-1], msgs[-1]["content"]
-    elif "instruction" in obj and "output" in obj:
+    elif all(f in obj for f in FORMAT_FIELDS["alpaca"]):
         fields = (obj["instruction"], obj.get("input", ""), obj["output"])
         if not all(isinstance(v, str) for v in fields):
             raise UserError(f"{where}: alpaca fields instruction/input/output must be strings")
-        question = obj["instruction"].strip() + ("\n\n" + obj["input"].strip() if obj.get("input", "").strip() else "")
-        answer = obj["output"]
-    elif isinstance(obj.get("question"), str) and isinstance(obj.get("answer"), str):
-        question, answer = obj["question"], obj["answer"]
+        question, answer = alpaca_prompt(obj), obj["output"]
+    elif all(isinstance(obj.get(f), str) for f in QA_FIELDS):
+        question, answer = (obj[f] for f in QA_FIELDS)
     else:
         raise UserError(f"{where}: unrecognized record with fields {sorted(obj)}; expected chat \"messages\", alpaca "
                         "\"instruction\"/\"input\"/\"output\", or \"question\"/\"answer\"")

@@ -145,7 +145,7 @@ def test_unknown_architecture_exit_2(tiny_checkpoint: Path, tmp_path: Path, caps
 
 def test_broken_onnx_folder_is_refused(tmp_path: Path):
     from slmforge.export.onnx_genai import check_onnx_folder
-    from slmforge.export.quality import onnx_logits
+    from slmforge.export.quality import artifact_logits
 
     folder = tmp_path / "onnx-int4"
     folder.mkdir()
@@ -156,4 +156,4 @@ def test_broken_onnx_folder_is_refused(tmp_path: Path):
     (folder / "model.onnx").write_bytes(b"\x08\x07truncated")
     check_onnx_folder(folder)  # present and non-empty ...
     with pytest.raises(UserError, match="onnxruntime-genai cannot load"):  # ... but not loadable
-        list(onnx_logits(folder, [[1, 2, 3]], progress=False))
+        list(artifact_logits(folder, [[1, 2, 3]], progress=False))

@@ -89,3 +89,17 @@ def test_quality_compare_and_gate():
     assert bound == bounds.max_ppl_ratio_low_bit
     assert noisy.kl_mean > 0.1 and noisy.top1_agreement < 1.0
     assert passed == (noisy.ppl_ratio <= bound)
+
+
+def test_gate_windows_end_each_text_with_eos_like_the_trainer(tiny_checkpoint: Path):
+    from transformers import AutoTokenizer
+
+    from slmforge.perplexity import token_stream
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    texts = ["How do I copy a file?", "Lists are mutable."]
+    windows = quality.token_windows(tiny_checkpoint, texts, 1000, 1000)
+    stream = [t for w in windows for t in w]
+    assert stream.count(tokenizer.eos_token_id) == 2 and stream[-1] == tokenizer.eos_token_id
+    assert stream == token_stream(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], texts,
+                                  tokenizer.eos_token_id)

@@ -75,6 +75,31 @@ def test_logits_match_transformers(tiny_checkpoint: Path, tiny_gguf: Path):
     assert (got.argmax(-1) == reference.argmax(-1)).all()
 
 
+def test_backend_logits_match_transformers_and_feed_the_gate(tiny_checkpoint: Path, tiny_gguf: Path):
+    """``Backend.logits`` is every position's next-token logits, the ones export's gate compares."""
+    import torch
+    from slmforge.export.quality import artifact_logits
+    from slmforge.runtime.backend import load_backend
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    ids = tokenizer("Lists are mutable sequences, tuples are not. " * 4, add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].numpy()
+    backend = load_backend(tiny_gguf, n_ctx=len(ids), threads=2)
+    try:
+        got = backend.logits(ids)
+        prefix = backend.logits(ids[:10])  # a second call starts afresh
+    finally:
+        backend.close()
+    assert got.shape == reference.shape and got.dtype == np.float32
+    assert np.abs(got - reference).max() < 5e-3
+    assert np.abs(prefix - got[:10]).max() < 5e-3
+    gate = list(artifact_logits(tiny_gguf, [ids], threads=2, progress=False))
+    assert len(gate) == 1 and np.abs(gate[0] - got[:-1]).max() < 5e-3
+
+
 def test_metadata_carries_special_tokens_template_and_source(tiny_checkpoint: Path, tiny_gguf: Path):
     from gguf import GGUFReader
     from transformers import AutoTokenizer

@@ -151,6 +151,31 @@ def test_onnx_backend_streams_the_reference_tokens_and_stops_at_eos(real_base: P
         backend.close()
 
 
+def test_backend_logits_agree_between_gguf_and_onnx(real_base: Path, real_f16: Path, onnx_builds: dict[str, Path],
+                                                    corpus_dir: Path):
+    """``Backend.logits`` of the two runtimes on the same ids: the same model (F16 GGUF vs fp32 ONNX), so the
+    same next-token choices and the same held-out perplexity."""
+    from slmforge.runtime.backend import load_backend
+    from transformers import AutoTokenizer
+
+    from slmforge.perplexity import perplexity, window_nll
+
+    tokenizer = AutoTokenizer.from_pretrained(real_base)
+    text = (corpus_dir / "faq" / "design.rst").read_text(encoding="utf-8")[:4000]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:256]
+    got = {}
+    for name, path in (("gguf", real_f16), ("onnx", onnx_builds["fp32"])):
+        backend = load_backend(path, n_ctx=512, threads=2)
+        try:
+            got[name] = backend.logits(ids)
+        finally:
+            backend.close()
+    assert got["gguf"].shape == got["onnx"].shape == (len(ids), got["gguf"].shape[1])
+    assert (got["gguf"].argmax(-1) == got["onnx"].argmax(-1)).mean() > 0.97
+    ppl = {name: perplexity(window_nll(logits, ids)) for name, logits in got.items()}
+    assert ppl["gguf"] == pytest.approx(ppl["onnx"], rel=0.01)
+
+
 def test_pi_zero_refuses_the_full_model_and_a_larger_budget_fits(real_base: Path, tmp_path: Path):
     """The smallest shipped device: 300 MB must hold the model *and* the runtime process (~150 MB
     measured), which the 135M model cannot; the refusal says why in one line and leaves nothing."""

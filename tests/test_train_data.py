@@ -7,10 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
-from slmforge.trainer.datasets import load_records, text_dataset_files, to_kto, to_messages
-from slmforge.trainer.perplexity import load_texts, perplexity
+from slmforge.trainer.datasets import load_records, to_kto, to_messages
+from slmforge.trainer.perplexity import perplexity
 
 from slmforge.errors import UserError
+from slmforge.heldout import load_heldout_texts, text_dataset_files
 
 PAIR = {"prompt": "How do I copy a file?", "chosen": "Use shutil.copy().", "rejected": "You cannot."}
 KTO = {"prompt": "How do I copy a file?", "completion": "Use shutil.copy().", "label": True}
@@ -97,14 +98,14 @@ def test_dataset_dir_and_missing_inputs(tmp_path):
 
 def test_load_texts_reads_a_dataset_dir_or_file(tmp_path):
     write_jsonl(tmp_path / "heldout.jsonl", [{"text": "alpha"}, {"text": "  "}, {"text": "beta"}])
-    assert load_texts(tmp_path) == ["alpha", "beta"]
-    assert load_texts(tmp_path / "heldout.jsonl") == ["alpha", "beta"]
+    assert load_heldout_texts(tmp_path) == ["alpha", "beta"]
+    assert load_heldout_texts(tmp_path / "heldout.jsonl") == ["alpha", "beta"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no heldout.jsonl"):
-        load_texts(tmp_path / "empty")
+        load_heldout_texts(tmp_path / "empty")
     write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}])
     with pytest.raises(UserError, match=r"bad\.jsonl:1: no \"text\""):
-        load_texts(tmp_path / "bad.jsonl")
+        load_heldout_texts(tmp_path / "bad.jsonl")
 
 
 def test_perplexity_matches_the_models_own_loss(tiny_checkpoint):

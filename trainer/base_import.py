@@ -231,7 +231,9 @@ def sample_texts(limit_chars: int = 2_000_000) -> list[str]:
     """Real text to compare tokenizers on: the shipped Python-docs excerpt, plus chat markup."""
     from importlib import resources
 
-    root = Path(__file__).resolve().parents[1] / "examples" / "python-docs" / "docs"
+    from slmforge.assets import example_docs
+
+    root = example_docs()
     texts: list[str] = []
     total = 0
     if root.is_dir():

@@ -15,6 +15,7 @@ from typing import Any
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir
+from slmforge.heldout import train_and_heldout
 from slmforge.manifest import ArtifactManifest, input_ref, lineage_of
 
 
@@ -119,21 +120,6 @@ def checkpoint_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-def dataset_texts(data: Path) -> tuple[list[str], list[str]]:
-    """(training texts, held-out texts) of a dataset dir from `slmforge data prepare`, or one JSONL file."""
-    from slmforge.trainer.perplexity import load_texts
-
-    if data.is_file():
-        texts = load_texts(data)
-        return texts, texts
-    train = data / "train.jsonl"
-    if not train.is_file():
-        raise UserError(f"--data {data}: no train.jsonl here; pass a dataset dir from 'slmforge data prepare'")
-    train_texts = load_texts(train)
-    held = load_texts(data) if (data / "heldout.jsonl").is_file() else []
-    return train_texts, held
-
-
 def compress(model_dir: Path, out: Path, drop_layers: str | None = None, keep_layers: int | None = None,
              data: Path | None = None, seq_len: int = 256, score_tokens: int = 16384,
              eval_tokens: int = 16384) -> CompressResult:
@@ -155,7 +141,7 @@ def compress(model_dir: Path, out: Path, drop_layers: str | None = None, keep_la
     metrics: dict[str, Any] = {}
     held: list[str] = []
     if data is not None:
-        train, held = dataset_texts(data)
+        train, held = train_and_heldout(data)
         blocks = pack_blocks(tokenizer, train, seq_len)[: max(1, score_tokens // seq_len)]
         scores = [round(s, 6) for s in block_similarity(model, blocks)]
         metrics["score_tokens"] = sum(len(b) for b in blocks)

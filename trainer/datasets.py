@@ -12,23 +12,10 @@ from typing import Any
 
 from slmforge.datafiles import iter_jsonl
 from slmforge.errors import UserError
+from slmforge.formats import FORMAT_FIELDS, FORMAT_NAMES, alpaca_prompt, detect_format
 
 # --------------------------------------------------------------------------- formats
 
-FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
-    "preference": ("prompt", "chosen", "rejected"),
-    "kto": ("prompt", "completion", "label"),
-    "messages": ("messages",),
-    "alpaca": ("instruction", "output"),
-    "text": ("text",),
-}
-FORMAT_NAMES = {
-    "preference": "preference pairs (prompt/chosen/rejected)",
-    "kto": "KTO data (prompt/completion/label)",
-    "messages": "chat SFT data (messages)",
-    "alpaca": "alpaca SFT data (instruction/input/output)",
-    "text": "raw text (text)",
-}
 # what each method reads; KTO also takes pairs (split into a desirable and an undesirable example)
 ACCEPTS: dict[str, tuple[str, ...]] = {
     "pretrain": ("text",),
@@ -46,14 +33,6 @@ MAKE_HINT = {
     "kto": "'slmforge data pairs --kto-out kto.jsonl'",
 }
 ROLES = {"system", "user", "assistant"}
-
-
-def detect_format(obj: dict[str, Any]) -> str | None:
-    """Which known format one JSONL object is in (by its fields), or None."""
-    for name, fields in FORMAT_FIELDS.items():
-        if all(f in obj for f in fields):
-            return name
-    return None
 
 
 def _check_str(path: Path, lineno: int, obj: dict[str, Any], key: str, allow_empty: bool = False) -> None:
@@ -124,10 +103,7 @@ def to_messages(fmt: str, record: dict[str, Any]) -> list[dict[str, str]]:
     """An SFT record as chat messages (alpaca: instruction + optional input → user turn)."""
     if fmt == "messages":
         return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
-    user = record["instruction"].strip()
-    if record.get("input", "").strip():
-        user += "\n\n" + record["input"].strip()
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+    return [{"role": "user", "content": alpaca_prompt(record)}, {"role": "assistant", "content": record["output"]}]
 
 
 def to_kto(fmt: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -140,25 +116,3 @@ def to_kto(fmt: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
     return out
 
-
-def text_dataset_files(data: str | Path) -> tuple[Path, Path | None]:
-    """(train file, held-out file or None) for a dataset dir or a single JSONL file of text."""
-    p = Path(data)
-    if p.is_dir():
-        train = p / "train.jsonl"
-        if not train.is_file():
-            raise UserError(f"--data {p}: no train.jsonl in this directory; make one with {MAKE_HINT['text']}")
-        heldout = p / "heldout.jsonl"
-        return train, heldout if heldout.is_file() else None
-    if not p.is_file():
-        raise UserError(f"--data {p}: not found; pass a dataset dir from 'slmforge data prepare' or a .jsonl file")
-    return p, None
-
-
-def load_text_records(path: Path) -> list[str]:
-    """The non-empty texts of a {"text"} JSONL file (one format, line numbers in errors)."""
-    _, records = load_records(path, "pretrain")
-    texts = [r["text"] for r in records if r["text"].strip()]
-    if not texts:
-        raise UserError(f"{path}: every text is empty; nothing to train on")
-    return texts

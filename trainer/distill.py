@@ -66,7 +66,7 @@ def check_same_tokenizer(teacher: Any, student: Any, teacher_dir: Path, student_
 def distill(teacher_dir: Path, student_dir: Path, data: Path, out: Path, opts: DistillOptions) -> DistillResult:
     """Train the student against the teacher on ``data``; report held-out perplexities and sizes."""
     import torch
-    from slmforge.trainer.compress import checkpoint_bytes, dataset_texts, model_size
+    from slmforge.trainer.compress import checkpoint_bytes, model_size
     from slmforge.trainer.perplexity import perplexity
     from slmforge.trainer.train_common import (
         check_model_dir,
@@ -77,6 +77,8 @@ def distill(teacher_dir: Path, student_dir: Path, data: Path, out: Path, opts: D
     from slmforge.trainer.train_pretrain import pack_blocks
     from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
+
+    from slmforge.heldout import train_and_heldout
 
     opts.check()
     check_out(out, [teacher_dir, student_dir, data])
@@ -90,7 +92,7 @@ def distill(teacher_dir: Path, student_dir: Path, data: Path, out: Path, opts: D
                          teacher_dir, student_dir)  # before minutes of model loading
     teacher, _ = load_model_and_tokenizer(teacher_dir)
     student, tokenizer = load_model_and_tokenizer(student_dir)
-    train_texts, held = dataset_texts(data)
+    train_texts, held = train_and_heldout(data)
     if not held:
         raise UserError(f"--data {data}: no heldout.jsonl; distill reports held-out perplexity, "
                         "prepare the data with 'slmforge data prepare'")

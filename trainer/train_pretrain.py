@@ -9,13 +9,11 @@ Held-out perplexity before and after training goes into the manifest.
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from slmforge.trainer.datasets import load_records, text_dataset_files
 from slmforge.trainer.packed_attention import packed_attention
 from slmforge.trainer.train_common import (
     IGNORE,
@@ -35,8 +33,7 @@ from slmforge.trainer.train_common import (
 )
 
 from slmforge.errors import UserError
-
-HELDOUT_FRACTION = 0.1
+from slmforge.heldout import split_heldout
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -81,24 +78,6 @@ def pack_blocks(tokenizer: Any, texts: list[str], seq_len: int) -> list[list[int
     return [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
 
 
-def split_texts(data: Path, seed: int) -> tuple[list[Path], list[str], list[str], str]:
-    """(input files, train texts, held-out texts, where the held-out came from)."""
-    train_file, heldout_file = text_dataset_files(data)
-    _, train_records = load_records(train_file, "pretrain")
-    train = [r["text"] for r in train_records]
-    if heldout_file is not None:
-        _, held = load_records(heldout_file, "pretrain")
-        return [train_file, heldout_file], train, [r["text"] for r in held], heldout_file.name
-    if len(train) < 2:
-        return [train_file], train, [], "none"
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    n_held = max(1, int(len(train) * HELDOUT_FRACTION))
-    held_idx = set(order[:n_held])
-    return ([train_file], [t for i, t in enumerate(train) if i not in held_idx],
-            [t for i, t in enumerate(train) if i in held_idx], f"{HELDOUT_FRACTION:.0%} of lines (seed {seed})")
-
-
 def build_trainer(model: Any, tokenizer: Any, blocks: list[list[int]], opts: TrainOptions, work: Path) -> Any:
     from transformers import Trainer, TrainingArguments
 
@@ -112,7 +91,7 @@ def train_pretrain(opts: TrainOptions) -> dict[str, Any]:
     started = time.time()
     check_model_dir(opts.model)
     check_out(opts.out, [opts.model, opts.data])
-    files, train_texts, held_texts, held_source = split_texts(opts.data, opts.seed)
+    files, train_texts, held_texts, held_source = split_heldout(opts.data, opts.seed)
     seed_everything(opts.seed)
     model, tokenizer = load_model_and_tokenizer(opts.model)
     blocks = pack_blocks(tokenizer, train_texts, opts.seq_len)

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from slmforge.trainer.datasets import load_records, to_messages
 from slmforge.trainer.packed_attention import packed_attention, supports_packed_attention
-from slmforge.trainer.perplexity import load_texts
 from slmforge.trainer.train_common import (
     IGNORE,
     TrainOptions,
@@ -37,6 +36,7 @@ from slmforge.trainer.train_common import (
 )
 
 from slmforge.errors import UserError
+from slmforge.heldout import load_heldout_texts
 
 HELDOUT_FRACTION = 0.1
 
@@ -219,7 +219,7 @@ def train_sft(opts: TrainOptions) -> dict[str, Any]:
     rows = pack_examples(train_ex, row_len)
     held_ex = held_ex[:opts.extra.get("eval_examples") or len(held_ex)]  # the split itself stays the same
     loss_before = assistant_loss(model, held_ex)
-    held_texts = load_texts(opts.extra["heldout_text"]) if opts.extra.get("heldout_text") else []
+    held_texts = load_heldout_texts(opts.extra["heldout_text"]) if opts.extra.get("heldout_text") else []
     ppl_before = heldout_ppl(model, tokenizer, held_texts, opts)
     model = wrap_lora(model, opts)
     work, resume_from = prepare_work_dir(opts.out, opts.resume)

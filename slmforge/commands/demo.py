@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
+from slmforge.assets import example_recipe
 from slmforge.commands.pipeline import run_recipe, summary_table
-from slmforge.errors import UserError
 from slmforge.recipe import load_recipe
-
-
-def examples_dir() -> Path:
-    """The shipped examples (repo checkout, or $SLMFORGE_EXAMPLES)."""
-    env = os.environ.get("SLMFORGE_EXAMPLES")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "examples"
-    if not (root / "python-docs" / "recipe.yaml").is_file():
-        raise UserError(f"demo recipe not found under {root}; run the demo from a clone of the slmforge repository "
-                        "or set SLMFORGE_EXAMPLES to its examples/ folder")
-    return root
 
 
 @click.command()
@@ -31,7 +20,7 @@ def examples_dir() -> Path:
 def demo(quick: bool, out: Path | None) -> None:
     """Base import → prepare → CPT → SFT → DPO → merge → export for three profiles → bundles →
     a cited answer → bench report, on SmolLM2-135M and the shipped Python-docs excerpt."""
-    recipe = examples_dir() / "python-docs" / ("recipe-quick.yaml" if quick else "recipe.yaml")
+    recipe = example_recipe(quick)
     run_dir, outcomes = run_recipe(recipe, out=out)
     click.echo(summary_table(outcomes))
     answer_path = run_dir / "answer.json"
