@@ -153,6 +153,11 @@ def _baseline_bundle(b: PlanBuilder, _: str | None) -> Wiring:
                   ["export:baseline"])
 
 
+def _rag_runs(b: PlanBuilder) -> bool:
+    s = b.recipe.stages
+    return b.last("baseline") is not None and s.rag.enabled and s.qa.enabled
+
+
 def _rag(b: PlanBuilder, _: str | None) -> Wiring:
     """SFT examples in the baseline bundle's own prompt, and the held-out questions its retriever can find."""
     s, baseline, out = b.recipe.stages, b.last("baseline"), b.path("rag/sft.jsonl")
@@ -327,32 +332,31 @@ def _with_bundles(section: str) -> Callable[[PlanBuilder], bool]:
     return lambda b: bool(b.made.get("bundle")) and getattr(b.recipe.stages, section).enabled
 
 
-CHECKPOINT = manifest_summary()
+# where each verb's one-line summary is: its slmforge.json (or <stem>.slmforge.json beside a file), export.json,
+# the bundle's manifest.json, eval.json
+SUMMARY, EXPORT_SUMMARY, BUNDLE_SUMMARY = manifest_summary(), manifest_summary("export.json"), manifest_summary("manifest.json")
 
 PLAN: tuple[StageSpec | PerProfile, ...] = (
-    StageSpec("base", ("base", "import"), None, _always, _base, CHECKPOINT, makes="model"),
-    StageSpec("prepare", ("data", "prepare"), "prepare", _on("prepare"), _prepare, manifest_summary()),
-    StageSpec("qa", ("data", "qa"), "qa", _on("qa"), _qa, manifest_summary(), makes="sft data"),
-    StageSpec("export:baseline", ("export",), "export", _baseline_needed, _baseline_export,
-              manifest_summary("export.json")),
+    StageSpec("base", ("base", "import"), None, _always, _base, SUMMARY, makes="model"),
+    StageSpec("prepare", ("data", "prepare"), "prepare", _on("prepare"), _prepare, SUMMARY),
+    StageSpec("qa", ("data", "qa"), "qa", _on("qa"), _qa, SUMMARY, makes="sft data"),
+    StageSpec("export:baseline", ("export",), "export", _baseline_needed, _baseline_export, EXPORT_SUMMARY),
     StageSpec("bundle:baseline", ("bundle",), "bundle", _baseline_needed, _baseline_bundle,
-              manifest_summary("manifest.json"), makes="baseline"),
-    StageSpec("rag", ("data", "rag"), "rag", lambda b: b.last("baseline") is not None and b.recipe.stages.rag.enabled
-              and b.recipe.stages.qa.enabled, _rag, manifest_summary(), makes="sft data"),
+              BUNDLE_SUMMARY, makes="baseline"),
+    StageSpec("rag", ("data", "rag"), "rag", _rag_runs, _rag, SUMMARY, makes="sft data"),
     StageSpec("pretrain", ("train", "pretrain"), "pretrain", _on("pretrain"), _pretrain,
               manifest_summary(fallback=ppl_line), makes="model"),
     StageSpec("sft", ("train", "sft"), "sft", _on("sft"), _sft, manifest_summary(fallback=sft_line), makes="model"),
     # pairs exist for align; check_enabled refuses align without them
-    StageSpec("pairs", ("data", "pairs"), "pairs", _on("align"), _pairs, manifest_summary()),
+    StageSpec("pairs", ("data", "pairs"), "pairs", _on("align"), _pairs, SUMMARY),
     StageSpec("align", ("train", "align"), "align", _on("align"), _align, manifest_summary(fallback=align_line),
               makes="model"),
-    StageSpec("merge", ("merge",), "merge", _merge_runs, _merge, CHECKPOINT, makes="model"),
-    StageSpec("compress", ("compress",), "compress", _on("compress"), _compress, CHECKPOINT, makes="model"),
-    StageSpec("distill", ("distill",), "distill", _on("distill"), _distill, CHECKPOINT, makes="model"),
+    StageSpec("merge", ("merge",), "merge", _merge_runs, _merge, SUMMARY, makes="model"),
+    StageSpec("compress", ("compress",), "compress", _on("compress"), _compress, SUMMARY, makes="model"),
+    StageSpec("distill", ("distill",), "distill", _on("distill"), _distill, SUMMARY, makes="model"),
     PerProfile((
-        StageSpec("export", ("export",), "export", _always, _export, manifest_summary("export.json")),
-        StageSpec("bundle", ("bundle",), "bundle", _on("bundle"), _bundle, manifest_summary("manifest.json"),
-                  makes="bundle"),
+        StageSpec("export", ("export",), "export", _always, _export, EXPORT_SUMMARY),
+        StageSpec("bundle", ("bundle",), "bundle", _on("bundle"), _bundle, BUNDLE_SUMMARY, makes="bundle"),
     )),
     StageSpec("answer", ("run",), "answer", _with_bundles("answer"), _answer,
               verb_summary("slmforge.runtime.cli_run:answer_line")),
