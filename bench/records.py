@@ -290,3 +290,17 @@ def fmt(metric: Metric | None) -> str:
     if metric.status == "projected":
         text += " (projected)"
     return text
+
+
+def results_line(path: Path) -> str | None:
+    """One line for the pipeline table from a results file: the first bundle measured on this host, speed and quality."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("mode") == "measured":
+            metrics = row.get("metrics", {})
+            tg, pp = metrics.get("tg128_tok_s", {}).get("value"), metrics.get("pp512_tok_s", {}).get("value")
+            if tg and pp:
+                ppl, f1 = (metrics.get(name, {}).get("value") for name in ("perplexity", "qa_token_f1"))
+                quality = "".join([f", ppl {ppl:.2f}" if ppl else "", f", QA F1 {f1:.3f}" if f1 is not None else ""])
+                return f"{row['bundle']['name']} on this host: pp512 {pp:.0f} tok/s, tg128 {tg:.1f} tok/s{quality}"
+    return None

@@ -286,7 +286,7 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
             profile=profile.name, source=source, lineage=lineage_of(model),
             chat_template=tokenizer.chat_template, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
             artifacts=artifacts, embedder=embedder, tool_versions=tool_versions(),
-            duration_s=round(time.perf_counter() - started, 1),
+            duration_s=round(time.perf_counter() - started, 1), summary=export_summary(artifacts),
             heldout={**heldout_key, "tokens": sum(len(w) for w in windows)},
         )
         atomic_write_json(tmp / EXPORT_MANIFEST_NAME, manifest.model_dump(mode="json"))
@@ -294,6 +294,15 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
         raise QualityGateFailed(f"{out}: quality gate failed ({'; '.join(failed)}); the artifact is kept and marked "
                                 "'fail' in export.json — choose a higher --quant or a profile with a looser bound")
     return manifest
+
+
+def export_summary(artifacts: list[ExportedArtifact]) -> str | None:
+    """The manifest's one line: each chosen file's quant, size and perplexity ratio (and its gate unless passed)."""
+    parts = []
+    for a in artifacts:
+        parts.append(f"{a.quant} {a.size_bytes / 1e6:.0f} MB" + (f" ppl×{a.ppl_ratio:.3f}" if a.ppl_ratio else "")
+                     + (f" gate {a.gate}" if a.gate != "pass" else ""))
+    return ", ".join(parts) or None
 
 
 def _prior_embedder(prior: PriorExport | None, tmp: Path) -> EmbedderInfo | None:

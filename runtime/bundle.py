@@ -69,9 +69,15 @@ def file_entries(root: Path) -> list[BundleFile]:
     ]
 
 
+def bundle_summary(manifest: BundleManifest) -> str:
+    """The manifest's one line: the model file's quant and what the index holds."""
+    return (f"{manifest.model.get('quant')} + {manifest.index.get('chunks', 0)} chunks from "
+            f"{manifest.index.get('documents', 0)} documents")
+
+
 def write_manifest(root: Path, manifest: BundleManifest) -> BundleManifest:
-    """Re-list every file with size and sha256 and write ``manifest.json`` atomically."""
-    manifest = manifest.model_copy(update={"files": file_entries(root)})
+    """Re-list every file with size and sha256, refresh the summary line, and write ``manifest.json`` atomically."""
+    manifest = manifest.model_copy(update={"files": file_entries(root), "summary": bundle_summary(manifest)})
     atomic_write_json(root / BUNDLE_MANIFEST, manifest.model_dump(mode="json"))
     return manifest
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -121,3 +122,10 @@ def chat(bundle_path: Path, k: int, no_rag: bool, max_tokens: int | None, thread
 def _trim_to_kept(history: list[dict], dropped_turns: int) -> list[dict]:
     """Forget the exchanges the context budget had to drop (they would be dropped again every turn)."""
     return history[2 * dropped_turns:]
+
+
+def answer_line(path: Path) -> str:
+    """One line for the pipeline table from a saved `run --json` answer: its citations and how it begins."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    text = " ".join(str(saved.get("answer", "")).split())
+    return f"{len(saved.get('citations', []))} citations: {text[:60]}"

@@ -111,6 +111,12 @@ def retrievable(builder: ExampleBuilder, records: list[QARecord]) -> tuple[list[
     return kept, len(records) - len(kept)
 
 
+def rag_summary(stats: dict[str, Any]) -> str:
+    """The manifest's one line: how many examples, and how many questions the retriever could not serve."""
+    return (f"{stats.get('examples', 0)} RAG examples ({stats.get('unanswerable', 0)} unanswerable, "
+            f"{stats.get('dropped_not_retrieved', 0)} generated questions dropped: passage not retrieved)")
+
+
 def build_rag_examples(bundle_path: Path, qa_path: Path, out: Path, opts: RagOptions,
                        heldout: Path | None = None, heldout_out: Path | None = None) -> dict[str, Any]:
     """Write RAG-aware SFT examples (``out``), optionally the filtered held-out questions, and a manifest."""
@@ -152,6 +158,6 @@ def build_rag_examples(bundle_path: Path, qa_path: Path, out: Path, opts: RagOpt
     manifest = ArtifactManifest(kind="dataset", stage="rag", inputs=inputs, seed=opts.seed,
                                 params={"k": opts.k, "seq_len": opts.seq_len,
                                         "unanswerable_share": opts.unanswerable_share},
-                                metrics=stats, duration_s=round(time.perf_counter() - start, 3))
+                                metrics=stats, summary=rag_summary(stats), duration_s=round(time.perf_counter() - start, 3))
     atomic_write_json(sibling(out, ".slmforge.json"), manifest.model_dump(mode="json"))
     return stats

@@ -176,3 +176,4 @@ class BundleManifest(BaseModel):
     profile: str
     lineage: list[dict[str, Any]] = Field(default_factory=list)
     index: dict[str, Any] = Field(default_factory=dict, description="chunks, documents, version, updated")
+    summary: str | None = Field(default=None, description="one line: the model's quant and what the index holds")

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from slmforge.errors import UserError
-from slmforge.fileio import atomic_write_json, sha256_path
+from slmforge.fileio import atomic_write_json, atomic_write_text, sha256_path
 from slmforge.stage_process import run_stage
 
 
@@ -39,6 +39,8 @@ class Stage:
     metric: Callable[[Path], str | None] | None = None
     depends_on: list[str] = field(default_factory=list)
     stdout_to: Path | None = None  # for verbs whose result is what they print (`run --json`)
+    writes: dict[Path, str] = field(default_factory=dict)  # files made from the recipe (the merge YAML): written
+    # when the stage runs, never when planning; their text is in ``options``, so the fingerprint covers it
 
 
 @dataclass
@@ -160,6 +162,8 @@ class PipelineRunner:
     def _run_one(self, stage: Stage, bar: tqdm) -> StageOutcome:
         for stale in stage.output.parent.glob(f"{stage.output.name}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        for path, text in stage.writes.items():
+            atomic_write_text(path, text)
         log_path = self.log_dir / f"{stage.name.replace(':', '--')}.log"
         log_path.write_text("$ slmforge " + " ".join(stage.argv) + "\n", encoding="utf-8")
         captured = stage.stdout_to.with_name(stage.stdout_to.name + ".partial-out") if stage.stdout_to else None

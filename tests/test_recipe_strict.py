@@ -32,7 +32,7 @@ def _write(tmp_path: Path, change=None, text: str | None = None) -> Path:
 
 def _plan(path: Path) -> dict[str, list[str]]:
     """Stage name → argv of a dry-run plan."""
-    return {s.name: s.argv for s in PlanBuilder(load_recipe(path), path, dry_run=True).build()}
+    return {s.name: s.argv for s in PlanBuilder(load_recipe(path), path).build()}
 
 
 def _stage(section: str, **values):

@@ -320,6 +320,7 @@ def _import_into_cache(src: Path, target: Path, digest: str, name: str, is_gguf:
                     "architecture": meta.get("architecture") or model.config.model_type,
                     "tokenizer_repairs": changes},
             metrics={"verify": verification, "parameters": sum(p.numel() for p in model.parameters())},
+            summary=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params",
             duration_s=round(time.perf_counter() - started, 1),
         ).write(tmp)
     return ImportResult(target, cached=False, source=src, verification=verification)

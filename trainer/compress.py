@@ -120,6 +120,15 @@ def checkpoint_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
+def compress_summary(metrics: dict[str, Any]) -> str:
+    """The manifest's one line: blocks and parameters before and after, and held-out perplexity when measured."""
+    line = (f"{metrics['blocks_before']} → {metrics['blocks_after']} blocks, "
+            f"{metrics['parameters_before'] / 1e6:.1f}M → {metrics['parameters_after'] / 1e6:.1f}M params")
+    if "ppl_before" in metrics and "ppl_after" in metrics:
+        line += f", held-out ppl {metrics['ppl_before']:.2f} → {metrics['ppl_after']:.2f}"
+    return line
+
+
 def compress(model_dir: Path, out: Path, drop_layers: str | None = None, keep_layers: int | None = None,
              data: Path | None = None, seq_len: int = 256, score_tokens: int = 16384,
              eval_tokens: int = 16384) -> CompressResult:
@@ -168,7 +177,8 @@ def compress(model_dir: Path, out: Path, drop_layers: str | None = None, keep_la
             kind="checkpoint", stage="compress", inputs=inputs,
             params={"drop_layers": drop, "keep_layers": keep_layers, "seq_len": seq_len,
                     "score_tokens": score_tokens, "criterion": "cosine(block input, block output), drop highest"},
-            metrics=metrics, parent=str(model_dir.resolve()), lineage=lineage_of(model_dir),
+            metrics=metrics, summary=compress_summary(metrics), parent=str(model_dir.resolve()),
+            lineage=lineage_of(model_dir),
             duration_s=round(time.time() - started, 2),
         ).write(tmp)
     return CompressResult(out.resolve(), scores, drop, metrics)

@@ -413,6 +413,8 @@ def _write_manifest(cfg: MergeConfig, refs: list[str], inputs: list[Checkpoint],
         params=cfg.model_dump(mode="json", exclude_none=True),
         seed=seed,
         metrics=metrics,
+        summary=(f"{cfg.merge_method} of {len(refs)} models: {metrics['tensors']} tensors, "
+                 f"{metrics['parameters'] / 1e6:.1f}M params" + (", vocabulary re-mapped" if metrics["vocab_remapped"] else "")),
         parent=parent,
         lineage=lineage,
         duration_s=metrics["seconds"],

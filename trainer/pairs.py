@@ -184,7 +184,7 @@ def run_pairs(qa: str | Path, out: str | Path, model: str | Path | None = None, 
     manifest = ArtifactManifest(kind="dataset", stage="pairs", inputs=inputs, seed=seed,
                                 params={"rejected": rejected, "max_new_tokens": max_new_tokens, "limit": limit,
                                         "batch_size": batch_size, "kto_out": str(kto_out) if kto_out else None},
-                                metrics=stats, parent=str(Path(model).resolve()) if model and rejected == "model" else None,
+                                metrics=stats, summary=f"{len(pairs)} preference pairs", parent=str(Path(model).resolve()) if model and rejected == "model" else None,
                                 lineage=lineage_of(model) if model and rejected == "model" else [],
                                 duration_s=round(time.perf_counter() - start, 3))
     atomic_write_json(sibling(out, ".slmforge.json"), manifest.model_dump(mode="json"))

@@ -198,5 +198,6 @@ def prepare(paths: list[str | Path], out: str | Path, opts: PrepareOptions) -> d
             plot_dataset([len(p.text) for p in train], [len(p.text) for p in held], stats, tmp / "stats.png")
         ArtifactManifest(kind="dataset", stage="prepare", inputs=inputs, params=params, seed=opts.seed,
                          metrics={k: v for k, v in stats.items() if k not in ("files_skipped", "heldout_doc_ids")},
+                         summary=f"{len(train)} train / {len(held)} held-out",
                          duration_s=round(time.perf_counter() - start, 3)).write(tmp)
     return stats

@@ -263,6 +263,7 @@ def build_qa(paths: list[str | Path], out: str | Path, heldout_fraction: float =
                                         "teacher_limit": gen.teacher_limit,
                                         "near_dup_threshold": gen.near_dup_threshold},
                                 metrics={k: v for k, v in stats.items() if k != "files"},
+                                summary=f"{len(train)} training Q&A pairs",
                                 duration_s=round(time.perf_counter() - start, 3))
     atomic_write_json(sibling(out, ".slmforge.json"), manifest.model_dump(mode="json"))
     return stats

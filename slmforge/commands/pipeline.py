@@ -19,7 +19,7 @@ def run_recipe(recipe_path: Path, from_stage: str | None = None, until_stage: st
                dry_run: bool = False, out: Path | None = None) -> tuple[Path, list[StageOutcome]]:
     """Plan and (unless ``dry_run``) run a recipe; returns the run directory and per-stage outcomes."""
     recipe = load_recipe(recipe_path)
-    builder = PlanBuilder(recipe, recipe_path, out, dry_run)
+    builder = PlanBuilder(recipe, recipe_path, out)
     stages = builder.build()
     runner = PipelineRunner(builder.run_dir, stages)
     selected = runner.select(from_stage, until_stage)
