@@ -127,8 +127,7 @@ def _json_metric(relpath: str, fmt: Callable[[dict], str | None]) -> Callable[[P
 
 def _ppl_metric(m: dict) -> str | None:
     metrics = m.get("metrics", {})
-    before = metrics.get("heldout_ppl_before") or metrics.get("ppl_before")
-    after = metrics.get("heldout_ppl_after") or metrics.get("ppl_after") or metrics.get("heldout_ppl")
+    before, after = metrics.get("heldout_ppl_before"), metrics.get("heldout_ppl_after")
     if before and after:
         return f"held-out ppl {before:.2f} → {after:.2f}"
     if after:
@@ -139,7 +138,7 @@ def _ppl_metric(m: dict) -> str | None:
 def _sft_metric(m: dict) -> str | None:
     metrics = m.get("metrics", {})
     parts = [_ppl_metric(m)]
-    before, after = metrics.get("heldout_loss_before"), metrics.get("heldout_loss_after")
+    before, after = metrics.get("heldout_answer_loss_before"), metrics.get("heldout_answer_loss_after")
     if before is not None and after is not None:
         parts.append(f"answer loss {before:.3f} → {after:.3f}")
     return ", ".join(p for p in parts if p) or None
@@ -147,12 +146,12 @@ def _sft_metric(m: dict) -> str | None:
 
 def _align_metric(m: dict) -> str | None:
     metrics = m.get("metrics", {})
-    before, after = metrics.get("margin_before"), metrics.get("margin_after")
+    before, after = metrics.get("heldout_margin_before"), metrics.get("heldout_margin_after")
     if before is None or after is None:
         return None
-    reward = metrics.get("reward_accuracy_after")
+    reward = metrics.get("heldout_reward_accuracy_after")
     return (f"{metrics.get('method', '')} held-out margin {before:.2f} → {after:.2f}, "
-            f"accuracy {metrics.get('accuracy_before', 0):.2f} → {metrics.get('accuracy_after', 0):.2f}"
+            f"accuracy {metrics.get('heldout_accuracy_before', 0):.2f} → {metrics.get('heldout_accuracy_after', 0):.2f}"
             + (f", reward accuracy {reward:.2f}" if reward is not None else "")).strip()
 
 
