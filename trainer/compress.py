@@ -161,12 +161,12 @@ def compress(model_dir: Path, out: Path, drop_layers: str | None = None, keep_la
         metrics["score_tokens"] = sum(len(b) for b in blocks)
     held = held if eval_tokens > 0 else []
     if held:
-        metrics["ppl_before"] = round(perplexity(model, tokenizer, held, seq_len=seq_len, max_tokens=eval_tokens), 4)
+        metrics["heldout_ppl_before"] = round(perplexity(model, tokenizer, held, seq_len=seq_len, max_tokens=eval_tokens), 4)
     drop = (parse_layer_list(drop_layers, before["blocks"]) if drop_layers is not None
             else choose_drops(scores, keep_layers))
     drop_blocks(model, drop)
     if held:
-        metrics["ppl_after"] = round(perplexity(model, tokenizer, held, seq_len=seq_len, max_tokens=eval_tokens), 4)
+        metrics["heldout_ppl_after"] = round(perplexity(model, tokenizer, held, seq_len=seq_len, max_tokens=eval_tokens), 4)
     after = model_size(model)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
