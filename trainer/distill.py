@@ -31,7 +31,7 @@ from slmforge.trainer.train_common import (
     work_dir_for,
 )
 from slmforge.trainer.train_pretrain import BlockDataset, pack_blocks
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments, default_data_collator
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_json
@@ -187,8 +187,6 @@ class DistillStage(TrainingStage):
         return {"heldout_ppl_teacher": self.ppl(self.teacher), "heldout_ppl_before": self.ppl(model)}
 
     def build_trainer(self, model: Any, tokenizer: Any, work: Path) -> Any:
-        from transformers import TrainingArguments, default_data_collator
-
         d = self.distill_opts
         # a diverged step must show in the log (the Trainer would hide a non-finite loss by default)
         args = TrainingArguments(**training_arguments(self.opts, work, warmup_steps=d.warmup_steps,
