@@ -47,13 +47,12 @@ def output_path(output: Path) -> str:
     return str(output / "report.md")
 
 
-# Training verbs write no summary yet; until they do, their line is worded here from their metrics
-# (three spellings of perplexity, as the verbs record it today).
+# Training verbs write their own summary; a manifest written before they did (an older run) gets its
+# line worded here from its metrics, in the one metric vocabulary of docs/training.md.
 
 def ppl_line(manifest: dict[str, Any]) -> str | None:
     metrics = manifest.get("metrics", {})
-    before = metrics.get("heldout_ppl_before") or metrics.get("ppl_before")
-    after = metrics.get("heldout_ppl_after") or metrics.get("ppl_after") or metrics.get("heldout_ppl")
+    before, after = metrics.get("heldout_ppl_before"), metrics.get("heldout_ppl_after")
     if before and after:
         return f"held-out ppl {before:.2f} → {after:.2f}"
     if after:
@@ -64,7 +63,7 @@ def ppl_line(manifest: dict[str, Any]) -> str | None:
 def sft_line(manifest: dict[str, Any]) -> str | None:
     metrics = manifest.get("metrics", {})
     parts = [ppl_line(manifest)]
-    before, after = metrics.get("heldout_loss_before"), metrics.get("heldout_loss_after")
+    before, after = metrics.get("heldout_answer_loss_before"), metrics.get("heldout_answer_loss_after")
     if before is not None and after is not None:
         parts.append(f"answer loss {before:.3f} → {after:.3f}")
     return ", ".join(p for p in parts if p) or None
@@ -72,10 +71,10 @@ def sft_line(manifest: dict[str, Any]) -> str | None:
 
 def align_line(manifest: dict[str, Any]) -> str | None:
     metrics = manifest.get("metrics", {})
-    before, after = metrics.get("margin_before"), metrics.get("margin_after")
+    before, after = metrics.get("heldout_margin_before"), metrics.get("heldout_margin_after")
     if before is None or after is None:
         return None
-    reward = metrics.get("reward_accuracy_after")
+    reward = metrics.get("heldout_reward_accuracy_after")
     return (f"{metrics.get('method', '')} held-out margin {before:.2f} → {after:.2f}, "
-            f"accuracy {metrics.get('accuracy_before', 0):.2f} → {metrics.get('accuracy_after', 0):.2f}"
+            f"accuracy {metrics.get('heldout_accuracy_before', 0):.2f} → {metrics.get('heldout_accuracy_after', 0):.2f}"
             + (f", reward accuracy {reward:.2f}" if reward is not None else "")).strip()

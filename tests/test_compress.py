@@ -56,7 +56,7 @@ def test_identity_block_scores_one_and_is_dropped_first(teacher: Path, dataset: 
     assert all(s < 0.9999 for i, s in enumerate(result.scores) if i != IDENTITY_BLOCK)
     assert result.dropped == [IDENTITY_BLOCK]
     # removing an identity block changes nothing: same held-out perplexity, same logits
-    assert result.metrics["ppl_after"] == pytest.approx(result.metrics["ppl_before"], rel=1e-4)
+    assert result.metrics["heldout_ppl_after"] == pytest.approx(result.metrics["heldout_ppl_before"], rel=1e-4)
     from transformers import AutoModelForCausalLM
 
     original = AutoModelForCausalLM.from_pretrained(teacher)
@@ -124,7 +124,7 @@ def test_distill_moves_the_student_toward_the_teacher(teacher: Path, dataset: Pa
     result = distill(teacher, pruned, dataset, tmp_path / "distilled", opts)
     m = result.metrics
     assert m["student_blocks"] == 2 and m["teacher_blocks"] == 4
-    assert abs(m["ppl_student_after"] - m["ppl_teacher"]) < abs(m["ppl_student_before"] - m["ppl_teacher"])
+    assert abs(m["heldout_ppl_after"] - m["heldout_ppl_teacher"]) < abs(m["heldout_ppl_before"] - m["heldout_ppl_teacher"])
     history = json.loads((result.checkpoint / "distill_history.json").read_text())
     first, last = sum(h["kd"] for h in history[:5]) / 5, sum(h["kd"] for h in history[-5:]) / 5
     assert last < first * 0.8, (first, last)

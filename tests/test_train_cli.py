@@ -108,3 +108,47 @@ def test_killed_run_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert max((a[k] - base[k]).abs().max().item() for k in a) > 1e-3  # and training did move the weights
     assert torch.equal(a["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
+
+
+def test_killed_distill_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
+    """distill resumes as the train verbs do: SIGKILL after step 4's checkpoint, --resume, same weights and history."""
+    from safetensors.torch import load_file
+    from slmforge.trainer.distill import DistillOptions, distill
+    from slmforge.trainer.tiny import build_tiny_checkpoint
+
+    data = write(tmp_path / "ds" / "train.jsonl", [json.dumps({"text": DOC * n}) for n in range(1, 7)]).parent
+    write(data / "heldout.jsonl", [json.dumps({"text": DOC * 2})])
+    student = build_tiny_checkpoint(tmp_path / "student", seed=1)  # same tokenizer, other weights
+    flags = {"max_steps": 16, "batch_size": 2, "seq_len": 32, "save_every": 4, "eval_tokens": 64, "lr": 1e-3, "seed": 3}
+    out = tmp_path / "resumed"
+    argv = [sys.executable, "-m", "slmforge.cli", "distill", "--teacher", str(tiny_checkpoint), "--student",
+            str(student), "--data", str(data), "--out", str(out)]
+    for key, value in flags.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = work_dir_for(out) / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not marker.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert marker.exists() and not out.exists(), "the run should have been killed mid-training"
+
+    second = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming from" in second.stderr
+    manifest = json.loads((out / "slmforge.json").read_text())
+    assert manifest["metrics"]["resumed_from_step"] >= 4 and manifest["metrics"]["steps"] == 16
+    assert manifest["summary"].startswith("held-out ppl ") and "16 steps" in manifest["summary"]
+    assert not work_dir_for(out).exists()
+
+    straight = distill(tiny_checkpoint, student, data, tmp_path / "straight", DistillOptions(**flags))
+    a, b = load_file(out / "model.safetensors"), load_file(straight.checkpoint / "model.safetensors")
+    base = load_file(student / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert max((a[k] - base[k]).abs().max().item() for k in a) > 1e-3  # and training did move the weights
+    history = [json.loads((d / "distill_history.json").read_text()) for d in (out, straight.checkpoint)]
+    assert [h["step"] for h in history[0]] == list(range(1, 17))
+    assert [h["kd"] for h in history[0]] == pytest.approx([h["kd"] for h in history[1]], abs=1e-5)

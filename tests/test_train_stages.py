@@ -295,7 +295,7 @@ def test_sft_on_each_format(tiny_checkpoint, data, tmp_path, fmt):
     metrics = train_sft(opts(tiny_checkpoint, data[fmt], out, seq_len=64, keep_adapter=(fmt == "alpaca")))
     assert metrics["format"] == ("messages" if fmt == "qa" else "alpaca")
     assert metrics["examples"] == len(QA) and metrics["heldout_examples"] == 1
-    assert metrics["heldout_loss_before"] > 0 and metrics["heldout_loss_after"] > 0
+    assert metrics["heldout_answer_loss_before"] > 0 and metrics["heldout_answer_loss_after"] > 0
     assert manifest(out)["stage"] == "sft"
     if fmt == "alpaca":  # --keep-adapter: a PEFT adapter that points at its base
         cfg = json.loads((out / "adapter_config.json").read_text())
@@ -332,8 +332,8 @@ def test_align_methods_train_and_measure_the_margin(tiny_checkpoint, data, tmp_p
     assert m["stage"] == f"align-{method}" and m["params"]["beta"] == 0.1
     assert metrics["loss_type"] == {"dpo": "sigmoid", "ipo": "ipo", "kto": "kto", "orpo": None}[method]
     assert metrics["heldout_pairs"] == 2 and metrics["steps"] == 2
-    assert metrics["margin_before"] != metrics["margin_after"] and changed(out, tiny_checkpoint)
-    assert metrics["reward_accuracy_after"] in (0.0, 0.5, 1.0)  # share of the 2 held-out pairs
+    assert metrics["heldout_margin_before"] != metrics["heldout_margin_after"] and changed(out, tiny_checkpoint)
+    assert metrics["heldout_reward_accuracy_after"] in (0.0, 0.5, 1.0)  # share of the 2 held-out pairs
 
 
 def test_reward_accuracy_counts_pairs_whose_implicit_reward_prefers_chosen():
@@ -341,8 +341,8 @@ def test_reward_accuracy_counts_pairs_whose_implicit_reward_prefers_chosen():
 
     # (chosen, rejected) log-probs before and after: pair 1 moved toward chosen, pair 2 away; raw margins stay < 0
     m = margin_metrics([(-50.0, -10.0), (-40.0, -12.0)], [(-48.0, -11.0), (-41.0, -11.0)], beta=0.1)
-    assert m["accuracy_before"] == m["accuracy_after"] == 0.0
-    assert m["reward_accuracy_after"] == 0.5 and m["reward_margin_after"] == pytest.approx(0.1 * ((2 + 1) + (-1 - 1)) / 2)
+    assert m["heldout_accuracy_before"] == m["heldout_accuracy_after"] == 0.0
+    assert m["heldout_reward_accuracy_after"] == 0.5 and m["heldout_reward_margin_after"] == pytest.approx(0.1 * ((2 + 1) + (-1 - 1)) / 2)
 
 
 def test_two_ranks_under_torchrun_equal_one_process_with_their_combined_batch(tiny_checkpoint, data, tmp_path):

@@ -39,6 +39,6 @@ def compress(model_dir: Path, drop_layers: str | None, keep_layers: int | None, 
     m = result.metrics
     click.echo(f"blocks {m['blocks_before']} -> {m['blocks_after']}, parameters {m['parameters_before']:,} -> "
                f"{m['parameters_after']:,}, size {m['bytes_before'] / 2**20:.1f} -> {m['bytes_after'] / 2**20:.1f} MiB")
-    if "ppl_before" in m:
-        click.echo(f"held-out perplexity {m['ppl_before']} -> {m['ppl_after']}")
+    if "heldout_ppl_before" in m:
+        click.echo(f"held-out perplexity {m['heldout_ppl_before']} -> {m['heldout_ppl_after']}")
     click.echo(f"wrote {result.checkpoint}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from slmforge.trainer.train_common import checkpoint_options
 
 from slmforge.output import emit_json, format_table, json_option
 
@@ -23,16 +24,18 @@ from slmforge.output import emit_json, format_table, json_option
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--eval-tokens", default=16384, show_default=True, help="Held-out tokens for perplexity.")
 @click.option("--seed", default=0, show_default=True)
+@checkpoint_options
 @json_option
 def distill(teacher: Path, student: Path, data: Path, out: Path, temperature: float, alpha: float, max_steps: int,
-            lr: float, batch_size: int, seq_len: int, eval_tokens: int, seed: int, as_json: bool) -> None:
+            lr: float, batch_size: int, seq_len: int, eval_tokens: int, seed: int, save_every: int, resume: bool,
+            as_json: bool) -> None:
     """Train STUDENT to match TEACHER's next-token distribution (forward KL at a temperature,
     mixed with the LM loss) on domain text; report teacher / student perplexity and size."""
     from slmforge.trainer.distill import DistillOptions, summary_rows
     from slmforge.trainer.distill import distill as run
 
     opts = DistillOptions(temperature=temperature, alpha=alpha, max_steps=max_steps, lr=lr, batch_size=batch_size,
-                          seq_len=seq_len, eval_tokens=eval_tokens, seed=seed)
+                          seq_len=seq_len, eval_tokens=eval_tokens, seed=seed, save_every=save_every, resume=resume)
     result = run(teacher, student, data, out, opts)
     if as_json:
         emit_json({"checkpoint": str(result.checkpoint), **result.metrics})

@@ -54,7 +54,7 @@ def sft(as_json: bool, **kwargs: Any) -> None:
 
     opts = options_from(kwargs)
     metrics = train_sft(opts)
-    _report(metrics, opts.out, as_json, ("steps", "examples", "heldout_loss_before", "heldout_loss_after",
+    _report(metrics, opts.out, as_json, ("steps", "examples", "heldout_answer_loss_before", "heldout_answer_loss_after",
                                          "heldout_ppl_before", "heldout_ppl_after", "tokens_per_s"))
 
 
@@ -74,4 +74,5 @@ def align(as_json: bool, **kwargs: Any) -> None:
 
     opts = options_from(kwargs)
     metrics = train_align(opts)
-    _report(metrics, opts.out, as_json, ("steps", "method", "margin_before", "margin_after", "tokens_per_s"))
+    _report(metrics, opts.out, as_json, ("steps", "method", "heldout_margin_before", "heldout_margin_after",
+                                         "tokens_per_s"))

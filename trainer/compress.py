@@ -124,8 +124,8 @@ def compress_summary(metrics: dict[str, Any]) -> str:
     """The manifest's one line: blocks and parameters before and after, and held-out perplexity when measured."""
     line = (f"{metrics['blocks_before']} → {metrics['blocks_after']} blocks, "
             f"{metrics['parameters_before'] / 1e6:.1f}M → {metrics['parameters_after'] / 1e6:.1f}M params")
-    if "ppl_before" in metrics and "ppl_after" in metrics:
-        line += f", held-out ppl {metrics['ppl_before']:.2f} → {metrics['ppl_after']:.2f}"
+    if "heldout_ppl_before" in metrics and "heldout_ppl_after" in metrics:
+        line += f", held-out ppl {metrics['heldout_ppl_before']:.2f} → {metrics['heldout_ppl_after']:.2f}"
     return line
 
 
@@ -156,12 +156,12 @@ def compress(model_dir: Path, out: Path, drop_layers: str | None = None, keep_la
         metrics["score_tokens"] = sum(len(b) for b in blocks)
     held = held if eval_tokens > 0 else []
     if held:
-        metrics["ppl_before"] = round(perplexity(model, tokenizer, held, seq_len=seq_len, max_tokens=eval_tokens), 4)
+        metrics["heldout_ppl_before"] = round(perplexity(model, tokenizer, held, seq_len=seq_len, max_tokens=eval_tokens), 4)
     drop = (parse_layer_list(drop_layers, before["blocks"]) if drop_layers is not None
             else choose_drops(scores, keep_layers))
     drop_blocks(model, drop)
     if held:
-        metrics["ppl_after"] = round(perplexity(model, tokenizer, held, seq_len=seq_len, max_tokens=eval_tokens), 4)
+        metrics["heldout_ppl_after"] = round(perplexity(model, tokenizer, held, seq_len=seq_len, max_tokens=eval_tokens), 4)
     after = model_size(model)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)

@@ -2,22 +2,43 @@
 
 Loss per token = alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · cross-entropy on the text,
 where ``_T`` is the softmax at temperature T (forward KL, Hinton et al.). Teacher and student
-must share the tokenizer: the loss compares distributions over the same ids. A plain loop
-(not HF Trainer) because the loss needs a second, frozen model in the step.
+must share the tokenizer: the loss compares distributions over the same ids. A training stage
+like the others (``run_stage``): an HF ``Trainer`` whose loss step also runs the frozen teacher,
+so checkpoints, ``--resume`` and the progress bar are the shared ones.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import time
+import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from slmforge.trainer.compress import checkpoint_bytes, model_size
+from slmforge.trainer.perplexity import perplexity
+from slmforge.trainer.train_common import (
+    TrainingStage,
+    TrainOptions,
+    check_model_dir,
+    load_model_and_tokenizer,
+    run_stage,
+    run_summary,
+    training_arguments,
+    work_dir_for,
+)
+from slmforge.trainer.train_pretrain import BlockDataset, pack_blocks
+from transformers import Trainer, TrainingArguments, default_data_collator
+
 from slmforge.errors import UserError
-from slmforge.fileio import atomic_dir, atomic_write_json
-from slmforge.manifest import ArtifactManifest, input_ref, lineage_of
+from slmforge.fileio import atomic_write_json
+from slmforge.heldout import train_and_heldout
+from slmforge.manifest import InputRef, input_ref
+
+LOSS = "alpha*T^2*KL(teacher||student) + (1-alpha)*CE"
 
 
 @dataclass(frozen=True)
@@ -31,6 +52,8 @@ class DistillOptions:
     warmup_steps: int = 10
     eval_tokens: int = 16384
     seed: int = 0
+    save_every: int = 50
+    resume: bool = False
 
     def check(self) -> None:
         if self.temperature <= 0:
@@ -63,97 +86,164 @@ def check_same_tokenizer(teacher: Any, student: Any, teacher_dir: Path, student_
                         "distillation needs the same vocabulary (prune the teacher with 'slmforge compress')")
 
 
+class BlockStream:
+    """Block indices from back-to-back seeded permutations, ``count`` of them: batches never straddle
+    a reshuffle differently on a resumed run, and an epoch's tail joins the next epoch's head."""
+
+    def __init__(self, blocks: int, count: int, seed: int) -> None:
+        self.blocks, self.count, self.seed = blocks, count, seed
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(self.seed)
+        order: list[int] = []
+        while len(order) < self.count:
+            order += rng.sample(range(self.blocks), self.blocks)
+        return iter(order[:self.count])
+
+    def __len__(self) -> int:
+        return self.count
+
+
+class DistillTrainer(Trainer):
+    """An HF Trainer whose loss mixes the frozen teacher's soft targets with the text's next tokens."""
+
+    loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides it by the accumulation steps
+
+    def __init__(self, *args: Any, teacher: Any, temperature: float, alpha: float, sampler_seed: int,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device)
+        self.temperature, self.alpha, self.sampler_seed = temperature, alpha, sampler_seed
+        self.parts: list[tuple[float, float]] = []  # (kd, lm) of the micro-batches since the last log
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        args = self.args
+        count = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps \
+            * args.world_size
+        return BlockStream(len(self.train_dataset if train_dataset is None else train_dataset), count,
+                           self.sampler_seed)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        ids = inputs["input_ids"]
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=ids, use_cache=False).logits
+        out = model(input_ids=ids, labels=ids, use_cache=False)
+        kd = kd_loss(out.logits, teacher_logits, self.temperature)
+        self.parts.append((kd.item(), out.loss.item()))
+        loss = self.alpha * kd + (1 - self.alpha) * out.loss
+        return (loss, out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.parts:  # the step's two terms beside its loss, kept in trainer_state.json
+            logs["kd"] = sum(k for k, _ in self.parts) / len(self.parts)
+            logs["lm"] = sum(lm for _, lm in self.parts) / len(self.parts)
+            self.parts = []
+        super().log(logs, start_time)
+
+
+def history_of(trainer: Any) -> list[dict[str, float]]:
+    """Per-step loss, KD and LM terms, from the log (so a resumed run has the steps before its resume too)."""
+    return [{"step": h["step"], "loss": h["loss"], "kd": h["kd"], "lm": h["lm"]}
+            for h in trainer.state.log_history if "kd" in h]
+
+
+class DistillStage(TrainingStage):
+    """Distillation as a training stage: the student trains (all weights) against the frozen teacher."""
+
+    name = "distill"
+    progress_label = "distill"
+
+    def __init__(self, teacher_dir: Path, distill_opts: DistillOptions, opts: TrainOptions) -> None:
+        super().__init__(opts)
+        self.teacher_dir, self.distill_opts = teacher_dir, distill_opts
+
+    def checked_paths(self) -> list[Path]:
+        return [self.teacher_dir, self.opts.model, self.opts.data]
+
+    def read_data(self) -> None:
+        from transformers import AutoTokenizer
+
+        check_model_dir(self.teacher_dir)
+        check_same_tokenizer(AutoTokenizer.from_pretrained(self.teacher_dir),
+                             AutoTokenizer.from_pretrained(self.opts.model),
+                             self.teacher_dir, self.opts.model)  # before minutes of model loading
+        self.train_texts, self.held = train_and_heldout(self.opts.data)
+        if not self.held:
+            raise UserError(f"--data {self.opts.data}: no heldout.jsonl; distill reports held-out perplexity, "
+                            "prepare the data with 'slmforge data prepare'")
+
+    def prepare(self, model: Any, tokenizer: Any) -> None:
+        self.teacher, _ = load_model_and_tokenizer(self.teacher_dir)
+        self.teacher.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.blocks = pack_blocks(tokenizer, self.train_texts, self.opts.seq_len)
+
+    def ppl(self, model: Any) -> float:
+        """Held-out perplexity on ``--seq-len`` windows (as compress measures it)."""
+        return round(perplexity(model, self.tokenizer, self.held, seq_len=self.opts.seq_len,
+                                max_tokens=self.opts.eval_tokens), 4)
+
+    def measure_before(self, model: Any, tokenizer: Any) -> dict[str, Any]:
+        return {"heldout_ppl_teacher": self.ppl(self.teacher), "heldout_ppl_before": self.ppl(model)}
+
+    def build_trainer(self, model: Any, tokenizer: Any, work: Path) -> Any:
+        d = self.distill_opts
+        # a diverged step must show in the log (the Trainer would hide a non-finite loss by default)
+        args = TrainingArguments(**training_arguments(self.opts, work, warmup_steps=d.warmup_steps,
+                                                      logging_nan_inf_filter=False))
+        self.trainer = DistillTrainer(
+            model=model, args=args, train_dataset=BlockDataset(self.blocks), data_collator=default_data_collator,
+            processing_class=tokenizer, teacher=self.teacher, temperature=d.temperature, alpha=d.alpha,
+            sampler_seed=self.opts.seed)
+        return self.trainer
+
+    def measure_after(self, model: Any, tokenizer: Any, before: dict[str, Any]) -> dict[str, Any]:
+        history = history_of(self.trainer)
+        if not all(math.isfinite(h["loss"]) for h in history):
+            shutil.rmtree(work_dir_for(self.opts.out), ignore_errors=True)  # resuming would diverge again
+            raise UserError("distillation diverged (loss is not finite); lower --lr")
+        metrics = {**before, "heldout_ppl_after": self.ppl(model)}
+        lost = metrics["heldout_ppl_before"] - metrics["heldout_ppl_teacher"]
+        if lost > 0:
+            metrics["recovered_share"] = round(
+                (metrics["heldout_ppl_before"] - metrics["heldout_ppl_after"]) / lost, 4)
+        metrics.update({f"teacher_{k}": v for k, v in model_size(self.teacher).items()})
+        metrics.update({f"student_{k}": v for k, v in model_size(model).items()})
+        metrics["teacher_bytes"] = checkpoint_bytes(self.teacher_dir)
+        metrics["final_kd"] = round(sum(h["kd"] for h in history[-10:]) / len(history[-10:]), 4)
+        metrics["final_lm"] = round(sum(h["lm"] for h in history[-10:]) / len(history[-10:]), 4)
+        metrics["train_blocks"] = len(self.blocks)
+        return metrics
+
+    def inputs(self) -> list[InputRef]:
+        return [input_ref("teacher", self.teacher_dir), input_ref("student", self.opts.model),
+                input_ref("data", self.opts.data)]
+
+    def params(self) -> dict[str, Any]:
+        return {**{k: v for k, v in asdict(self.distill_opts).items() if k != "resume"}, "loss": LOSS}
+
+    def write_extras(self, directory: Path, trainer: Any, metrics: dict[str, Any]) -> None:
+        metrics["student_bytes"] = checkpoint_bytes(directory)
+        history = history_of(trainer)
+        atomic_write_json(directory / "distill_history.json", history)
+        _plot(history, metrics, directory / "distill.png")
+
+    def summary(self, metrics: dict[str, Any], seconds: float) -> str:
+        recovered = metrics.get("recovered_share")
+        return run_summary(metrics, seconds,
+                           f"held-out ppl {metrics['heldout_ppl_before']:.2f} → {metrics['heldout_ppl_after']:.2f}"
+                           f" (teacher {metrics['heldout_ppl_teacher']:.2f}"
+                           + (f", {recovered:.0%} of the pruning loss recovered)" if recovered is not None else ")"))
+
+
 def distill(teacher_dir: Path, student_dir: Path, data: Path, out: Path, opts: DistillOptions) -> DistillResult:
     """Train the student against the teacher on ``data``; report held-out perplexities and sizes."""
-    import torch
-    from slmforge.trainer.compress import checkpoint_bytes, model_size
-    from slmforge.trainer.perplexity import perplexity
-    from slmforge.trainer.train_common import (
-        check_model_dir,
-        check_out,
-        load_model_and_tokenizer,
-        seed_everything,
-    )
-    from slmforge.trainer.train_pretrain import pack_blocks
-    from tqdm import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
-    from slmforge.heldout import train_and_heldout
-
     opts.check()
-    check_out(out, [teacher_dir, student_dir, data])
-    started = time.time()
-    seed_everything(opts.seed)
-    from transformers import AutoTokenizer
-
-    check_model_dir(teacher_dir)
-    check_model_dir(student_dir)
-    check_same_tokenizer(AutoTokenizer.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(student_dir),
-                         teacher_dir, student_dir)  # before minutes of model loading
-    teacher, _ = load_model_and_tokenizer(teacher_dir)
-    student, tokenizer = load_model_and_tokenizer(student_dir)
-    train_texts, held = train_and_heldout(data)
-    if not held:
-        raise UserError(f"--data {data}: no heldout.jsonl; distill reports held-out perplexity, "
-                        "prepare the data with 'slmforge data prepare'")
-    blocks = pack_blocks(tokenizer, train_texts, opts.seq_len)
-    teacher.eval().requires_grad_(False)
-
-    def ppl(model: Any) -> float:
-        return round(perplexity(model, tokenizer, held, seq_len=opts.seq_len, max_tokens=opts.eval_tokens), 4)
-
-    metrics: dict[str, Any] = {"ppl_teacher": ppl(teacher), "ppl_student_before": ppl(student)}
-    optimizer = torch.optim.AdamW(student.parameters(), lr=opts.lr, weight_decay=0.0)
-    schedule = get_cosine_schedule_with_warmup(optimizer, opts.warmup_steps, opts.max_steps)
-    rng = random.Random(opts.seed)
-    order: list[int] = []
-    history: list[dict[str, float]] = []
-    student.train()
-    bar = tqdm(range(opts.max_steps), desc="distill", unit="step", dynamic_ncols=True)
-    for step in bar:
-        if len(order) < opts.batch_size:  # reshuffle each epoch over the packed blocks
-            order += rng.sample(range(len(blocks)), len(blocks))
-        batch, order = order[: opts.batch_size], order[opts.batch_size:]
-        ids = torch.tensor([blocks[i] for i in batch], dtype=torch.long)
-        with torch.no_grad():
-            t_logits = teacher(input_ids=ids, use_cache=False).logits
-        out_s = student(input_ids=ids, labels=ids, use_cache=False)
-        kd = kd_loss(out_s.logits, t_logits, opts.temperature)
-        loss = opts.alpha * kd + (1 - opts.alpha) * out_s.loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        history.append({"step": step + 1, "loss": loss.item(), "kd": kd.item(), "lm": out_s.loss.item()})
-        bar.set_postfix(kd=f"{kd.item():.3f}", lm=f"{out_s.loss.item():.3f}")
-    bar.close()
-    if not all(math.isfinite(h["loss"]) for h in history):
-        raise UserError("distillation diverged (loss is not finite); lower --lr")
-    metrics["ppl_student_after"] = ppl(student)
-    lost = metrics["ppl_student_before"] - metrics["ppl_teacher"]
-    if lost > 0:
-        metrics["recovered_share"] = round((metrics["ppl_student_before"] - metrics["ppl_student_after"]) / lost, 4)
-    metrics.update({f"teacher_{k}": v for k, v in model_size(teacher).items()})
-    metrics.update({f"student_{k}": v for k, v in model_size(student).items()})
-    metrics["teacher_bytes"] = checkpoint_bytes(teacher_dir)
-    metrics["final_kd"] = round(sum(h["kd"] for h in history[-10:]) / len(history[-10:]), 4)
-    metrics["final_lm"] = round(sum(h["lm"] for h in history[-10:]) / len(history[-10:]), 4)
-    metrics["train_blocks"] = len(blocks)
-    metrics["tokens_seen"] = opts.max_steps * opts.batch_size * len(blocks[0])
-    with atomic_dir(out) as tmp:
-        student.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        metrics["student_bytes"] = checkpoint_bytes(tmp)
-        atomic_write_json(tmp / "distill_history.json", history)
-        _plot(history, metrics, tmp / "distill.png")
-        ArtifactManifest(
-            kind="checkpoint", stage="distill",
-            inputs=[input_ref("teacher", teacher_dir), input_ref("student", student_dir), input_ref("data", data)],
-            params={**asdict(opts), "loss": "alpha*T^2*KL(teacher||student) + (1-alpha)*CE"},
-            seed=opts.seed, metrics=metrics, parent=str(student_dir.resolve()),
-            lineage=lineage_of(student_dir), duration_s=round(time.time() - started, 2),
-        ).write(tmp)
+    train_opts = TrainOptions(model=student_dir, data=data, out=out, max_steps=opts.max_steps, lr=opts.lr,
+                              batch_size=opts.batch_size, seq_len=opts.seq_len, seed=opts.seed,
+                              save_every=opts.save_every, resume=opts.resume, full=True, eval_tokens=opts.eval_tokens)
+    metrics = run_stage(DistillStage(teacher_dir, opts, train_opts))
     return DistillResult(out.resolve(), metrics)
 
 
@@ -171,7 +261,7 @@ def _plot(history: list[dict[str, float]], metrics: dict[str, Any], path: Path) 
     ax1.set_title("distillation loss")
     ax1.legend()
     labels = ["teacher", "student before", "student after"]
-    values = [metrics["ppl_teacher"], metrics["ppl_student_before"], metrics["ppl_student_after"]]
+    values = [metrics["heldout_ppl_teacher"], metrics["heldout_ppl_before"], metrics["heldout_ppl_after"]]
     bars = ax2.bar(labels, values, color=["#777", "#c63", "#2a7"])
     ax2.bar_label(bars, fmt="%.1f")
     ax2.set_title(f"held-out perplexity ({metrics['student_blocks']} of {metrics['teacher_blocks']} blocks)")
@@ -185,10 +275,10 @@ def summary_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     mib = 2**20
     return [
         ["teacher", metrics["teacher_blocks"], f"{metrics['teacher_parameters']:,}",
-         f"{metrics['teacher_bytes'] / mib:.1f}", metrics["ppl_teacher"]],
+         f"{metrics['teacher_bytes'] / mib:.1f}", metrics["heldout_ppl_teacher"]],
         ["student (before)", metrics["student_blocks"], f"{metrics['student_parameters']:,}",
-         f"{metrics['student_bytes'] / mib:.1f}", metrics["ppl_student_before"]],
+         f"{metrics['student_bytes'] / mib:.1f}", metrics["heldout_ppl_before"]],
         ["student (distilled)", metrics["student_blocks"], f"{metrics['student_parameters']:,}",
-         f"{metrics['student_bytes'] / mib:.1f}", metrics["ppl_student_after"]],
+         f"{metrics['student_bytes'] / mib:.1f}", metrics["heldout_ppl_after"]],
     ]
 

@@ -10,7 +10,6 @@ the chosen answer than the rejected one (mean log p(chosen) - log p(rejected), i
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,12 @@ import torch
 from slmforge.trainer.datasets import load_records, to_kto
 from slmforge.trainer.train_common import (
     IGNORE,
+    TrainingStage,
     TrainOptions,
-    check_model_dir,
-    check_out,
-    cleanup_failed_start,
-    load_model_and_tokenizer,
-    prepare_work_dir,
-    run_training,
-    save_output,
-    seed_everything,
-    standard_inputs,
+    change,
+    run_stage,
+    run_summary,
     training_arguments,
-    wrap_lora,
 )
 from slmforge.trainer.train_sft import tokenize_conversation
 
@@ -101,14 +94,14 @@ def margin_metrics(before: list[tuple[float, float]], after: list[tuple[float, f
     reward = [beta * ((ca - cb) - (ra - rb)) for (cb, rb), (ca, ra) in zip(before, after)]
     return {
         "heldout_pairs": n,
-        "margin_before": round(sum(m_before) / n, 4),
-        "margin_after": round(sum(m_after) / n, 4),
-        "accuracy_before": round(sum(m > 0 for m in m_before) / n, 4),
-        "accuracy_after": round(sum(m > 0 for m in m_after) / n, 4),
-        "reward_margin_after": round(sum(reward) / n, 4),
+        "heldout_margin_before": round(sum(m_before) / n, 4),
+        "heldout_margin_after": round(sum(m_after) / n, 4),
+        "heldout_accuracy_before": round(sum(m > 0 for m in m_before) / n, 4),
+        "heldout_accuracy_after": round(sum(m > 0 for m in m_after) / n, 4),
+        "heldout_reward_margin_after": round(sum(reward) / n, 4),
         # trl's rewards/accuracies with the model before this run as reference: did training move chosen above
         # rejected? Raw accuracy cannot move when every reference answer is far longer than the model's own.
-        "reward_accuracy_after": round(sum(r > 0 for r in reward) / n, 4),
+        "heldout_reward_accuracy_after": round(sum(r > 0 for r in reward) / n, 4),
     }
 
 
@@ -152,40 +145,53 @@ def build_trainer(method: str, model: Any, tokenizer: Any, dataset: Any, opts: T
         raise UserError(f"align --method {method}: {exc}") from None
 
 
+class AlignStage(TrainingStage):
+    """DPO/IPO/KTO/ORPO: held-out preference margins before and after."""
+
+    def __init__(self, opts: TrainOptions) -> None:
+        super().__init__(opts)
+        self.method = opts.extra["method"]
+        self.name = f"align-{self.method}"
+
+    def read_data(self) -> None:
+        opts = self.opts
+        if self.method == "kto" and opts.batch_size < 2:
+            raise UserError("align --method kto: --batch-size must be at least 2 (KTO estimates its KL term "
+                            "from the other examples in a batch)")
+        self.fmt, records = load_records(opts.data, self.method)
+        self.train_records, held_records = split_by_prompt(records, opts.extra["heldout_fraction"], opts.seed)
+        if not self.train_records:
+            raise UserError(f"{opts.data}: every record was held out; lower --heldout-fraction or add data")
+        self.pairs = eval_pairs(self.fmt, held_records)
+
+    def measure_before(self, model: Any, tokenizer: Any) -> dict[str, Any]:
+        self.logps_before = pair_logps(model, tokenizer, self.pairs, self.opts.seq_len)
+        return {}
+
+    def build_trainer(self, model: Any, tokenizer: Any, work: Path) -> Any:
+        dataset = to_trl_dataset(self.method, self.fmt, self.train_records)
+        return build_trainer(self.method, model, tokenizer, dataset, self.opts, work)
+
+    def measure_after(self, model: Any, tokenizer: Any, before: dict[str, Any]) -> dict[str, Any]:
+        after = pair_logps(model, tokenizer, self.pairs, self.opts.seq_len)
+        return {
+            "method": self.method,
+            "loss_type": self.opts.extra.get("loss_type") or DEFAULT_LOSS[self.method],
+            "format": self.fmt,
+            "train_records": len(self.train_records),
+            **margin_metrics(self.logps_before, after, self.opts.extra["beta"]),
+        }
+
+    def summary(self, metrics: dict[str, Any], seconds: float) -> str:
+        reward = metrics.get("heldout_reward_accuracy_after")
+        return run_summary(metrics, seconds,
+                           change(f"{self.method} held-out margin", metrics.get("heldout_margin_before"),
+                                  metrics.get("heldout_margin_after")),
+                           change("accuracy", metrics.get("heldout_accuracy_before"),
+                                  metrics.get("heldout_accuracy_after")),
+                           f"reward accuracy {reward:.2f}" if reward is not None else None)
+
+
 def train_align(opts: TrainOptions) -> dict[str, Any]:
     """Run preference alignment end to end; return the manifest metrics."""
-    started = time.time()
-    method = opts.extra["method"]
-    check_model_dir(opts.model)
-    check_out(opts.out, [opts.model, opts.data])
-    if method == "kto" and opts.batch_size < 2:
-        raise UserError("align --method kto: --batch-size must be at least 2 (KTO estimates its KL term "
-                        "from the other examples in a batch)")
-    fmt, records = load_records(opts.data, method)
-    train_records, held_records = split_by_prompt(records, opts.extra["heldout_fraction"], opts.seed)
-    if not train_records:
-        raise UserError(f"{opts.data}: every record was held out; lower --heldout-fraction or add data")
-    pairs = eval_pairs(fmt, held_records)
-    seed_everything(opts.seed)
-    model, tokenizer = load_model_and_tokenizer(opts.model)
-    before = pair_logps(model, tokenizer, pairs, opts.seq_len)
-    model = wrap_lora(model, opts)
-    dataset = to_trl_dataset(method, fmt, train_records)
-    work, resume_from = prepare_work_dir(opts.out, opts.resume)
-    try:
-        trainer = build_trainer(method, model, tokenizer, dataset, opts, work)
-        run = run_training(trainer, resume_from)
-    except BaseException:
-        cleanup_failed_start(opts.out)
-        raise
-    after = pair_logps(trainer.model, tokenizer, pairs, opts.seq_len)
-    metrics = {
-        **run,
-        "method": method,
-        "loss_type": opts.extra.get("loss_type") or DEFAULT_LOSS[method],
-        "format": fmt,
-        "train_records": len(train_records),
-        **margin_metrics(before, after, opts.extra["beta"]),
-    }
-    save_output(trainer, tokenizer, opts, f"align-{method}", standard_inputs(opts, [opts.data]), metrics, started)
-    return metrics
+    return run_stage(AlignStage(opts))

@@ -1,16 +1,21 @@
 """What every training stage shares: flags, seeding, resumable checkpoints, progress, saving.
 
-Stages build an HF ``Trainer`` (or a TRL trainer, which is one) so that checkpointing,
-``--resume``, gradient accumulation and ``accelerate launch`` (DDP/FSDP) come from the
-library. Intermediate checkpoints live next to the output (``<out>.checkpoints/``) so they
-survive a crash; the output itself is written atomically and only when training finished.
+``run_stage`` is the one skeleton of a training verb (check inputs, load, measure, train,
+measure again, save with a manifest and a summary line); a verb is a ``TrainingStage`` that
+fills in its data, its trainer and its measurements. Stages build an HF ``Trainer`` (or a TRL
+trainer, which is one) so that checkpointing, ``--resume``, gradient accumulation and
+``accelerate launch`` (DDP/FSDP) come from the library. Intermediate checkpoints live next to
+the output (``<out>.checkpoints/``) so they survive a crash; the output itself is written
+atomically and only when training finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +61,18 @@ class TrainOptions:
         return {k: v for k, v in asdict(self).items() if k not in skip} | self.extra
 
 
+def checkpoint_options(func: Callable) -> Callable:
+    """``--save-every`` and ``--resume``: what every training verb (distill included) takes to survive a crash."""
+    opts = [
+        click.option("--save-every", type=click.IntRange(min=0), default=50, show_default=True,
+                     help="Write a resumable checkpoint every N steps (0: never)."),
+        click.option("--resume", is_flag=True, help="Continue from the last checkpoint of an interrupted run."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
 def common_options(default_lr: float, default_seq_len: int = 512) -> Callable:
     """Click options shared by pretrain/sft/align; the stage picks its own learning-rate default."""
 
@@ -78,9 +95,7 @@ def common_options(default_lr: float, default_seq_len: int = 512) -> Callable:
             click.option("--seq-len", type=click.IntRange(min=8), default=default_seq_len, show_default=True,
                          help="Tokens per packed training sequence."),
             click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--save-every", type=click.IntRange(min=0), default=50, show_default=True,
-                         help="Write a resumable checkpoint every N steps (0: never)."),
-            click.option("--resume", is_flag=True, help="Continue from the last checkpoint of an interrupted run."),
+            checkpoint_options,
             click.option("--keep-adapter", is_flag=True,
                          help="Save the LoRA adapter instead of merging it into the model."),
             click.option("--full", is_flag=True, help="Train all weights instead of a LoRA adapter."),
@@ -250,13 +265,13 @@ def training_arguments(opts: TrainOptions, work: Path, **overrides: Any) -> dict
     return args
 
 
-def attach_progress(trainer: Any) -> ProgressBar:
+def attach_progress(trainer: Any, desc: str = "train") -> ProgressBar:
     """Replace the trainer's own printing with one tqdm bar showing loss and tokens/s."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    bar = ProgressBar()
+    bar = ProgressBar(desc)
     trainer.add_callback(bar)
     return bar
 
@@ -264,7 +279,8 @@ def attach_progress(trainer: Any) -> ProgressBar:
 class ProgressBar(TrainerCallback):
     """tqdm with rate, ETA, loss and tokens/s; also records the run's throughput for the manifest."""
 
-    def __init__(self) -> None:
+    def __init__(self, desc: str = "train") -> None:
+        self.desc = desc
         self.bar = None
         self.loss: float | None = None
         self.t0 = 0.0
@@ -276,7 +292,7 @@ class ProgressBar(TrainerCallback):
         from tqdm.auto import tqdm
 
         if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step",
                             dynamic_ncols=True)
         self.t0 = time.perf_counter()
         self.tokens0 = state.num_input_tokens_seen
@@ -305,9 +321,9 @@ class ProgressBar(TrainerCallback):
             self.bar = None
 
 
-def run_training(trainer: Any, resume_from: Path | None) -> dict[str, Any]:
+def run_training(trainer: Any, resume_from: Path | None, desc: str = "train") -> dict[str, Any]:
     """Train (resuming if asked) and return the numbers the manifest records."""
-    bar = attach_progress(trainer)
+    bar = attach_progress(trainer, desc)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
@@ -323,18 +339,121 @@ def run_training(trainer: Any, resume_from: Path | None) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- the stage skeleton
+
+class TrainingStage(ABC):
+    """One training verb: what ``run_stage`` asks of it, in the order it asks.
+
+    A new verb subclasses this, sets ``name`` (the manifest's ``stage``) and fills in
+    ``read_data``, ``prepare``, ``build_trainer``, the two measurements and ``summary``;
+    everything else (checks, seeding, LoRA, checkpoints and --resume, progress, atomic save,
+    manifest) is ``run_stage``'s.
+    """
+
+    name = "train"
+    progress_label = "train"
+
+    def __init__(self, opts: TrainOptions) -> None:
+        self.opts = opts
+
+    def checked_paths(self) -> list[Path]:
+        """Inputs the output must not overwrite."""
+        return [self.opts.model, self.opts.data]
+
+    def read_data(self) -> None:
+        """Read and check the data before any model is loaded, so bad input fails in a second."""
+
+    def load_model(self) -> tuple[Any, Any]:
+        return load_model_and_tokenizer(self.opts.model)
+
+    def prepare(self, model: Any, tokenizer: Any) -> None:
+        """Turn the data into training rows (the tokenizer is known now)."""
+
+    def measure_before(self, model: Any, tokenizer: Any) -> dict[str, Any]:
+        """Held-out figures of the model as it comes in."""
+        return {}
+
+    @abstractmethod
+    def build_trainer(self, model: Any, tokenizer: Any, work: Path) -> Any:
+        """The HF/trl trainer over the prepared rows, checkpointing into ``work``."""
+
+    def training_context(self, trainer: Any) -> contextlib.AbstractContextManager:
+        """Held open around ``trainer.train()`` only (e.g. per-piece attention on packed rows)."""
+        return contextlib.nullcontext()
+
+    def measure_after(self, model: Any, tokenizer: Any, before: dict[str, Any]) -> dict[str, Any]:
+        """The stage's metrics after training (``before`` is what ``measure_before`` returned)."""
+        return before
+
+    def inputs(self) -> list[InputRef]:
+        return [input_ref("base", self.opts.model), input_ref("data", self.opts.data)]
+
+    def params(self) -> dict[str, Any]:
+        return self.opts.params()
+
+    def write_extras(self, directory: Path, trainer: Any, metrics: dict[str, Any]) -> None:
+        """Files beside the checkpoint (written into the atomic output dir; may add to ``metrics``)."""
+
+    def summary(self, metrics: dict[str, Any], seconds: float) -> str:
+        """The one line the pipeline table shows for this stage."""
+        return run_summary(metrics, seconds)
+
+
+def run_stage(stage: TrainingStage) -> dict[str, Any]:
+    """Run one training verb end to end; return the metrics its manifest records."""
+    opts = stage.opts
+    started = time.time()
+    check_model_dir(opts.model)
+    check_out(opts.out, stage.checked_paths())
+    stage.read_data()
+    seed_everything(opts.seed)
+    model, tokenizer = stage.load_model()
+    stage.prepare(model, tokenizer)
+    before = stage.measure_before(model, tokenizer)
+    model = wrap_lora(model, opts)
+    work, resume_from = prepare_work_dir(opts.out, opts.resume)
+    try:
+        trainer = stage.build_trainer(model, tokenizer, work)
+        with stage.training_context(trainer):
+            run = run_training(trainer, resume_from, stage.progress_label)
+    except BaseException:
+        cleanup_failed_start(opts.out)
+        raise
+    metrics = {**run, **stage.measure_after(trainer.model, tokenizer, before)}
+    save_output(trainer, tokenizer, stage, metrics, started)
+    return metrics
+
+
+# --------------------------------------------------------------------------- summary line
+
+def change(label: str, before: float | None, after: float | None, digits: int = 2) -> str | None:
+    """``"label 19.89 → 19.05"``, or ``"label 19.05"`` without a before, or None without an after."""
+    if after is None:
+        return None
+    if before is None:
+        return f"{label} {after:.{digits}f}"
+    return f"{label} {before:.{digits}f} → {after:.{digits}f}"
+
+
+def run_summary(metrics: dict[str, Any], seconds: float, *parts: str | None) -> str:
+    """The stage's own figures, then ``N steps, T s``: one line for the pipeline table."""
+    tail = f"{metrics.get('steps', 0)} steps, {seconds:,.0f} s"
+    return ", ".join([p for p in parts if p] + [tail])
+
+
 # --------------------------------------------------------------------------- output
 
 def unwrap(trainer: Any) -> Any:
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
-def save_output(trainer: Any, tokenizer: Any, opts: TrainOptions, stage: str, inputs: list[InputRef],
-                metrics: dict[str, Any], started: float) -> Path | None:
+def save_output(trainer: Any, tokenizer: Any, stage: TrainingStage, metrics: dict[str, Any],
+                started: float) -> Path | None:
     """Write the final checkpoint atomically (LoRA merged unless --keep-adapter) with its manifest.
 
     Only the main process writes; the resumable checkpoints are removed once the output exists.
     """
+    opts = stage.opts
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return None
@@ -344,23 +463,27 @@ def save_output(trainer: Any, tokenizer: Any, opts: TrainOptions, stage: str, in
     if is_peft and not opts.keep_adapter:
         model = model.merge_and_unload()
     model.config.use_cache = True
-    manifest = ArtifactManifest(
-        kind="checkpoint",
-        stage=stage,
-        inputs=inputs,
-        params={**opts.params(), "adapter": "lora-kept" if adapter_kept else ("lora-merged" if is_peft else "full")},
-        seed=opts.seed,
-        metrics=metrics,
-        parent=str(opts.model.resolve()),
-        lineage=lineage_of(opts.model),
-        duration_s=round(time.time() - started, 2),
-    )
+    inputs = stage.inputs()
+    duration = round(time.time() - started, 2)
     with atomic_dir(opts.out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if adapter_kept:
             _record_base(tmp, opts.model)
-        manifest.write(tmp)
+        stage.write_extras(tmp, trainer, metrics)
+        ArtifactManifest(
+            kind="checkpoint",
+            stage=stage.name,
+            inputs=inputs,
+            params={**stage.params(),
+                    "adapter": "lora-kept" if adapter_kept else ("lora-merged" if is_peft else "full")},
+            seed=opts.seed,
+            metrics=metrics,
+            parent=str(opts.model.resolve()),
+            lineage=lineage_of(opts.model),
+            duration_s=duration,
+            summary=stage.summary(metrics, duration),
+        ).write(tmp)
     shutil.rmtree(work_dir_for(opts.out), ignore_errors=True)
     return opts.out
 
@@ -371,10 +494,6 @@ def _record_base(directory: Path, base: Path) -> None:
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = str(base.resolve())
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-def standard_inputs(opts: TrainOptions, data_files: list[Path]) -> list[InputRef]:
-    return [input_ref("base", opts.model)] + [input_ref("data", p) for p in data_files]
 
 
 def cleanup_failed_start(out: Path) -> None:

@@ -9,7 +9,6 @@ Held-out perplexity before and after training goes into the manifest.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,18 @@ import torch
 from slmforge.trainer.packed_attention import packed_attention
 from slmforge.trainer.train_common import (
     IGNORE,
+    TrainingStage,
     TrainOptions,
-    check_model_dir,
-    check_out,
-    cleanup_failed_start,
+    change,
     heldout_ppl,
-    load_model_and_tokenizer,
-    prepare_work_dir,
-    run_training,
-    save_output,
-    seed_everything,
-    standard_inputs,
+    run_stage,
+    run_summary,
     training_arguments,
-    wrap_lora,
 )
 
 from slmforge.errors import UserError
 from slmforge.heldout import split_heldout
+from slmforge.manifest import InputRef, input_ref
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -86,34 +80,44 @@ def build_trainer(model: Any, tokenizer: Any, blocks: list[list[int]], opts: Tra
                    processing_class=tokenizer)
 
 
+class PretrainStage(TrainingStage):
+    """CPT: packed blocks of the training text; held-out perplexity before and after."""
+
+    name = "pretrain"
+
+    def read_data(self) -> None:
+        self.files, self.train_texts, self.held_texts, self.held_source = split_heldout(self.opts.data, self.opts.seed)
+
+    def prepare(self, model: Any, tokenizer: Any) -> None:
+        self.blocks = pack_blocks(tokenizer, self.train_texts, self.opts.seq_len)
+
+    def measure_before(self, model: Any, tokenizer: Any) -> dict[str, Any]:
+        return {"heldout_ppl_before": heldout_ppl(model, tokenizer, self.held_texts, self.opts)}
+
+    def build_trainer(self, model: Any, tokenizer: Any, work: Path) -> Any:
+        return build_trainer(model, tokenizer, self.blocks, self.opts, work)
+
+    def training_context(self, trainer: Any) -> Any:
+        return packed_attention(trainer.model)
+
+    def measure_after(self, model: Any, tokenizer: Any, before: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "train_tokens": sum(len(b) for b in self.blocks),
+            "train_blocks": len(self.blocks),
+            "padding_tokens": 0,
+            "heldout_source": self.held_source,
+            **before,
+            "heldout_ppl_after": heldout_ppl(model, tokenizer, self.held_texts, self.opts),
+        }
+
+    def inputs(self) -> list[InputRef]:
+        return [input_ref("base", self.opts.model)] + [input_ref("data", p) for p in self.files]
+
+    def summary(self, metrics: dict[str, Any], seconds: float) -> str:
+        return run_summary(metrics, seconds,
+                           change("held-out ppl", metrics["heldout_ppl_before"], metrics["heldout_ppl_after"]))
+
+
 def train_pretrain(opts: TrainOptions) -> dict[str, Any]:
     """Run CPT end to end; return the manifest metrics."""
-    started = time.time()
-    check_model_dir(opts.model)
-    check_out(opts.out, [opts.model, opts.data])
-    files, train_texts, held_texts, held_source = split_heldout(opts.data, opts.seed)
-    seed_everything(opts.seed)
-    model, tokenizer = load_model_and_tokenizer(opts.model)
-    blocks = pack_blocks(tokenizer, train_texts, opts.seq_len)
-    ppl_before = heldout_ppl(model, tokenizer, held_texts, opts)
-    model = wrap_lora(model, opts)
-    work, resume_from = prepare_work_dir(opts.out, opts.resume)
-    try:
-        trainer = build_trainer(model, tokenizer, blocks, opts, work)
-        with packed_attention(trainer.model):
-            run = run_training(trainer, resume_from)
-    except BaseException:
-        cleanup_failed_start(opts.out)
-        raise
-    ppl_after = heldout_ppl(trainer.model, tokenizer, held_texts, opts)
-    metrics = {
-        **run,
-        "train_tokens": sum(len(b) for b in blocks),
-        "train_blocks": len(blocks),
-        "padding_tokens": 0,
-        "heldout_source": held_source,
-        "heldout_ppl_before": ppl_before,
-        "heldout_ppl_after": ppl_after,
-    }
-    save_output(trainer, tokenizer, opts, "pretrain", standard_inputs(opts, files), metrics, started)
-    return metrics
+    return run_stage(PretrainStage(opts))

@@ -11,7 +11,6 @@ budget (``batch_size × seq_len`` tokens) is then one row, so no compute at all 
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,13 @@ from slmforge.trainer.datasets import load_records, to_messages
 from slmforge.trainer.packed_attention import packed_attention, supports_packed_attention
 from slmforge.trainer.train_common import (
     IGNORE,
+    TrainingStage,
     TrainOptions,
-    check_model_dir,
-    check_out,
-    cleanup_failed_start,
+    change,
     heldout_ppl,
-    load_model_and_tokenizer,
-    prepare_work_dir,
-    run_training,
-    save_output,
-    seed_everything,
-    standard_inputs,
+    run_stage,
+    run_summary,
     training_arguments,
-    wrap_lora,
 )
 
 from slmforge.errors import UserError
@@ -202,50 +195,62 @@ def build_trainer(model: Any, tokenizer: Any, rows: list[dict[str, list[int]]], 
                    processing_class=tokenizer)
 
 
+class SftStage(TrainingStage):
+    """Chat SFT: packed examples, loss on assistant tokens; held-out answer loss (and document ppl) before/after."""
+
+    name = "sft"
+
+    def read_data(self) -> None:
+        opts = self.opts
+        self.fmt, records = load_records(opts.data, "sft")
+        self.conversations = [to_messages(self.fmt, r) for r in records]
+        self.held_texts = load_heldout_texts(opts.extra["heldout_text"]) if opts.extra.get("heldout_text") else []
+
+    def prepare(self, model: Any, tokenizer: Any) -> None:
+        opts = self.opts
+        self.examples, self.truncated = build_examples(tokenizer, self.conversations, opts.seq_len)
+        if not self.examples:
+            raise UserError(f"{opts.data}: no example keeps an assistant token within --seq-len {opts.seq_len}")
+        self.train_ex, held_ex = split_heldout(self.examples, opts.seed)
+        self.row_len, self.rows_per_step = step_layout(opts.seq_len, opts.batch_size, supports_packed_attention(model))
+        self.rows = pack_examples(self.train_ex, self.row_len)
+        self.held_ex = held_ex[:opts.extra.get("eval_examples") or len(held_ex)]  # the split itself stays the same
+
+    def measure_before(self, model: Any, tokenizer: Any) -> dict[str, Any]:
+        return {"heldout_answer_loss_before": assistant_loss(model, self.held_ex),
+                "heldout_ppl_before": heldout_ppl(model, tokenizer, self.held_texts, self.opts)}
+
+    def build_trainer(self, model: Any, tokenizer: Any, work: Path) -> Any:
+        return build_trainer(model, tokenizer, self.rows, self.opts, work, self.rows_per_step)
+
+    def training_context(self, trainer: Any) -> Any:
+        return packed_attention(trainer.model)
+
+    def measure_after(self, model: Any, tokenizer: Any, before: dict[str, Any]) -> dict[str, Any]:
+        real = sum(len(ids) for ids, _ in self.train_ex)
+        ppl = {"heldout_ppl_before": before["heldout_ppl_before"],
+               "heldout_ppl_after": heldout_ppl(model, tokenizer, self.held_texts, self.opts)}
+        return {
+            "format": self.fmt,
+            "examples": len(self.examples),
+            "heldout_examples": len(self.held_ex),
+            "truncated_examples": self.truncated,
+            "packed_rows": len(self.rows),
+            "rows_per_step": self.rows_per_step,
+            "packing_fill": round(real / (len(self.rows) * self.row_len), 4),
+            "assistant_tokens": sum(sum(lab != IGNORE for lab in labels) for _, labels in self.train_ex),
+            "heldout_answer_loss_before": before["heldout_answer_loss_before"],
+            "heldout_answer_loss_after": assistant_loss(model, self.held_ex),
+            **(ppl if self.held_texts else {}),
+        }
+
+    def summary(self, metrics: dict[str, Any], seconds: float) -> str:
+        return run_summary(metrics, seconds,
+                           change("held-out ppl", metrics.get("heldout_ppl_before"), metrics.get("heldout_ppl_after")),
+                           change("answer loss", metrics["heldout_answer_loss_before"],
+                                  metrics["heldout_answer_loss_after"], digits=3))
+
+
 def train_sft(opts: TrainOptions) -> dict[str, Any]:
     """Run SFT end to end; return the manifest metrics."""
-    started = time.time()
-    check_model_dir(opts.model)
-    check_out(opts.out, [opts.model, opts.data])
-    fmt, records = load_records(opts.data, "sft")
-    conversations = [to_messages(fmt, r) for r in records]
-    seed_everything(opts.seed)
-    model, tokenizer = load_model_and_tokenizer(opts.model)
-    examples, truncated = build_examples(tokenizer, conversations, opts.seq_len)
-    if not examples:
-        raise UserError(f"{opts.data}: no example keeps an assistant token within --seq-len {opts.seq_len}")
-    train_ex, held_ex = split_heldout(examples, opts.seed)
-    row_len, rows_per_step = step_layout(opts.seq_len, opts.batch_size, supports_packed_attention(model))
-    rows = pack_examples(train_ex, row_len)
-    held_ex = held_ex[:opts.extra.get("eval_examples") or len(held_ex)]  # the split itself stays the same
-    loss_before = assistant_loss(model, held_ex)
-    held_texts = load_heldout_texts(opts.extra["heldout_text"]) if opts.extra.get("heldout_text") else []
-    ppl_before = heldout_ppl(model, tokenizer, held_texts, opts)
-    model = wrap_lora(model, opts)
-    work, resume_from = prepare_work_dir(opts.out, opts.resume)
-    try:
-        trainer = build_trainer(model, tokenizer, rows, opts, work, rows_per_step)
-        with packed_attention(trainer.model):
-            run = run_training(trainer, resume_from)
-    except BaseException:
-        cleanup_failed_start(opts.out)
-        raise
-    loss_after = assistant_loss(trainer.model, held_ex)
-    ppl_after = heldout_ppl(trainer.model, tokenizer, held_texts, opts)
-    real = sum(len(ids) for ids, _ in train_ex)
-    metrics = {
-        **run,
-        "format": fmt,
-        "examples": len(examples),
-        "heldout_examples": len(held_ex),
-        "truncated_examples": truncated,
-        "packed_rows": len(rows),
-        "rows_per_step": rows_per_step,
-        "packing_fill": round(real / (len(rows) * row_len), 4),
-        "assistant_tokens": sum(sum(lab != IGNORE for lab in labels) for _, labels in train_ex),
-        "heldout_loss_before": loss_before,
-        "heldout_loss_after": loss_after,
-        **({"heldout_ppl_before": ppl_before, "heldout_ppl_after": ppl_after} if held_texts else {}),
-    }
-    save_output(trainer, tokenizer, opts, "sft", standard_inputs(opts, [opts.data]), metrics, started)
-    return metrics
+    return run_stage(SftStage(opts))
