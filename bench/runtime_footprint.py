@@ -56,7 +56,7 @@ def peak_rss_of(argv: list[str]) -> int:
 
 def gguf_config(model: Path) -> dict[str, Any]:
     """The few hyperparameters the KV-cache formula needs, read from the GGUF's metadata."""
-    from slmforge.export.gguf_header import read_gguf_header
+    from slmforge.gguf_header import read_gguf_header
 
     metadata = read_gguf_header(model).metadata
     arch = metadata["general.architecture"]

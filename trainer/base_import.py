@@ -58,7 +58,7 @@ def embedded_gguf() -> Path:
 
 def _gguf_metadata(path: Path) -> dict[str, Any]:
     """Tokenizer facts from a GGUF header (no weights, no token arrays loaded)."""
-    from slmforge.export.gguf_header import read_gguf_header
+    from slmforge.gguf_header import read_gguf_header
 
     try:
         header = read_gguf_header(path)
