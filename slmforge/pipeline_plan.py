@@ -312,7 +312,7 @@ class PlanBuilder:
         seed = ["--seed", str(r.seed)]
         base = self.path("base")
         if r.base_model == "embedded":
-            from slmforge.trainer.base_import import embedded_gguf
+            from slmforge.embedded import embedded_gguf
 
             source_args, source_inputs = [], [embedded_gguf()]
         else:
