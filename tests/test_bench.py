@@ -455,7 +455,7 @@ def test_merge_quality_scores_parents_and_merge(tiny_checkpoint: Path, tmp_path:
     import json
     import shutil
 
-    from slmforge.bench.merge_quality import main, verdict
+    from slmforge.bench.dev.merge_quality import main, verdict
 
     assert verdict(10.0, [12.0, 11.0], higher_is_better=False) == "above both"
     assert verdict(11.5, [12.0, 11.0], higher_is_better=False) == "between"

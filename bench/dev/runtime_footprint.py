@@ -7,7 +7,7 @@ buffers (``fit.OVERHEAD_BYTES``) — leaving the process: Python, numpy, the emb
 onnxruntime session, SQLite and the CLI. Minus the embedder's file it is the base that
 ``fit.RUNTIME_BASE_BYTES`` must cover.
 
-    python -m slmforge.bench.runtime_footprint BUNDLE... [--out bench/results/runtime_footprint.json]
+    python -m slmforge.bench.dev.runtime_footprint BUNDLE... [--out bench/results/runtime_footprint.json]
 """
 
 from __future__ import annotations
