@@ -7,7 +7,6 @@ Imports are read from the source (AST), so lazy imports inside functions, ``TYPE
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,12 +89,12 @@ def layer_violations(folders: dict[str, Path], layers: dict[str, frozenset[str]]
 
 
 def package_folders() -> dict[str, Path]:
-    """Each package of the table and the folder it is installed from (pyproject's package-dir)."""
+    """Each package of the table and its folder in this checkout (pyproject's package-dir: slmforge.X -> X/)."""
     folders = {}
     for package in LAYERS:
-        spec = importlib.util.find_spec(package)
-        assert spec is not None and spec.submodule_search_locations, f"{package} is not importable"
-        folders[package] = Path(next(iter(spec.submodule_search_locations)))
+        parts = package.split(".")
+        folders[package] = REPO.joinpath(*(parts if len(parts) == 1 else parts[1:]))
+        assert (folders[package] / "__init__.py").is_file(), f"{package}: no {folders[package]}/__init__.py"
     return folders
 
 
