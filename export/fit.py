@@ -8,7 +8,7 @@ runtime process.
   * Overheads were measured once (docs/export.md, "Runtime overhead"): RSS after loading and
     one decode step, minus the file size and the computed KV cache, on SmolLM2-135M.
   * The runtime process (Python, numpy, onnxruntime with the embedder, SQLite, the CLI) is the
-    peak RSS of ``slmforge run`` minus all of the above (bench/runtime_footprint.py): a base
+    peak RSS of ``slmforge run`` minus all of the above (bench/dev/runtime_footprint.py): a base
     plus the embedder file. A device runs the model inside it, so app memory must hold both.
 Decode speed = memory bandwidth / bytes read per token, where one token reads every weight
 once plus the KV cache (taken at full context: the worst case a user of the profile hits).
@@ -26,7 +26,7 @@ LLAMACPP_OVERHEAD_BYTES = 32 * 1024 * 1024
 # onnxruntime-genai 0.18 int4 CPU: 78.9 MB at max_length 1024 and 4096.
 ORT_GENAI_OVERHEAD_BYTES = 96 * 1024 * 1024
 
-# bench/runtime_footprint.py: `slmforge run` minus model, KV, generator and the embedder file was 128.6 / 130.1 MB
+# bench/dev/runtime_footprint.py: `slmforge run` minus model, KV, generator and the embedder file was 128.6 / 130.1 MB
 # (demo Q8_0 bundles, int8 embedder) and 127.7 MB (test bundle, fp32 embedder) on one 2-core machine, and 147.0 MB
 # for the same test bundle on the CI machine of the same kind (same package versions): the base moves with the host
 # (allocator, kernel, CPU), so the constant sits 14 % above the highest seen.

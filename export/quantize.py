@@ -66,7 +66,7 @@ class GGUFContents:
 
 def inspect_gguf(path: str | Path) -> GGUFContents:
     """Read tensor types and sizes from a GGUF header; a corrupt file is a one-line UserError."""
-    from slmforge.export.gguf_header import read_gguf_header
+    from slmforge.gguf_header import read_gguf_header
 
     path = Path(path)
     if not path.is_file():

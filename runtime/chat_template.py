@@ -10,15 +10,8 @@ import datetime as _dt
 from functools import lru_cache
 from typing import Any
 
+from slmforge.chatml import CHATML_TEMPLATE  # used when a model carries no template at all
 from slmforge.errors import UserError
-
-# Used when a model carries no template at all (SmolLM2 and most small models speak ChatML).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def _raise(message: str) -> None:

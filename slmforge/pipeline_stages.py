@@ -119,7 +119,7 @@ def _baseline_needed(b: PlanBuilder) -> bool:
 
 def _base(b: PlanBuilder, _: str | None) -> Wiring:
     if b.recipe.base_model == "embedded":
-        from slmforge.trainer.base_import import embedded_gguf
+        from slmforge.embedded import embedded_gguf
 
         source_args, source_inputs = [], [embedded_gguf()]
     else:

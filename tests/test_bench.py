@@ -388,7 +388,7 @@ def test_bench_run_path_imports_without_torch():
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "for m in ('cli', 'campaign', 'run_bundle', 'measure', 'quality', 'emulate', 'records', 'report', 'plots',\n"
-        "          'runtime_overhead', 'metrics', 'evaluate', 'eval_report', 'cli_eval'):\n"
+        "          'dev.runtime_overhead', 'metrics', 'evaluate', 'eval_report', 'cli_eval'):\n"
         "    importlib.import_module('slmforge.bench.' + m)\n"
         "importlib.import_module('slmforge.runtime.engine')\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]\n"
@@ -455,7 +455,7 @@ def test_merge_quality_scores_parents_and_merge(tiny_checkpoint: Path, tmp_path:
     import json
     import shutil
 
-    from slmforge.bench.merge_quality import main, verdict
+    from slmforge.bench.dev.merge_quality import main, verdict
 
     assert verdict(10.0, [12.0, 11.0], higher_is_better=False) == "above both"
     assert verdict(11.5, [12.0, 11.0], higher_is_better=False) == "between"

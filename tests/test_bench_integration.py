@@ -52,7 +52,7 @@ def test_bench_run_and_report_on_the_real_model(real_gguf: Path, tmp_path: Path)
 
 
 def test_runtime_overhead_reports_ratios(real_gguf: Path, tmp_path: Path):
-    from slmforge.bench.runtime_overhead import measure_overhead
+    from slmforge.bench.dev.runtime_overhead import measure_overhead
 
     result = measure_overhead(real_gguf, None, threads=1, tokens=16, repeats=1, profile=True)
     loop = result["gguf_loop"]
@@ -67,7 +67,7 @@ def test_runtime_overhead_reports_ratios(real_gguf: Path, tmp_path: Path):
 def test_runtime_process_term_of_the_fit_check_covers_the_measured_process(tmp_path_factory: pytest.TempPathFactory):
     """export's memory estimate adds a runtime base plus the embedder for everything but the model; the
     real `slmforge run` process must not outgrow it, or profiles would be told a model fits when it does not."""
-    from slmforge.bench.runtime_footprint import measure
+    from slmforge.bench.dev.runtime_footprint import measure
     from slmforge.export import fit
 
     from tests.serve_helpers import real_bundle_path

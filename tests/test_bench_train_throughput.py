@@ -16,7 +16,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_both_sides_train_the_same_examples_and_the_ratio_is_theirs(tiny_checkpoint, tmp_path):
-    from slmforge.bench.train_throughput import cpt_pair, main, sft_pair
+    from slmforge.bench.dev.train_throughput import cpt_pair, main, sft_pair
     from transformers import AutoTokenizer
 
     (tmp_path / "ds").mkdir()

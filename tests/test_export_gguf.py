@@ -192,9 +192,10 @@ def test_truncated_safetensors_is_one_clear_error(tiny_checkpoint: Path, tmp_pat
 
 
 def test_fast_header_reader_agrees_with_gguf_py(tiny_gguf: Path, tmp_path: Path):
-    """export/gguf_header.py skips arrays for speed; everything else must read as gguf-py reads it."""
+    """slmforge/gguf_header.py skips arrays for speed; everything else must read as gguf-py reads it."""
     from gguf import GGUFReader
-    from slmforge.export.gguf_header import ArrayInfo, read_gguf_header
+
+    from slmforge.gguf_header import ArrayInfo, read_gguf_header
 
     header, reader = read_gguf_header(tiny_gguf), GGUFReader(str(tiny_gguf))
     assert [(t.name, t.type_name, t.shape, t.n_elements, t.n_bytes) for t in header.tensors] == [

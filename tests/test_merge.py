@@ -245,6 +245,24 @@ def test_dtype_and_chat_template_options(tmp_path: Path, pair: tuple[Path, Path]
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<<hi>>"
 
 
+def test_chatml_option_renders_as_mergekits_chatml() -> None:
+    """`chat_template: chatml` is the one ChatML template, the same text mergekit's `chatml` renders."""
+    from importlib import resources
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from slmforge.trainer.merge import choose_chat_template
+
+    pytest.importorskip("mergekit")
+    theirs = (resources.files("mergekit._data.chat_templates") / "chatml.jinja").read_text()
+    ours = choose_chat_template("chatml", [], None)  # the donor is not consulted for 'chatml'
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)  # as transformers renders
+    for messages in ([{"role": "user", "content": "hi"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]):
+        for prompt in (True, False):
+            want = env.from_string(theirs).render(messages=messages, add_generation_prompt=prompt)
+            assert env.from_string(ours).render(messages=messages, add_generation_prompt=prompt) == want
+
+
 def test_output_over_an_input_is_refused(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     a, b = pair
     recipe = write_recipe(tmp_path / "r.yaml", {"merge_method": "slerp", "base_model": str(a), "parameters": {"t": 0.5},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from slmforge.bench.pii_quality import DOCS, load_sample, score, technical_changes
+from slmforge.bench.dev.pii_quality import DOCS, load_sample, score, technical_changes
 from slmforge.trainer.pii import CLASSES, DEFAULT_CLASSES, iban_ok, luhn_ok, parse_classes, redact
 
 from slmforge.errors import UserError

@@ -105,7 +105,7 @@ def test_chat_keeps_history(real_bundle: Path):
 
 
 def test_faq_hit_at_4(real_bundle: Path):
-    from slmforge.bench.retrieval import faq_hits
+    from slmforge.bench.dev.retrieval import faq_hits
 
     result = faq_hits(real_bundle, ks=(4,))
     print(json.dumps(result))

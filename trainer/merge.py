@@ -30,6 +30,7 @@ from slmforge.trainer.safetensors_stream import (
 )
 from tqdm import tqdm
 
+from slmforge.chatml import CHATML_TEMPLATE
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from slmforge.manifest import ArtifactManifest, input_ref, lineage_of
@@ -361,8 +362,6 @@ def choose_chat_template(setting: str | None, inputs: list[Checkpoint], donor: C
         found = [t.strip() for t in (_template_of(c.path) for c in inputs) if t]
         return Counter(found).most_common(1)[0][0] if found else None
     if setting == "chatml":
-        from slmforge.trainer.tiny import CHATML_TEMPLATE
-
         return CHATML_TEMPLATE
     if "{" in setting:
         return setting

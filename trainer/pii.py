@@ -8,7 +8,7 @@ precision on technical prose: slices like ``s[1::2]``, version numbers, dates, h
 ISBNs, documentation addresses (RFC 5737 / 3849) and e-mail at the example domains
 (RFC 2606) are left alone; card numbers must pass
 the Luhn check and IBANs their mod-97 checksum. Recall and precision per class are measured
-on tests/data/pii_sample.jsonl by ``python -m slmforge.bench.pii_quality``.
+on tests/data/pii_sample.jsonl by ``python -m slmforge.bench.dev.pii_quality``.
 """
 
 from __future__ import annotations

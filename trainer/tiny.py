@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHATML_TEMPLATE = (
+# SmolLM2's shape: ChatML that opens with a default system turn when the messages bring none.
+TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
@@ -56,7 +57,7 @@ def build_tiny_tokenizer(vocab_size: int = 384, corpus: list[str] | None = None)
         additional_special_tokens=SPECIAL_TOKENS,
         clean_up_tokenization_spaces=False,
     )
-    fast.chat_template = CHATML_TEMPLATE
+    fast.chat_template = TINY_CHAT_TEMPLATE
     return fast
 
 

@@ -5,6 +5,10 @@ SmolLM2's GGUF (49,152 tokens, 48,900 merges) costs about 5 s of Python on 2 cor
 inspects each file it writes, base import reads the source's tokenizer facts. The facts we need
 are scalars, strings and the tensor table; arrays are skipped (their element type and length
 are kept). Layout and sizes come from gguf-py's own constants, so the two readers agree.
+
+It sits in the shared package because export and base import (trainer) both read GGUF headers
+and neither side may import the other; it needs ``gguf`` (the ``[train]`` extra), so the device
+side never imports it.
 """
 
 from __future__ import annotations

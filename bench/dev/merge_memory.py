@@ -5,7 +5,7 @@ Measured in the same run, each in a fresh process (peak RSS from wait4): an inte
 only imports the merge code (the floor), `slmforge merge`, mergekit on the same recipe (peer,
 if installed) and a naive merge (load both models with transformers, average state dicts).
 
-    .venv/bin/python -m slmforge.bench.merge_memory --out bench/results/merge_memory
+    .venv/bin/python -m slmforge.bench.dev.merge_memory --out bench/results/merge_memory
 """
 
 from __future__ import annotations

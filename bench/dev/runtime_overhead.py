@@ -9,7 +9,7 @@
 Runs alternate (ours, bare, ours, bare, …) so a loaded machine slows both alike; ratios use
 medians. ``--profile`` adds a cProfile of our loop (where the time goes besides llama_decode).
 
-    python -m slmforge.bench.runtime_overhead MODEL.gguf [--onnx DIR] [--threads 2] [--out overhead.json]
+    python -m slmforge.bench.dev.runtime_overhead MODEL.gguf [--onnx DIR] [--threads 2] [--out overhead.json]
 """
 
 from __future__ import annotations

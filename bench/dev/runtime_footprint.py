@@ -7,7 +7,7 @@ buffers (``fit.OVERHEAD_BYTES``) — leaving the process: Python, numpy, the emb
 onnxruntime session, SQLite and the CLI. Minus the embedder's file it is the base that
 ``fit.RUNTIME_BASE_BYTES`` must cover.
 
-    python -m slmforge.bench.runtime_footprint BUNDLE... [--out bench/results/runtime_footprint.json]
+    python -m slmforge.bench.dev.runtime_footprint BUNDLE... [--out bench/results/runtime_footprint.json]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def peak_rss_of(argv: list[str]) -> int:
 
 def gguf_config(model: Path) -> dict[str, Any]:
     """The few hyperparameters the KV-cache formula needs, read from the GGUF's metadata."""
-    from slmforge.export.gguf_header import read_gguf_header
+    from slmforge.gguf_header import read_gguf_header
 
     metadata = read_gguf_header(model).metadata
     arch = metadata["general.architecture"]

@@ -1,6 +1,6 @@
 """Retrieval bench: search latency and recall@10 of each vector path, plus FAQ hit@k on a real bundle.
 
-    python -m slmforge.bench.retrieval BUNDLE [--sizes 1000,10000,100000] [--out DIR]
+    python -m slmforge.bench.dev.retrieval BUNDLE [--sizes 1000,10000,100000] [--out DIR]
 
 Vectors are real: the bundle's own chunk embeddings (its embedder over the shipped documents).
 Indexes larger than the bundle are filled by mixing real vectors: each synthetic vector is

@@ -8,7 +8,7 @@ answers (no retrieval) against them. The verdict says whether the merge sits bet
 parents or above both; for F1, whose per-question spread is large on a few questions, a paired
 bootstrap gives the 95 % interval of merged − parent so a gap inside the noise reads as such.
 
-    python -m slmforge.bench.merge_quality --parent runs/x/cpt --parent runs/x/align --merged runs/x/merged \\
+    python -m slmforge.bench.dev.merge_quality --parent runs/x/cpt --parent runs/x/align --merged runs/x/merged \\
         --heldout runs/x/data --qa runs/x/qa/qa.heldout.jsonl [--out result.json]
 """
 

@@ -10,7 +10,7 @@ the headers and half the body: half of them hang up, half stay silent until the 
 answers (408 after its body timeout) and closes. Afterwards /health must answer and the
 queue must be empty.
 
-    python -m slmforge.bench.load_test BUNDLE [--clients 32] [--requests 10 | --duration 60] [--half-open 300]
+    python -m slmforge.bench.dev.load_test BUNDLE [--clients 32] [--requests 10 | --duration 60] [--half-open 300]
         [--queue 4] [--out result.json]
 """
 

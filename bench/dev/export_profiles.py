@@ -3,7 +3,7 @@
 Runs the real CLI once per profile (as a user would), then prints one table: profile, quant,
 size, est. memory, est. decode, perplexity ratio, gate — or the one-line refusal.
 
-    python -m slmforge.bench.export_profiles --model CKPT --out /tmp/exports --eval-tokens 1024
+    python -m slmforge.bench.dev.export_profiles --model CKPT --out /tmp/exports --eval-tokens 1024
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PII redaction quality: recall and precision per class on a labelled sample, and what it changes in technical text.
 
-    python -m slmforge.bench.pii_quality [--sample tests/data/pii_sample.jsonl] [--docs examples/python-docs/docs]
+    python -m slmforge.bench.dev.pii_quality [--sample tests/data/pii_sample.jsonl] [--docs examples/python-docs/docs]
         [--out bench/results/pii_quality.json]
 
 The sample holds one line per item: ``{"text", "label", "value"}``, a realistic sentence with
@@ -26,7 +26,7 @@ from slmforge.trainer.pii import CLASSES, DEFAULT_CLASSES, PLACEHOLDERS, redact
 from slmforge.assets import example_docs
 from slmforge.datafiles import iter_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "tests" / "data" / "pii_sample.jsonl"
 DOCS = example_docs()
 

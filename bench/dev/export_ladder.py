@@ -2,7 +2,7 @@
 read back from the file, and quality against the source (perplexity ratio, KL, top-1) on
 held-out text. Writes a JSON report and a PNG (size vs. perplexity ratio).
 
-    python -m slmforge.bench.export_ladder --model CKPT --out bench/results/export_ladder
+    python -m slmforge.bench.dev.export_ladder --model CKPT --out bench/results/export_ladder
 """
 
 from __future__ import annotations

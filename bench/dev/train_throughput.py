@@ -14,7 +14,7 @@ Each side also reports its fill (real tokens ÷ positions computed), which split
 what packing removes (fill ÷ fill) and what a position costs (the rest): at equal cost per
 position, removing padding cannot beat the baseline by more than 1 ÷ its fill.
 
-    python -m slmforge.bench.train_throughput --data DATASET_DIR --qa qa.jsonl [--examples 48 --documents 32]
+    python -m slmforge.bench.dev.train_throughput --data DATASET_DIR --qa qa.jsonl [--examples 48 --documents 32]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ tensor-by-tensor comparison of the two files (names, types, shapes, exact bytes)
 tokenizer metadata both wrote. The peer script is fetched from the llama-cpp-python sdist
 (vendor/llama.cpp) into a temp folder for the bench only; it is never part of slmforge.
 
-    python -m slmforge.bench.export_peer --model ~/.cache/slmforge/base/SmolLM2-135M-Instruct-*/ \
+    python -m slmforge.bench.dev.export_peer --model ~/.cache/slmforge/base/SmolLM2-135M-Instruct-*/ \
         --out bench/results/export_peer.json
 """
 
