@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,11 @@ from slmforge.runtime.backend import (
     GenerationResult,
     StreamTimer,
     check_prompt_fits,
-    collect,
     default_threads,
 )
 from slmforge.runtime.chat_template import render_chat
 from slmforge.runtime.llama_probe import ensure_llama_cpp_runs
+from slmforge.runtime.result_stream import ResultStream
 
 from slmforge.errors import UserError
 
@@ -52,7 +52,6 @@ class LlamaCppBackend:
         self._vocab = vocab
         self.bos_token = self._token_text(self._llm.token_bos())
         self.eos_token = self._token_text(self._llm.token_eos())
-        self.last_result: GenerationResult | None = None
 
     def _load(self, llama_class: Any) -> Any:
         return llama_class(
@@ -84,8 +83,12 @@ class LlamaCppBackend:
     def stream(
         self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
         repeat_penalty: float = 1.0,
-    ) -> Iterator[str]:
-        self.last_result = None
+    ) -> ResultStream[GenerationResult]:
+        return ResultStream(self._deltas(prompt, max_tokens, temperature, top_p, seed, repeat_penalty))
+
+    def _deltas(
+        self, prompt: str, max_tokens: int, temperature: float, top_p: float, seed: int | None, repeat_penalty: float,
+    ) -> Generator[str, None, GenerationResult]:
         tokens = self.tokenize(prompt)
         check_prompt_fits(len(tokens), max_tokens, self.n_ctx)
         budget = max(1, min(max_tokens, self.n_ctx - len(tokens)))
@@ -108,12 +111,10 @@ class LlamaCppBackend:
         tail = timer.flush()
         if tail:
             yield tail
-        self.last_result = timer.result(finish, prefill_ms=_prefill_ms(self._llm))
+        return timer.result(finish, prefill_ms=_prefill_ms(self._llm))
 
     def generate(self, prompt: str, **kw: Any) -> GenerationResult:
-        collect(self.stream(prompt, **kw))
-        assert self.last_result is not None
-        return self.last_result
+        return self.stream(prompt, **kw).drain()
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
