@@ -29,6 +29,7 @@ from slmforge.bench.metrics import (
     median_of,
     paired_bootstrap,
 )
+from slmforge.runtime.answer import Answer, Answerer
 from slmforge.runtime.bundle import Bundle, open_bundle
 from slmforge.runtime.drift import NULL_PROBES
 
@@ -73,7 +74,7 @@ class Reply:
     decode_tok_s: float | None = None
 
     @classmethod
-    def of(cls, answer: Any) -> Reply:
+    def of(cls, answer: Answer) -> Reply:
         tok_s = answer.timings.get("decode_tok_s")
         return cls(text=answer.answer, chunks=[(h.source, h.heading) for h in answer.hits],
                    context=context_block(answer.hits), completion_tokens=int(answer.tokens.get("completion", 0)),
@@ -170,7 +171,7 @@ def read_probes(path: Path | None) -> list[str]:
 
 # -- answering --------------------------------------------------------------------------------------------
 
-def answer_all(engine: Any, records: list[QARecord], probes: list[str], k: int, max_tokens: int | None,
+def answer_all(engine: Answerer, records: list[QARecord], probes: list[str], k: int, max_tokens: int | None,
                closed_book: bool, tick: Callable[[], None]) -> SystemReplies:
     """Every held-out question with RAG (and closed-book), then every probe with RAG; greedy."""
     def ask(question: str, use_rag: bool) -> Reply:

@@ -12,7 +12,7 @@ import glob
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -139,7 +139,7 @@ def percentile_metrics(latencies_ms: list[float], prefix: str) -> dict[str, Metr
             f"{prefix}_p95_ms": measured(np.percentile(arr, 95), "ms", n=n)}
 
 
-def time_to_first_delta(stream: Any) -> tuple[float, int]:
+def time_to_first_delta(stream: Iterable[str]) -> tuple[float, int]:
     """Milliseconds until a stream yields its first text, then drain it; returns (ttft_ms, deltas)."""
     start = time.perf_counter()
     first: float | None = None

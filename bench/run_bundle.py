@@ -21,6 +21,7 @@ from typing import Any
 
 from slmforge.bench import measure, quality
 from slmforge.bench.records import BundleInfo, Metric, measured, unknown
+from slmforge.runtime.answer import Answerer
 
 from slmforge.errors import UserError
 from slmforge.heldout import load_heldout_texts
@@ -95,7 +96,7 @@ class _Steps:
                 self.metrics.setdefault(name, unknown(unit, message[:300], "failed"))
 
 
-def _rag_ttft(engine: Any, probe: Any, job: BundleJob) -> dict[str, Metric]:
+def _rag_ttft(engine: Answerer, probe: Any, job: BundleJob) -> dict[str, Metric]:
     """Time to first token of a RAG answer, cold each time (llama.cpp's prompt-prefix reuse is cleared)."""
     ttfts, decode = [], []
     for _ in range(max(1, min(job.repeats, 3))):
@@ -106,8 +107,8 @@ def _rag_ttft(engine: Any, probe: Any, job: BundleJob) -> dict[str, Metric]:
                                       sampling={"temperature": 0.0, "seed": 0})
         ttft, _ = measure.time_to_first_delta(stream)
         ttfts.append(ttft)
-        decode.append(engine.last_answer.timings["decode_tok_s"])
-    note = f"k={job.k}, embed + search + prompt fit + prefill of {engine.last_answer.tokens['prompt']} tokens"
+        decode.append(stream.result.timings["decode_tok_s"])
+    note = f"k={job.k}, embed + search + prompt fit + prefill of {stream.result.tokens['prompt']} tokens"
     sd = statistics.stdev(ttfts) if len(ttfts) > 1 else 0.0
     dsd = statistics.stdev(decode) if len(decode) > 1 else 0.0
     return {"rag_ttft_ms": measured(statistics.fmean(ttfts), "ms", std=sd, n=len(ttfts), note=note),

@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from slmforge.runtime.answer import Answer, Answerer, citation
 from slmforge.runtime.answer_cache import AnswerCache, CacheHit
 from slmforge.runtime.context_budget import MIN_ANSWER_TOKENS
 from slmforge.runtime.drift import NULL_PROBES, IndexReference, answer_support
 from slmforge.runtime.escalate import EscalationError, EscalationPolicy, Escalator, context_messages
 from slmforge.runtime.feedback import parse_rating, record_feedback
-from slmforge.runtime.index import RagIndex
+from slmforge.runtime.index import Hit, RagIndex
+from slmforge.runtime.result_stream import ResultStream
 from slmforge.runtime.server_gate import Overloaded
 from slmforge.runtime.telemetry import TelemetryStore, measure_resources
 
 from slmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from slmforge.runtime.backend import Backend
+    from slmforge.runtime.bundle import Bundle
+    from slmforge.runtime.embedder import Embedder
 
 RECENT_EXCHANGES = 1000  # kept in memory only, so feedback can quote what it rates
 
@@ -46,48 +53,29 @@ class ChatParams:
                 "repeat_penalty": self.repeat_penalty}
 
 
-@dataclass
-class Reply:
-    request_id: str
-    text: str = ""
-    finish_reason: str = "stop"
-    citations: list[dict[str, Any]] = field(default_factory=list)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    retrieval: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, Any] = field(default_factory=dict)
-    support: float | None = None
-    route: str = "local"  # local | cache | escalated | escalation_failed
-    cache: str = "miss"  # miss | exact | semantic
-    note: str | None = None
-    escalation_reason: str | None = None
-    attrs: dict[str, Any] = field(default_factory=dict)
+class AnsweringEngine(Answerer, Protocol):
+    """What the service needs of an engine: ``engine.Engine`` is the one that ships."""
 
-    def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
-
-    def details(self) -> dict[str, Any]:
-        return {"route": self.route, "cache": self.cache, "retrieval": self.retrieval, "support": self.support,
-                "timings": self.timings, "note": self.note, "escalation_reason": self.escalation_reason}
-
-    def cached_copy(self) -> dict[str, Any]:
-        return {"text": self.text, "finish_reason": self.finish_reason, "citations": self.citations,
-                "retrieval": self.retrieval, "support": self.support}
-
-
-class ReplyStream:
-    """Text deltas of one answer; ``reply`` is set once the iteration ends."""
-
-    def __init__(self, deltas: Iterator[str], holder: dict[str, Reply]) -> None:
-        self._deltas, self._holder = deltas, holder
-
-    def __iter__(self) -> Iterator[str]:
-        return self._deltas
+    bundle: Bundle
+    backend: Backend
+    embedder: Embedder
+    index: RagIndex
+    generation: dict[str, Any]
 
     @property
-    def reply(self) -> Reply:
-        return self._holder["reply"]
+    def n_ctx(self) -> int: ...
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+    def retrieve(self, question: str, k: int = 4) -> tuple[list[Hit], dict[str, float], float | None]: ...
+
+    def close(self) -> None: ...
+
+
+def cache_entry(answer: Answer) -> dict[str, Any]:
+    """What the cache keeps of an answer to stand in for it later (no tokens or timings: a cache hit costs none)."""
+    return {"text": answer.answer, "finish_reason": answer.finish_reason, "citations": answer.citations,
+            "retrieval": answer.retrieval, "support": answer.support}
 
 
 def index_version(index: RagIndex) -> str:
@@ -106,7 +94,7 @@ def index_reference(index: RagIndex, embed: Callable[[list[str]], np.ndarray]) -
 class AnswerService:
     """Routes questions for one loaded Engine; every public method is called from the model's thread."""
 
-    def __init__(self, engine: Any, store: TelemetryStore, model_name: str, cache: AnswerCache | None = None,
+    def __init__(self, engine: AnsweringEngine, store: TelemetryStore, model_name: str, cache: AnswerCache | None = None,
                  escalator: Escalator | None = None, policy: EscalationPolicy | None = None, default_k: int = 4,
                  default_max_tokens: int | None = None) -> None:
         self.engine = engine
@@ -158,20 +146,17 @@ class AnswerService:
 
     # -- answering ----------------------------------------------------------------------------------
 
-    def ask(self, question: str, history: list[dict[str, Any]], params: ChatParams, request_id: str) -> Reply:
-        stream = self.ask_stream(question, history, params, request_id, streaming=False)
-        for _ in stream:
-            pass
-        return stream.reply
+    def ask(self, question: str, history: list[dict[str, Any]], params: ChatParams, request_id: str) -> Answer:
+        return self.ask_stream(question, history, params, request_id, streaming=False).drain()
 
     def ask_stream(self, question: str, history: list[dict[str, Any]], params: ChatParams, request_id: str,
-                   cancel: threading.Event | None = None, streaming: bool = True) -> ReplyStream:
-        holder: dict[str, Reply] = {}
-        return ReplyStream(self._answer(question, history, params, request_id, cancel, streaming, holder), holder)
+                   cancel: threading.Event | None = None, streaming: bool = True) -> ResultStream[Answer]:
+        """Text deltas of the routed answer; the stream's ``result`` is the Answer with its telemetry row once it
+        ends (none when ``cancel`` stopped it)."""
+        return ResultStream(self._answer(question, history, params, request_id, cancel, streaming))
 
     def _answer(self, question: str, history: list[dict[str, Any]], params: ChatParams, rid: str,
-                cancel: threading.Event | None, streaming: bool, holder: dict[str, Reply]) -> Iterator[str]:
-        reply = Reply(request_id=rid)
+                cancel: threading.Event | None, streaming: bool) -> Generator[str, None, Answer | None]:
         with measure_resources() as resources:
             version = self._current_version()
             vector = self.engine.embed([question])[0]
@@ -180,8 +165,8 @@ class AnswerService:
             if hit is not None and hit.value["finish_reason"] == "length" and params.max_tokens > hit.value["max_tokens"]:
                 hit = None  # a cut-off answer only stands in for requests that allow no more tokens
             if hit is not None:
-                self._fill_from_cache(reply, hit)
-                yield reply.text
+                reply = self._from_cache(hit)
+                yield reply.answer
             else:
                 answer = None
                 try:
@@ -190,57 +175,53 @@ class AnswerService:
                     for delta in local:
                         if cancel is not None and cancel.is_set():
                             local.close()
-                            return
+                            return None
                         if self.stopping.is_set():  # SIGTERM: do not hold the shutdown for a long answer
                             local.close()
                             raise Overloaded(503, 5, "the server is shutting down; ask again later")
                         yield delta
-                    answer = self.engine.last_answer
+                    answer = local.result
                 except UserError:
                     if self.escalator is None or not self._overflows(question):
                         raise
                 if answer is None:  # the question alone is over the local context: only escalation can answer
+                    reply = Answer(answer="")
                     reply.escalation_reason = self.policy.reason(None, None, context_overflow=True)
                     hits = self.engine.retrieve(question, params.k)[0] if params.use_rag else []
                     self._escalate(reply, question, history, hits, params, fallback=None)
-                    yield reply.text
+                    yield reply.answer
                 else:
-                    self._fill_from_answer(reply, answer)
+                    reply = answer
+                    self._judge(reply)
                     if not streaming and self.escalator is not None:
                         reply.escalation_reason = self.policy.reason(reply.retrieval.get("top1"), reply.support)
                         if reply.escalation_reason:
                             self._escalate(reply, question, history, answer.hits, params, fallback=answer.answer)
                     if cacheable and reply.route in ("local", "escalated"):
-                        self.cache.put(question, version, {**reply.cached_copy(), "max_tokens": params.max_tokens},
+                        self.cache.put(question, version, {**cache_entry(reply), "max_tokens": params.max_tokens},
                                        vector)
-        reply.attrs = self._attrs(reply, question, history, params, vector, version, resources.attrs)
-        self._remember(rid, question, reply.text)
-        holder["reply"] = reply
+        reply.telemetry = self._attrs(reply, rid, question, history, params, vector, version, resources.attrs)
+        self._remember(rid, question, reply.answer)
+        return reply
 
     def _overflows(self, question: str) -> bool:
         return len(self.engine.backend.tokenize(question)) + MIN_ANSWER_TOKENS > self.engine.n_ctx
 
-    def _fill_from_cache(self, reply: Reply, hit: CacheHit) -> None:
+    @staticmethod
+    def _from_cache(hit: CacheHit) -> Answer:
         cached = hit.value
-        reply.text, reply.finish_reason, reply.citations = cached["text"], cached["finish_reason"], cached["citations"]
-        reply.retrieval, reply.support = dict(cached["retrieval"]), cached["support"]
-        reply.route, reply.cache = "cache", hit.kind
-        reply.retrieval["cache_similarity"] = round(hit.similarity, 4)
+        answer = Answer(answer=cached["text"], citations=cached["citations"], retrieval=dict(cached["retrieval"]),
+                        finish_reason=cached["finish_reason"], support=cached["support"], route="cache", cache=hit.kind)
+        answer.retrieval["cache_similarity"] = round(hit.similarity, 4)
+        return answer
 
-    def _fill_from_answer(self, reply: Reply, answer: Any) -> None:
-        scores = answer.retrieval.get("scores") or []
-        reply.text, reply.finish_reason, reply.citations = answer.answer, answer.finish_reason, answer.citations
-        reply.prompt_tokens, reply.completion_tokens = answer.tokens["prompt"], answer.tokens["completion"]
-        reply.timings = dict(answer.timings)
-        ranked = sorted(scores, reverse=True)  # fusion may rank a BM25 match first; similarity is the signal here
-        top1 = answer.retrieval.get("top1")  # the nearest vector candidate, even when k cut it from the hits
-        reply.retrieval = {"top1": top1 if top1 is not None else (ranked[0] if ranked else None), "k": len(ranked),
-                           "gap": round(ranked[0] - ranked[-1], 4) if len(ranked) > 1 else None}
-        # the drift reference's verdict, so a client can say "not in the documents" (the page does)
-        reply.retrieval["out_of_domain"] = self.reference.is_out_of_domain(reply.retrieval["top1"])
-        reply.support = answer_support(answer.answer, [h.text for h in answer.hits], self.engine.embed)
+    def _judge(self, answer: Answer) -> None:
+        """The drift reference's verdict on the retrieval (so a client can say "not in the documents"; the page
+        does) and how well the retrieved chunks support the answer."""
+        answer.retrieval["out_of_domain"] = self.reference.is_out_of_domain(answer.retrieval.get("top1"))
+        answer.support = answer_support(answer.answer, [h.text for h in answer.hits], self.engine.embed)
 
-    def _escalate(self, reply: Reply, question: str, history: list[dict[str, Any]], hits: list[Any],
+    def _escalate(self, reply: Answer, question: str, history: list[dict[str, Any]], hits: list[Hit],
                   params: ChatParams, fallback: str | None) -> None:
         assert self.escalator is not None
         messages = context_messages([*history, {"role": "user", "content": question}],
@@ -253,18 +234,16 @@ class AnswerService:
                                 "shorten the question") from None
             reply.route = "escalation_failed"
             reply.note = f"Could not escalate to the larger model ({exc}); this is the local model's answer."
-            reply.text = f"{fallback}\n\n({reply.note})"
+            reply.answer = f"{fallback}\n\n({reply.note})"
             return
-        reply.route, reply.text, reply.finish_reason = "escalated", result.text, result.finish_reason
-        reply.prompt_tokens = result.prompt_tokens or reply.prompt_tokens
-        reply.completion_tokens = result.completion_tokens or reply.completion_tokens
+        reply.route, reply.answer, reply.finish_reason = "escalated", result.text, result.finish_reason
+        reply.tokens = {"prompt": result.prompt_tokens or reply.tokens["prompt"],
+                        "completion": result.completion_tokens or reply.tokens["completion"]}
         reply.note = f"answered by {result.model} via {self.escalator.endpoint}"
         if hits and not reply.citations:
-            from slmforge.runtime.engine import citation
-
             reply.citations = [citation(h) for h in hits]
 
-    def _attrs(self, reply: Reply, question: str, history: list[dict[str, Any]], params: ChatParams,
+    def _attrs(self, reply: Answer, rid: str, question: str, history: list[dict[str, Any]], params: ChatParams,
                vector: np.ndarray, version: str, resources: dict[str, Any]) -> dict[str, Any]:
         top1 = reply.retrieval.get("top1")
         tok_s = reply.timings.get("decode_tok_s") or None
@@ -272,12 +251,12 @@ class AnswerService:
         return {
             "gen_ai.operation.name": "chat",
             "gen_ai.request.model": self.model_name,
-            "gen_ai.response.id": reply.request_id,
+            "gen_ai.response.id": rid,
             "gen_ai.request.max_tokens": params.max_tokens,
             "gen_ai.request.temperature": params.temperature,
             "gen_ai.response.finish_reasons": [reply.finish_reason],
-            "gen_ai.usage.input_tokens": reply.prompt_tokens,
-            "gen_ai.usage.output_tokens": reply.completion_tokens,
+            "gen_ai.usage.input_tokens": reply.tokens["prompt"],
+            "gen_ai.usage.output_tokens": reply.tokens["completion"],
             "gen_ai.server.time_to_first_token": None if ttft is None else round(ttft / 1000, 4),
             "gen_ai.server.time_per_output_token": None if not tok_s else round(1.0 / tok_s, 5),
             "slmforge.decode.tokens_per_second": tok_s,
@@ -294,7 +273,7 @@ class AnswerService:
             "slmforge.model.quant": self.quant,
             "slmforge.index.version": version,
             "gen_ai.input.messages": [*history, {"role": "user", "content": question}],
-            "gen_ai.output.messages": [{"role": "assistant", "content": reply.text}],
+            "gen_ai.output.messages": [{"role": "assistant", "content": reply.answer}],
             **resources,
         }
 

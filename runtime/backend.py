@@ -9,10 +9,11 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from slmforge.runtime.result_stream import ResultStream
 
 from slmforge.errors import UserError
 
@@ -41,7 +42,6 @@ class GenerationResult:
 class Backend(Protocol):
     name: str
     n_ctx: int
-    last_result: GenerationResult | None
 
     def tokenize(self, text: str) -> list[int]: ...
 
@@ -50,7 +50,9 @@ class Backend(Protocol):
     def stream(
         self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
         repeat_penalty: float = 1.0,
-    ) -> Iterator[str]: ...
+    ) -> ResultStream[GenerationResult]:
+        """Text deltas as they are decoded; the stream's ``result`` is the GenerationResult once it ends."""
+        ...
 
     def generate(self, prompt: str, **kw: Any) -> GenerationResult: ...
 
@@ -118,12 +120,6 @@ class StreamTimer:
             total_ms=round((end - self.started) * 1000, 2),
             finish_reason=finish_reason,
         )
-
-
-def collect(deltas: Iterable[str]) -> None:
-    """Drain a stream (the result lands on the backend's ``last_result``)."""
-    for _ in deltas:
-        pass
 
 
 def check_prompt_fits(prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,11 +11,11 @@ from slmforge.runtime.backend import (
     GenerationResult,
     StreamTimer,
     check_prompt_fits,
-    collect,
     default_threads,
 )
 from slmforge.runtime.chat_template import render_chat
 from slmforge.runtime.llama_probe import ensure_llama_cpp_runs
+from slmforge.runtime.result_stream import ResultStream
 
 from slmforge.errors import UserError
 
@@ -56,7 +56,6 @@ class LlamaCppBackend:
         self.bos_token = self._token_text(self._llm.token_bos())
         self.eos_token = self._token_text(self._llm.token_eos())
         self.eos_id: int | None = int(self._llm.token_eos())  # ends each held-out text in a perplexity stream
-        self.last_result: GenerationResult | None = None
         self._scorer: Any = None  # the logits_all context of ``logits``
 
     def _load(self, llama_class: Any) -> Any:
@@ -89,8 +88,12 @@ class LlamaCppBackend:
     def stream(
         self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
         repeat_penalty: float = 1.0,
-    ) -> Iterator[str]:
-        self.last_result = None
+    ) -> ResultStream[GenerationResult]:
+        return ResultStream(self._deltas(prompt, max_tokens, temperature, top_p, seed, repeat_penalty))
+
+    def _deltas(
+        self, prompt: str, max_tokens: int, temperature: float, top_p: float, seed: int | None, repeat_penalty: float,
+    ) -> Generator[str, None, GenerationResult]:
         tokens = self.tokenize(prompt)
         check_prompt_fits(len(tokens), max_tokens, self.n_ctx)
         budget = max(1, min(max_tokens, self.n_ctx - len(tokens)))
@@ -113,12 +116,10 @@ class LlamaCppBackend:
         tail = timer.flush()
         if tail:
             yield tail
-        self.last_result = timer.result(finish, prefill_ms=_prefill_ms(self._llm))
+        return timer.result(finish, prefill_ms=_prefill_ms(self._llm))
 
     def generate(self, prompt: str, **kw: Any) -> GenerationResult:
-        collect(self.stream(prompt, **kw))
-        assert self.last_result is not None
-        return self.last_result
+        return self.stream(prompt, **kw).drain()
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Logits of every position, from a second context with ``logits_all`` on the same memory-mapped GGUF

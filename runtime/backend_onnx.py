@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,11 +12,11 @@ from slmforge.runtime.backend import (
     GenerationResult,
     StreamTimer,
     check_prompt_fits,
-    collect,
     default_threads,
 )
 from slmforge.runtime.bundle import resolve_inside
 from slmforge.runtime.chat_template import render_chat
+from slmforge.runtime.result_stream import ResultStream
 
 from slmforge.errors import UserError
 
@@ -77,7 +77,6 @@ class OnnxGenaiBackend:
             template_file.read_text() if template_file.is_file() else None)
         self.bos_token = _token_str(tok_cfg.get("bos_token"))
         self.eos_token = _token_str(tok_cfg.get("eos_token"))
-        self.last_result: GenerationResult | None = None
 
     def _set_threads(self, genai: dict[str, Any], config: Any) -> None:
         session = genai.get("model", {}).get("decoder", {}).get("session_options", {})
@@ -98,10 +97,14 @@ class OnnxGenaiBackend:
     def stream(
         self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
         repeat_penalty: float = 1.0,
-    ) -> Iterator[str]:
+    ) -> ResultStream[GenerationResult]:
+        return ResultStream(self._deltas(prompt, max_tokens, temperature, top_p, seed, repeat_penalty))
+
+    def _deltas(
+        self, prompt: str, max_tokens: int, temperature: float, top_p: float, seed: int | None, repeat_penalty: float,
+    ) -> Generator[str, None, GenerationResult]:
         import onnxruntime_genai as og
 
-        self.last_result = None
         tokens = self.tokenize(prompt)
         check_prompt_fits(len(tokens), max_tokens, self.n_ctx)
         budget = max(1, min(max_tokens, self.n_ctx - len(tokens)))
@@ -132,12 +135,10 @@ class OnnxGenaiBackend:
             if timer.completion_tokens >= budget:
                 break
         del generator
-        self.last_result = timer.result(finish)
+        return timer.result(finish)
 
     def generate(self, prompt: str, **kw: Any) -> GenerationResult:
-        collect(self.stream(prompt, **kw))
-        assert self.last_result is not None
-        return self.last_result
+        return self.stream(prompt, **kw).drain()
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Logits of every position: one prefill of ``tokens`` in a fresh generator, its logits output read back."""

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import click
-from slmforge.runtime.engine import Answer, Engine
+from slmforge.runtime.answer import Answer
+from slmforge.runtime.engine import Engine
 
 from slmforge.output import emit_json, json_option
 
@@ -63,10 +64,10 @@ def run(bundle_path: Path, question: str, as_json: bool, k: int, no_rag: bool, m
         if as_json:
             emit_json(run_json(engine.answer(question, k=k, use_rag=not no_rag, max_tokens=max_tokens)))
             return
-        for delta in engine.answer_stream(question, k=k, use_rag=not no_rag, max_tokens=max_tokens):
+        stream = engine.answer_stream(question, k=k, use_rag=not no_rag, max_tokens=max_tokens)
+        for delta in stream:
             click.echo(delta, nl=False)
-        answer = engine.last_answer
-        assert answer is not None
+        answer = stream.result
         click.echo()
         if answer.citations:
             click.echo("\nSources:")
@@ -103,11 +104,10 @@ def chat(bundle_path: Path, k: int, no_rag: bool, max_tokens: int | None, thread
 
                 click.echo(rate_from_chat(engine.bundle.source, last, question), err=True)
                 continue
-            for delta in engine.answer_stream(question, k=k, use_rag=not no_rag, history=history,
-                                              max_tokens=max_tokens):
+            stream = engine.answer_stream(question, k=k, use_rag=not no_rag, history=history, max_tokens=max_tokens)
+            for delta in stream:
                 click.echo(delta, nl=False)
-            answer = engine.last_answer
-            assert answer is not None
+            answer = stream.result
             click.echo()
             if answer.citations:
                 click.echo(format_citations(answer))

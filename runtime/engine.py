@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
+from slmforge.runtime.answer import Answer, citation, retrieval_summary
 from slmforge.runtime.backend import Backend, default_threads, load_backend
 from slmforge.runtime.bundle import Bundle
 from slmforge.runtime.context_budget import PromptPlan, plan_prompt
 from slmforge.runtime.embedder import Embedder
 from slmforge.runtime.index import Hit, RagIndex
+from slmforge.runtime.result_stream import ResultStream
 
 from slmforge.errors import UserError
 from slmforge.rag_prompt import DEFAULT_SYSTEM_PROMPT
@@ -21,43 +21,6 @@ from slmforge.rag_prompt import DEFAULT_SYSTEM_PROMPT
 DEFAULT_MAX_TOKENS = 256
 # Small models loop on greedy decoding; Ollama's default over the last 64 tokens (llama.cpp's window).
 DEFAULT_REPEAT_PENALTY = 1.1
-
-
-@dataclass
-class Answer:
-    answer: str
-    citations: list[dict[str, Any]]
-    timings: dict[str, float]
-    tokens: dict[str, int]
-    retrieval: dict[str, Any]
-    finish_reason: str = "stop"
-    dropped_chunks: int = 0
-    dropped_turns: int = 0
-    hits: list[Hit] = field(default_factory=list, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("hits")
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-
-def citation(hit: Hit) -> dict[str, Any]:
-    """What a user sees for a source: file, heading, chunk id, and cosine similarity to the question."""
-    score = hit.vec_score if hit.vec_score is not None else hit.score
-    return {"source": hit.source, "heading": hit.heading, "chunk_id": hit.chunk_id, "score": round(float(score), 4)}
-
-
-def retrieval_summary(hits: list[Hit], nearest: float | None = None) -> dict[str, Any]:
-    """Top similarity and its lead over the next: low values mean the question is off the documents.
-
-    ``top1`` is ``nearest`` (the best cosine over all vector candidates) when known, else the hits' best."""
-    scores = [h.vec_score for h in hits if h.vec_score is not None]
-    top1 = nearest if nearest is not None else (max(scores) if scores else None)
-    gap = round(scores[0] - scores[1], 4) if len(scores) > 1 else None
-    return {"top1": top1, "gap": gap, "scores": scores}
 
 
 def profile_threads(profile_name: str | None) -> int:
@@ -88,7 +51,6 @@ class Engine:
             bundle.model_path, n_ctx=n_ctx or self.generation.get("n_ctx"), threads=self.threads,
             chat_template=manifest.chat_template,
         )
-        self.last_answer: Answer | None = None
 
     @property
     def n_ctx(self) -> int:
@@ -131,26 +93,31 @@ class Engine:
     def answer_stream(
         self, question: str, k: int = 4, use_rag: bool = True, history: list[dict] | None = None,
         max_tokens: int | None = None, sampling: dict[str, Any] | None = None,
-    ) -> Iterator[str]:
-        """Text deltas of the answer; ``last_answer`` holds the full Answer when the stream ends.
+    ) -> ResultStream[Answer]:
+        """Text deltas of the answer; the stream's ``result`` is the full Answer once it ends.
 
         ``sampling`` (temperature, top_p, seed) overrides the bundle's defaults for this answer (the server
         passes a request's own values)."""
-        self.last_answer = None
+        return ResultStream(self._answer_deltas(question, k, use_rag, history, max_tokens, sampling))
+
+    def _answer_deltas(
+        self, question: str, k: int, use_rag: bool, history: list[dict] | None, max_tokens: int | None,
+        sampling: dict[str, Any] | None,
+    ) -> Generator[str, None, Answer]:
         started = time.perf_counter()
         plan, timings = self.plan(question, k, use_rag, history, max_tokens)
         defaults = {"temperature": float(self.generation.get("temperature", 0.0)),
                     "top_p": float(self.generation.get("top_p", 1.0)), "seed": self.generation.get("seed"),
                     "repeat_penalty": float(self.generation.get("repeat_penalty", DEFAULT_REPEAT_PENALTY))}
         overrides = {key: v for key, v in (sampling or {}).items() if key in defaults and v is not None}
-        yield from self.backend.stream(plan.prompt, max_tokens=plan.max_tokens, **{**defaults, **overrides})
-        result = self.backend.last_result
-        assert result is not None
+        generation = self.backend.stream(plan.prompt, max_tokens=plan.max_tokens, **{**defaults, **overrides})
+        yield from generation
+        result = generation.result
         timings = {
             **timings, "prefill_ms": result.prefill_ms, "ttft_ms": result.ttft_ms,
             "decode_tok_s": result.decode_tok_s, "total_ms": round((time.perf_counter() - started) * 1000, 2),
         }
-        self.last_answer = Answer(
+        return Answer(
             answer=result.text.strip(),
             citations=[citation(h) for h in plan.hits],
             timings=timings,
@@ -166,10 +133,7 @@ class Engine:
         self, question: str, k: int = 4, use_rag: bool = True, history: list[dict] | None = None,
         max_tokens: int | None = None, sampling: dict[str, Any] | None = None,
     ) -> Answer:
-        for _ in self.answer_stream(question, k, use_rag, history, max_tokens, sampling):
-            pass
-        assert self.last_answer is not None
-        return self.last_answer
+        return self.answer_stream(question, k, use_rag, history, max_tokens, sampling).drain()
 
     def close(self) -> None:
         self.backend.close()

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -36,6 +36,9 @@ from slmforge.runtime.server_gate import GenerationGate, Overloaded
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from slmforge.runtime.answering import AnswerService, ChatParams
 
 log = logging.getLogger("slmforge.serve")
 
@@ -148,8 +151,8 @@ def new_request_id() -> str:
 # -- the app -----------------------------------------------------------------------------------------
 
 
-def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
-    """The API over ``service`` (a ``slmforge.runtime.answering.AnswerService``)."""
+def create_app(service: AnswerService, config: ServerConfig | None = None) -> FastAPI:
+    """The API over ``service``, which turns each question into a routed answer."""
     config = config or ServerConfig()
     model_gate = GenerationGate(config.queue, name="model")
     embed_gate = GenerationGate(config.queue, name="embedder")
@@ -260,22 +263,22 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
             return await _stream_chat(rid, question, history, params, include_usage, t0)
         job_start = time.perf_counter()
         try:
-            reply = await model_gate.run(service.ask, question, history, params, rid)
+            answer = await model_gate.run(service.ask, question, history, params, rid)
         except UserError as exc:
             raise ApiError(400, str(exc)) from None
         except Overloaded as exc:
             raise _overloaded(exc) from None
         finally:
             model_gate.release(time.perf_counter() - job_start)
-        record("/v1/chat/completions", 200, reply.attrs, started_at=t0)
+        record("/v1/chat/completions", 200, answer.telemetry, started_at=t0)
         return {
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": service.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                         "finish_reason": reply.finish_reason}],
-            "usage": reply.usage(), "citations": reply.citations, "slmforge": reply.details(),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
+                         "finish_reason": answer.finish_reason}],
+            "usage": answer.usage(), "citations": answer.citations, "slmforge": answer.details(),
         }
 
-    async def _stream_chat(rid: str, question: str, history: list[dict[str, Any]], params: Any,
+    async def _stream_chat(rid: str, question: str, history: list[dict[str, Any]], params: ChatParams,
                            include_usage: bool, t0: float) -> StreamingResponse:
         """Generate on the model's thread, hand deltas to the event loop, send them as SSE chunks."""
         loop = asyncio.get_running_loop()
@@ -295,7 +298,7 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
                 for delta in stream:
                     put("delta", delta)
                 if not cancel.is_set():
-                    put("done", stream.reply)
+                    put("done", stream.result)
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop, reported to the client
                 put("error", exc)
             finally:
@@ -351,7 +354,7 @@ def create_app(service: Any, config: ServerConfig | None = None) -> FastAPI:
                         yield chunk({}, item.finish_reason, citations=item.citations, slmforge=item.details())
                         if include_usage:
                             yield _sse({**base, "created": int(time.time()), "choices": [], "usage": item.usage()})
-                        record("/v1/chat/completions", 200, item.attrs, started_at=t0)
+                        record("/v1/chat/completions", 200, item.telemetry, started_at=t0)
                     elif kind == "stop":  # SIGTERM: the answer so far stands, cut like a length limit
                         yield chunk({}, "length", slmforge={"stopped": "server_shutdown"})
                         record("/v1/chat/completions", 200, {"gen_ai.response.id": rid}, started_at=t0,

@@ -21,7 +21,7 @@ import asyncio
 import threading
 import time
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -29,6 +29,9 @@ from slmforge.runtime.api_error import ApiError
 from slmforge.runtime.index import RagIndex
 from slmforge.runtime.server import check_key
 from slmforge.runtime.telemetry_report import answer_series, build_report
+
+if TYPE_CHECKING:
+    from slmforge.runtime.answering import AnswerService
 
 ASSETS: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
@@ -63,7 +66,7 @@ class PassageReader:
             return self._index.passage(chunk_id)
 
 
-def status_snapshot(service: Any, last: int = 200) -> dict[str, Any]:
+def status_snapshot(service: AnswerService, last: int = 200) -> dict[str, Any]:
     """What the status page shows: the bundle, the telemetry report with its drift verdict, latency over time."""
     rows, feedback = service.store.requests(), service.store.feedback()
     manifest = service.engine.bundle.manifest
@@ -75,7 +78,7 @@ def status_snapshot(service: Any, last: int = 200) -> dict[str, Any]:
     }
 
 
-def add_page_routes(app: FastAPI, service: Any, api_key: str | None) -> None:
+def add_page_routes(app: FastAPI, service: AnswerService, api_key: str | None) -> None:
     """Mount the pages and their two reads on an app made by ``server.create_app``."""
     assets = load_assets()
     passages = PassageReader(service.engine.bundle.rag_db)

@@ -141,9 +141,10 @@ def test_onnx_backend_streams_the_reference_tokens_and_stops_at_eos(real_base: P
     try:
         prompt = backend.render_chat([{"role": "user", "content": PROMPTS[0]}])
         assert backend.tokenize(prompt) == _chat_ids(tokenizer, PROMPTS[0])
-        deltas = list(backend.stream(prompt, max_tokens=16, temperature=0.0))
+        stream = backend.stream(prompt, max_tokens=16, temperature=0.0)
+        deltas = list(stream)
         assert "".join(deltas) == tokenizer.decode(onnx_greedy["fp32"][0])
-        assert backend.last_result.completion_tokens == 16 and backend.last_result.finish_reason == "length"
+        assert stream.result.completion_tokens == 16 and stream.result.finish_reason == "length"
         short = backend.generate(backend.render_chat([{"role": "user", "content": "What is 2 + 2?"}]), max_tokens=200)
         assert short.finish_reason == "stop" and 0 < short.completion_tokens < 200
         assert "<|im_end|>" not in short.text

@@ -68,8 +68,9 @@ def test_generation_stops_at_eos(real_bundle: Path):
         a = engine.answer("Reply with just the word: yes", use_rag=False, max_tokens=200)
         assert a.finish_reason == "stop" and a.tokens["completion"] < 200 and "<|im_end|>" not in a.answer
         assert engine.backend.name == "llama.cpp"
-        deltas = list(engine.answer_stream("What does shutil.copy do?", k=2, max_tokens=24))
-        assert "".join(deltas).strip() == engine.last_answer.answer and len(engine.last_answer.citations) == 2
+        stream = engine.answer_stream("What does shutil.copy do?", k=2, max_tokens=24)
+        deltas = list(stream)
+        assert "".join(deltas).strip() == stream.result.answer and len(stream.result.citations) == 2
 
 
 def test_repeat_penalty_stops_greedy_loops(real_bundle: Path):
