@@ -22,11 +22,8 @@ from slmforge.fileio import sibling
 from slmforge.recipe import AnswerOptions, StageOptions
 from slmforge.stage_summary import (
     SummaryReader,
-    align_line,
     manifest_summary,
     output_path,
-    ppl_line,
-    sft_line,
     verb_summary,
 )
 
@@ -345,11 +342,11 @@ PLAN: tuple[StageSpec | PerProfile, ...] = (
               BUNDLE_SUMMARY, makes="baseline"),
     StageSpec("rag", ("data", "rag"), "rag", _rag_runs, _rag, SUMMARY, makes="sft data"),
     StageSpec("pretrain", ("train", "pretrain"), "pretrain", _on("pretrain"), _pretrain,
-              manifest_summary(fallback=ppl_line), makes="model"),
-    StageSpec("sft", ("train", "sft"), "sft", _on("sft"), _sft, manifest_summary(fallback=sft_line), makes="model"),
+              SUMMARY, makes="model"),
+    StageSpec("sft", ("train", "sft"), "sft", _on("sft"), _sft, SUMMARY, makes="model"),
     # pairs exist for align; check_enabled refuses align without them
     StageSpec("pairs", ("data", "pairs"), "pairs", _on("align"), _pairs, SUMMARY),
-    StageSpec("align", ("train", "align"), "align", _on("align"), _align, manifest_summary(fallback=align_line),
+    StageSpec("align", ("train", "align"), "align", _on("align"), _align, SUMMARY,
               makes="model"),
     StageSpec("merge", ("merge",), "merge", _merge_runs, _merge, SUMMARY, makes="model"),
     StageSpec("compress", ("compress",), "compress", _on("compress"), _compress, SUMMARY, makes="model"),

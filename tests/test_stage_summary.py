@@ -9,7 +9,7 @@ import yaml
 
 from slmforge.pipeline_plan import PlanBuilder
 from slmforge.recipe import load_recipe
-from slmforge.stage_summary import manifest_summary, ppl_line, verb_summary
+from slmforge.stage_summary import manifest_summary, verb_summary
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "python-docs"
 
@@ -19,9 +19,8 @@ def test_summary_is_read_from_a_folder_manifest_or_beside_an_output_file(tmp_pat
     folder.mkdir()
     (folder / "slmforge.json").write_text(json.dumps({"summary": "written by the verb",
                                                       "metrics": {"heldout_ppl_after": 9.5}}))
-    assert manifest_summary(fallback=ppl_line)(folder) == "written by the verb"
+    assert manifest_summary()(folder) == "written by the verb"
     (folder / "slmforge.json").write_text(json.dumps({"metrics": {"heldout_ppl_before": 12.0, "heldout_ppl_after": 9.5}}))
-    assert manifest_summary(fallback=ppl_line)(folder) == "held-out ppl 12.00 → 9.50"
     assert manifest_summary()(folder) is None
     (tmp_path / "qa.jsonl").write_text("{}\n")
     (tmp_path / "qa.slmforge.json").write_text(json.dumps({"summary": "3 training Q&A pairs"}))
