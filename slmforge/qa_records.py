@@ -21,7 +21,7 @@ from typing import Any
 
 from slmforge.datafiles import iter_jsonl
 from slmforge.errors import UserError
-from slmforge.formats import FORMAT_FIELDS, QA_FIELDS, alpaca_prompt
+from slmforge.formats import CHAT_FORMATS, FORMATS, described, detect_format
 
 HEADING_SEPARATOR = " > "  # how the index joins a chunk's heading path (runtime/chunking.Chunk.heading_path)
 
@@ -51,28 +51,22 @@ def _optional_str(where: str, obj: dict[str, Any], key: str) -> str | None:
 
 
 def record_from_json(where: str, obj: dict[str, Any], default_source: str | None = None) -> QARecord:
-    """A messages / alpaca / question-answer JSONL object as one QARecord; anything else is one clear error."""
-    if "messages" in obj:
-        msgs = obj["messages"]
-        if (not isinstance(msgs, list) or not msgs
-                or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)):
-            raise UserError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} objects")
-        users = [m["content"] for m in msgs if m.get("role") == "user"]
-        if msgs[-1].get("role") != "assistant" or not users:
-            raise UserError(f"{where}: messages must contain a user turn and end with the assistant's answer")
-        question, answer = users[-1], msgs[-1]["content"]
-    elif all(f in obj for f in FORMAT_FIELDS["alpaca"]):
-        fields = (obj["instruction"], obj.get("input", ""), obj["output"])
-        if not all(isinstance(v, str) for v in fields):
-            raise UserError(f"{where}: alpaca fields instruction/input/output must be strings")
-        question, answer = alpaca_prompt(obj), obj["output"]
-    elif all(isinstance(obj.get(f), str) for f in QA_FIELDS):
-        question, answer = (obj[f] for f in QA_FIELDS)
-    else:
-        raise UserError(f"{where}: unrecognized record with fields {sorted(obj)}; expected chat \"messages\", alpaca "
-                        "\"instruction\"/\"input\"/\"output\", or \"question\"/\"answer\"")
+    """Any chat-format JSONL object (``slmforge.formats``) as one QARecord: its last question and answer."""
+    fmt = detect_format(obj)
+    if fmt not in CHAT_FORMATS:
+        raise UserError(f"{where}: unrecognized record with fields {sorted(obj)}; expected {described(CHAT_FORMATS)}")
+    problem = FORMATS[fmt].problem(obj)
+    if problem:
+        raise UserError(f"{where}: {problem}")
+    chat = FORMATS[fmt].chat
+    assert chat is not None  # every format in CHAT_FORMATS has one
+    turns = chat(obj)
+    question = next(t["content"] for t in reversed(turns) if t["role"] == "user").strip()
+    answer = turns[-1]["content"].strip()
+    if not question or not answer:
+        raise UserError(f"{where}: empty question or answer; fill it in or remove the line")
     source = _optional_str(where, obj, "source") or default_source
-    return QARecord(question.strip(), answer.strip(), source, _optional_str(where, obj, "section"),
+    return QARecord(question, answer, source, _optional_str(where, obj, "section"),
                     _optional_str(where, obj, "origin"))
 
 
@@ -81,10 +75,7 @@ def read_qa(path: str | Path) -> list[QARecord]:
     p = Path(path)
     records = []
     for lineno, obj in iter_jsonl(p):
-        rec = record_from_json(f"{p}:{lineno}", obj)
-        if not rec.question or not rec.answer:
-            raise UserError(f"{p}:{lineno}: empty question or answer; fill it in or remove the line")
-        records.append(rec)
+        records.append(record_from_json(f"{p}:{lineno}", obj))
     if not records:
         raise UserError(f"{p}: no question/answer records (the file is empty); pass held-out questions as JSONL")
     return records

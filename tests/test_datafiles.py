@@ -84,6 +84,46 @@ def test_sft_and_qa_read_alpaca_the_same_way():
     assert datasets.to_messages("alpaca", row)[0]["content"] == alpaca_prompt(row)
 
 
+CHAT_SAMPLES = {
+    "messages": {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Q?"},
+                              {"role": "assistant", "content": "A."}]},
+    "alpaca": {"instruction": "Q?", "output": "A."},
+    "qa": {"question": "Q?", "answer": "A."},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(CHAT_SAMPLES))
+def test_every_chat_format_row_is_read_by_sft_and_by_qa_alike(tmp_path, fmt):
+    """A chat format is one row of FORMATS: SFT trains on it and QA files read it, with nothing else to edit."""
+    from slmforge.formats import CHAT_FORMATS
+    from slmforge.qa_records import record_from_json
+
+    assert set(CHAT_SAMPLES) == set(CHAT_FORMATS)
+    row = CHAT_SAMPLES[fmt]
+    rec = record_from_json("x", row)
+    assert (rec.question, rec.answer) == ("Q?", "A.")
+    datasets = pytest.importorskip("slmforge.trainer.datasets")
+    got_fmt, records = datasets.load_records(write_jsonl(tmp_path / "d.jsonl", [row, row]), "sft")
+    assert got_fmt == fmt
+    assert datasets.to_messages(fmt, records[0])[-2:] == [{"role": "user", "content": "Q?"},
+                                                          {"role": "assistant", "content": "A."}]
+
+
+@pytest.mark.parametrize("row,match", [
+    ({"question": "Q?", "answer": "  "}, "field \"answer\" must be a non-empty string"),
+    ({"instruction": "Q?", "output": "A.", "input": 3}, "alpaca fields"),
+    ({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": " "}]}, "empty question or answer"),
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "A."}]}, "user turn"),
+    ({"question": "Q?"}, "unrecognized record"),
+])
+def test_qa_records_refuse_unusable_rows_in_one_line(row, match):
+    from slmforge.qa_records import record_from_json
+
+    with pytest.raises(UserError, match=match) as err:
+        record_from_json("f.jsonl:3", row)
+    assert str(err.value).startswith("f.jsonl:3: ") and "\n" not in str(err.value)
+
+
 # -- the shipped example ------------------------------------------------------------------------------------
 
 def test_example_locator_finds_the_checkout_or_the_env_folder(tmp_path, monkeypatch):

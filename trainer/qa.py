@@ -39,10 +39,6 @@ def read_pairs(f: InputFile, max_answer_chars: int | None) -> list[QAPair]:
     pairs = []
     for lineno, obj in iter_jsonl(f.path):
         pair = record_from_json(f"{f.path}:{lineno}", obj, default_source=f"{f.source}:{lineno}")
-        if pair.origin is None:
-            pair = QAPair(pair.question, pair.answer, pair.source, pair.section, "file")
-        if not pair.question or not pair.answer:
-            raise UserError(f"{f.path}:{lineno}: empty question or answer; fill it in or remove the line")
         pairs.append(pair if pair.origin else QAPair(pair.question, pair.answer, pair.source, pair.section, "file"))
     return pairs
 
