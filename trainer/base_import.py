@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmforge.architectures import for_config, for_gguf, unsupported_message
 from slmforge.cache import cache_dir
 from slmforge.embedded import EMBEDDED_NAME, embedded_gguf
 from slmforge.errors import UserError
@@ -159,6 +160,12 @@ def _load_from_hf(folder: Path):
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not an HF model folder (config.json missing)")
     try:
+        config = json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{folder}/config.json: not valid JSON ({exc})") from None
+    if for_config(config) is None:
+        raise UserError(f"{folder}: {unsupported_message(str(config.get('architectures') or config.get('model_type')))}")
+    try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
     except (ValueError, OSError, KeyError) as exc:
@@ -274,9 +281,8 @@ def _import_into_cache(src: Path, target: Path, digest: str, name: str, is_gguf:
     with atomic_dir(target) as tmp:
         if is_gguf:
             meta = _gguf_metadata(src)
-            if meta.get("architecture") not in ("llama", "qwen2", "mistral"):
-                raise UserError(f"{src}: architecture '{meta.get('architecture')}' is not supported "
-                                "(supported: llama, qwen2, mistral)")
+            if for_gguf(meta.get("architecture")) is None:
+                raise UserError(f"{src}: {unsupported_message(repr(meta.get('architecture')))}")
             model, tokenizer = _load_from_gguf(src)
         else:
             meta = {}
