@@ -20,6 +20,7 @@ from typing import Any
 
 from slmforge.trainer.gguf_tokenizer_repair import add_turn_template, add_user_defined_tokens
 
+from slmforge.architectures import for_config, for_gguf, unsupported_message
 from slmforge.cache import cache_dir
 from slmforge.embedded import EMBEDDED_NAME, embedded_gguf
 from slmforge.errors import UserError
@@ -29,8 +30,6 @@ from slmforge.manifest import ArtifactManifest, InputRef
 VERIFY_PROMPT = "What is the capital of France? Answer in one sentence."
 # A base model without a chat template of its own is checked on a completion instead.
 COMPLETION_PROMPT = "The capital of France is"
-# GGUF architectures transformers dequantizes and we have verified end to end (tokenizer, greedy answer).
-GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3")
 
 
 @dataclass
@@ -164,6 +163,12 @@ def _load_from_hf(folder: Path):
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not an HF model folder (config.json missing)")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{folder}/config.json: not valid JSON ({exc})") from None
+    if for_config(config) is None:
+        raise UserError(f"{folder}: {unsupported_message(str(config.get('architectures') or config.get('model_type')))}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
@@ -315,9 +320,8 @@ def _import_into_cache(src: Path, target: Path, digest: str, name: str, is_gguf:
     with atomic_dir(target) as tmp:
         if is_gguf:
             meta = _gguf_metadata(src)
-            if meta.get("architecture") not in GGUF_ARCHITECTURES:
-                raise UserError(f"{src}: GGUF architecture '{meta.get('architecture')}' is not supported "
-                                f"(supported: {', '.join(GGUF_ARCHITECTURES)})")
+            if for_gguf(meta.get("architecture")) is None:
+                raise UserError(f"{src}: {unsupported_message(repr(meta.get('architecture')))}")
             model, tokenizer = _load_from_gguf(src)
         else:
             meta = {}
