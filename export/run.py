@@ -85,18 +85,26 @@ def pick(ladder: list[str], nominal_bytes: Callable[[str], int], build: Callable
     """Walk the ladder best-first: skip what cannot fit on nominal size, build the rest and
     keep the first whose measured size fits. Returns the choice and why the others lost."""
     rejected: list[str] = []
+    smallest: fit.Estimate | None = None
     for quant in ladder:
         guess = fit.estimate(fmt, quant, nominal_bytes(quant), config, profile, measured=False)
         if not guess.fits_memory:
             rejected.append(guess.why(profile) + " (nominal size)")
+            smallest = guess if smallest is None or guess.memory_bytes < smallest.memory_bytes else smallest
             continue
         candidate = build(quant)
         if candidate.estimate.fits:
             return candidate, rejected
         rejected.append(candidate.estimate.why(profile))
+        if smallest is None or candidate.estimate.memory_bytes < smallest.memory_bytes:
+            smallest = candidate.estimate
         discard(candidate)
     reasons = "; ".join(rejected[-2:])
-    raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}; "
+    short = ""
+    if smallest is not None and not smallest.fits_memory:
+        short = (f"; the smallest, {smallest.quant} at est. {smallest.memory_bytes / fit.MB:.0f} MB, is "
+                 f"{smallest.shortfall_bytes(profile) / fit.MB:.0f} MB short of {profile.app_memory_bytes / fit.MB:.0f} MB")
+    raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}{short}; "
                     "make the model smaller ('slmforge compress' then 'slmforge distill') or pick a larger profile")
 
 

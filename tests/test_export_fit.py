@@ -14,6 +14,9 @@ from slmforge.profiles import QualityBounds, load_profile
 
 SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
            "head_dim": 64}
+# Gemma 3 270M: head_dim 256 is not hidden / heads (160), and the vocabulary is 5.3x SmolLM2's
+GEMMA3_270M = {"num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "hidden_size": 640,
+               "head_dim": 256, "vocab_size": 262_144}
 
 
 def test_kv_cache_from_config():
@@ -21,6 +24,16 @@ def test_kv_cache_from_config():
     assert fit.kv_cache_bytes(SMOLLM2, 4096, 2) == 30 * 3 * 64 * 2 * 2 * 4096 == 94_371_840
     no_gqa = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}
     assert fit.kv_cache_bytes(no_gqa, 10, 4) == 2 * 4 * 16 * 2 * 4 * 10
+
+
+def test_gemma_kv_cache_uses_head_dim_and_overhead_grows_with_vocabulary():
+    # 18 layers x 1 kv head x 256 dims x (K, V) x 2 bytes x 1024 positions = 18.9 MB
+    assert fit.kv_cache_bytes(GEMMA3_270M, 1024, 2) == 18 * 1 * 256 * 2 * 2 * 1024 == 18_874_368
+    gemma = fit.generator_overhead_bytes("gguf", GEMMA3_270M)
+    smol = fit.generator_overhead_bytes("gguf", {**SMOLLM2, "vocab_size": 49_152})
+    # measured (llama-cpp-python 0.3.36, RSS - file - KV): Gemma 48.0-49.0 MB, SmolLM2 24.3-25.5 MB
+    assert 49.0e6 < gemma < 49.0e6 * 1.25 and 25.5e6 < smol < 25.5e6 * 1.3
+    assert fit.generator_overhead_bytes("onnx", GEMMA3_270M) == fit.ORT_GENAI_OVERHEAD_BYTES
 
 
 def test_estimate_memory_and_speed():
@@ -65,6 +78,25 @@ def test_pick_refuses_in_one_line_when_nothing_fits():
     profile, _, build, nominal = _picker(sizes, "raspberry-pi-zero-2w")
     with pytest.raises(UserError, match="no GGUF quantization of this model fits profile 'raspberry-pi-zero-2w'"):
         pick(list(sizes), nominal, build, lambda c: None, SMOLLM2, "gguf", profile)
+
+
+def test_pick_refusal_names_the_shortfall_in_mb():
+    # Gemma 3 270M on the Pi Zero 2 W (300 MB): even a 200 MB file + KV@1024 18.9 + generator 58.7 + runtime
+    # process 190.8 = 468 MB, 168 MB short
+    profile = load_profile("raspberry-pi-zero-2w")
+    sizes = {"Q8_0": 291_000_000, "Q2_K": 200_000_000}
+
+    def build(quant: str) -> Candidate:
+        return Candidate("gguf", quant, Path(quant), sizes[quant], None,
+                         fit.estimate("gguf", quant, sizes[quant], GEMMA3_270M, profile))
+
+    with pytest.raises(UserError) as err:
+        pick(list(sizes), lambda q: sizes[q], build, lambda c: None, GEMMA3_270M, "gguf", profile)
+    expected = fit.estimate("gguf", "Q2_K", 200_000_000, GEMMA3_270M, profile)
+    short = (expected.memory_bytes - profile.app_memory_bytes) / 1e6
+    assert f"the smallest, Q2_K at est. {expected.memory_bytes / 1e6:.0f} MB, is {short:.0f} MB short of 300 MB" \
+        in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_pick_refuses_too_slow_for_target():
