@@ -64,6 +64,7 @@ class Candidate:
     estimate: fit.Estimate
     extra: dict[str, Any] = field(default_factory=dict)
     prior: ExportedArtifact | None = None  # taken from an earlier export, with its measured gate figures
+    gate: dict[str, Any] | None = None  # the quality gate's result, once measured
 
 
 def tool_versions() -> dict[str, str]:
@@ -81,25 +82,36 @@ def tool_versions() -> dict[str, str]:
 
 def pick(ladder: list[str], nominal_bytes: Callable[[str], int], build: Callable[[str], Candidate],
          discard: Callable[[Candidate], None], config: dict[str, Any], fmt: str,
-         profile: DeviceProfile) -> tuple[Candidate, list[str]]:
+         profile: DeviceProfile, passes_gate: Callable[[Candidate], bool] | None = None) -> tuple[Candidate, list[str]]:
     """Walk the ladder best-first: skip what cannot fit on nominal size, build the rest and
-    keep the first whose measured size fits. Returns the choice and why the others lost."""
+    keep the first whose measured size fits. Returns the choice and why the others lost.
+
+    With ``passes_gate`` (a profile whose quant_policy is 'footprint') the walk goes smallest-first
+    and keeps the first that fits *and* passes the quality gate."""
     rejected: list[str] = []
     smallest: fit.Estimate | None = None
-    for quant in ladder:
+    gate_failed = False
+    for quant in (ladder if passes_gate is None else list(reversed(ladder))):
         guess = fit.estimate(fmt, quant, nominal_bytes(quant), config, profile, measured=False)
         if not guess.fits_memory:
             rejected.append(guess.why(profile) + " (nominal size)")
             smallest = guess if smallest is None or guess.memory_bytes < smallest.memory_bytes else smallest
             continue
         candidate = build(quant)
-        if candidate.estimate.fits:
+        if candidate.estimate.fits and (passes_gate is None or passes_gate(candidate)):
             return candidate, rejected
-        rejected.append(candidate.estimate.why(profile))
+        if candidate.estimate.fits:
+            gate_failed = True
+            rejected.append(f"{quant}: quality gate {candidate.gate['verdict'] if candidate.gate else 'failed'}")
+        else:
+            rejected.append(candidate.estimate.why(profile))
         if smallest is None or candidate.estimate.memory_bytes < smallest.memory_bytes:
             smallest = candidate.estimate
         discard(candidate)
     reasons = "; ".join(rejected[-2:])
+    if gate_failed:
+        raise UserError(f"no {fmt.upper()} quantization of this model both fits profile '{profile.name}' and passes "
+                        f"its quality gate: {reasons}; use a profile with quant_policy: quality or a looser quality_gate")
     short = ""
     if smallest is not None and not smallest.fits_memory:
         short = (f"; the smallest, {smallest.quant} at est. {smallest.memory_bytes / fit.MB:.0f} MB, is "
@@ -144,7 +156,8 @@ def _from_prior(prior: PriorExport | None, fmt: str, quant: str, out: Path,
 
 
 def export_gguf(checkpoint: Path, tmp: Path, scratch: Path, config: dict[str, Any], profile: DeviceProfile,
-                opts: ExportOptions, source_sha: str, prior: PriorExport | None = None) -> tuple[Candidate, list[str]]:
+                opts: ExportOptions, source_sha: str, prior: PriorExport | None = None,
+                passes_gate: Callable[[Candidate], bool] | None = None) -> tuple[Candidate, list[str]]:
     """F16 GGUF first (the quantizer's input, written only when something is built), then the
     chosen (or requested) quantization."""
     f16_target = tmp if opts.quant and opts.quant.upper() == "F16" else scratch
@@ -172,11 +185,12 @@ def export_gguf(checkpoint: Path, tmp: Path, scratch: Path, config: dict[str, An
         return fit.nominal_weights_bytes(parameters, quantize.NOMINAL_BPW[quant])
 
     ladder = [quantize.check_quant(opts.quant)] if opts.quant else list(quantize.LADDER)
-    return pick(ladder, nominal, build, _discard, config, "gguf", profile)
+    return pick(ladder, nominal, build, _discard, config, "gguf", profile, None if opts.quant else passes_gate)
 
 
 def export_onnx(checkpoint: Path, tmp: Path, config: dict[str, Any], profile: DeviceProfile,
-                opts: ExportOptions, parameters: int, prior: PriorExport | None = None) -> tuple[Candidate, list[str]]:
+                opts: ExportOptions, parameters: int, prior: PriorExport | None = None,
+                passes_gate: Callable[[Candidate], bool] | None = None) -> tuple[Candidate, list[str]]:
     """int8 if it fits, else int4 (fp32 only when asked for: it is the reference, not a target)."""
     def build(precision: str) -> Candidate:
         reused = _from_prior(prior, "onnx", precision, tmp / f"onnx-{precision}",
@@ -190,7 +204,7 @@ def export_onnx(checkpoint: Path, tmp: Path, config: dict[str, Any], profile: De
         return fit.nominal_weights_bytes(parameters, {"fp32": 32.0, "int8": 8.5, "int4": 4.5}[precision])
 
     ladder = [onnx_genai.check_precision(opts.quant)] if opts.quant else ["int8", "int4"]
-    return pick(ladder, nominal, build, _discard, config, "onnx", profile)
+    return pick(ladder, nominal, build, _discard, config, "onnx", profile, None if opts.quant else passes_gate)
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -263,22 +277,34 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".f16-", dir=tmp.parent) as scratch:
         parameters = None
         chosen: list[tuple[Candidate, list[str]]] = []
-        if "gguf" in opts.formats:
-            chosen.append(export_gguf(model, tmp, Path(scratch), config, profile, opts, source.sha256, prior))
-            parameters = quantize.inspect_gguf(chosen[-1][0].path).parameters
-        if "onnx" in opts.formats:
-            if parameters is None:
-                parameters = _count_parameters(model)
-            chosen.append(export_onnx(model, tmp, config, profile, opts, parameters, prior))
         windows = quality.token_windows(model, texts, opts.window, opts.eval_tokens)
+        tokens = sum(len(w) for w in windows)
 
         @functools.cache
         def reference() -> quality.Reference:  # the source's logits: only when an artifact is new
             return quality.source_reference(model, windows, progress=opts.progress)
+
+        def gate_of(candidate: Candidate) -> dict[str, Any]:
+            if candidate.gate is None:
+                candidate.gate = _gate(candidate, reference, profile, opts, tokens)
+            return candidate.gate
+
+        footprint = profile.quant_policy == "footprint"
+        passes_gate = (lambda c: bool(gate_of(c)["passed"])) if footprint else None
+        if "gguf" in opts.formats:
+            chosen.append(export_gguf(model, tmp, Path(scratch), config, profile, opts, source.sha256, prior,
+                                      passes_gate))
+            parameters = quantize.inspect_gguf(chosen[-1][0].path).parameters
+        if "onnx" in opts.formats:
+            if parameters is None:
+                parameters = _count_parameters(model)
+            chosen.append(export_onnx(model, tmp, config, profile, opts, parameters, prior, passes_gate))
+        policy = ("smallest that fits and passes the quality gate (quant_policy: footprint); " if footprint
+                  else "highest quality that fits; ")
         for candidate, rejected in chosen:
-            why = ("requested with --quant; " if opts.quant else "highest quality that fits; ") + \
-                candidate.estimate.why(profile) + (f"; better ones rejected: {' | '.join(rejected)}" if rejected else "")
-            gate = _gate(candidate, reference, profile, opts, sum(len(w) for w in windows))
+            why = ("requested with --quant; " if opts.quant else policy) + candidate.estimate.why(profile) + \
+                (f"; {'smaller' if footprint else 'better'} ones rejected: {' | '.join(rejected)}" if rejected else "")
+            gate = gate_of(candidate)
             artifacts.append(_artifact(candidate, tmp, gate, why))
             if not gate["passed"]:
                 failed.append(f"{candidate.format} {candidate.quant}: {gate['verdict']}")

@@ -135,3 +135,37 @@ def test_gate_windows_end_each_text_with_eos_like_the_trainer(tiny_checkpoint: P
     assert stream.count(tokenizer.eos_token_id) == 2 and stream[-1] == tokenizer.eos_token_id
     assert stream == token_stream(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], texts,
                                   tokenizer.eos_token_id)
+
+
+def test_footprint_policy_takes_the_smallest_quant_that_passes_the_gate():
+    sizes = {"Q8_0": 291_000_000, "Q5_K_M": 240_000_000, "Q4_0": 230_000_000, "Q2_K": 200_000_000}
+    ratios = {"Q8_0": 1.001, "Q5_K_M": 1.03, "Q4_0": 1.08, "Q2_K": 1.9}
+    profile, built, build, nominal = _picker(sizes, "android-midrange-8gb", quant_policy="footprint")
+
+    def passes(candidate: Candidate) -> bool:
+        bound = quality.gate_bound(candidate.quant, profile.quality_gate)
+        candidate.gate = {"passed": ratios[candidate.quant] <= bound,
+                          "verdict": f"perplexity ratio {ratios[candidate.quant]} vs {bound}"}
+        return candidate.gate["passed"]
+
+    discarded: list[str] = []
+    chosen, rejected = pick(list(sizes), nominal, build, lambda c: discarded.append(c.quant), SMOLLM2, "gguf",
+                            profile, passes)
+    assert chosen.quant == "Q4_0" and built == ["Q2_K", "Q4_0"] and discarded == ["Q2_K"]
+    assert rejected == ["Q2_K: quality gate perplexity ratio 1.9 vs 1.1"]
+    # the default policy on the same figures keeps the best that fits, without gating on the way
+    chosen, _ = pick(list(sizes), nominal, _picker(sizes, "android-midrange-8gb")[2], lambda c: None, SMOLLM2,
+                     "gguf", profile)
+    assert chosen.quant == "Q8_0"
+
+
+def test_footprint_policy_refuses_when_no_quant_passes_the_gate():
+    sizes = {"Q8_0": 291_000_000, "Q2_K": 200_000_000}
+    profile, _, build, nominal = _picker(sizes, "android-midrange-8gb", quant_policy="footprint")
+
+    def fails(candidate: Candidate) -> bool:
+        candidate.gate = {"passed": False, "verdict": "perplexity ratio 1.5 > bound"}
+        return False
+
+    with pytest.raises(UserError, match="both fits profile 'android-midrange-8gb' and passes its quality gate"):
+        pick(list(sizes), nominal, build, lambda c: None, SMOLLM2, "gguf", profile, fails)
