@@ -224,8 +224,8 @@ def verify_generation(checkpoint: Path, max_new_tokens: int = 96) -> dict[str, A
 
 def verify_completion(checkpoint: Path, gguf_path: Path, max_new_tokens: int = 16) -> dict[str, Any]:
     """Greedy completion with transformers and with llama.cpp on the original GGUF: same tokens?"""
+    import llama_cpp
     import torch
-    from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -234,12 +234,13 @@ def verify_completion(checkpoint: Path, gguf_path: Path, max_new_tokens: int = 1
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
     hf_new = out[0, ids["input_ids"].shape[1]:].tolist()
-    llm = Llama(model_path=str(gguf_path), n_ctx=256, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=256, n_threads=2, verbose=False)
     try:
         prompt = ids["input_ids"][0].tolist()
         cpp_new: list[int] = []
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
         for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-            if llm._model.token_is_eog(token) or len(cpp_new) >= max_new_tokens:
+            if llama_cpp.llama_vocab_is_eog(vocab, token) or len(cpp_new) >= max_new_tokens:
                 break
             cpp_new.append(int(token))
     finally:
