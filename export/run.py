@@ -114,8 +114,10 @@ def pick(ladder: list[str], nominal_bytes: Callable[[str], int], build: Callable
                         f"its quality gate: {reasons}; use a profile with quant_policy: quality or a looser quality_gate")
     short = ""
     if smallest is not None and not smallest.fits_memory:
-        short = (f"; the smallest, {smallest.quant} at est. {smallest.memory_bytes / fit.MB:.0f} MB, is "
-                 f"{smallest.shortfall_bytes(profile) / fit.MB:.0f} MB short of {profile.app_memory_bytes / fit.MB:.0f} MB")
+        nominal = "" if smallest.measured else " (nominal size: a lower bound)"
+        short = (f"; the smallest, {smallest.quant} at est. {smallest.memory_bytes / fit.MB:.0f} MB{nominal}, is "
+                 f"{'at least ' if not smallest.measured else ''}{smallest.shortfall_bytes(profile) / fit.MB:.0f} MB "
+                 f"short of {profile.app_memory_bytes / fit.MB:.0f} MB")
     raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}{short}; "
                     "make the model smaller ('slmforge compress' then 'slmforge distill') or pick a larger profile")
 
