@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from slmforge.export.gguf_writer import write_gguf
-from slmforge.trainer.tiny_archs import TINY_SHAPES, build_tiny_arch_checkpoint
+from slmforge.trainer.tiny import TINY_SHAPES, build_tiny_arch_checkpoint
 
 from slmforge.architectures import ARCHITECTURES, supported_names
 from slmforge.errors import UserError
@@ -143,3 +143,26 @@ def test_unsupported_architecture_is_one_line_naming_the_supported_list(tiny_che
     assert all(name in lines[0] for name in supported_names())
     done = run_cli("base", "import", str(bad), "--out", str(tmp_path / "imp"), env={"SLMFORGE_CACHE": str(tmp_path / "c")})
     assert done.returncode == 2 and "MambaForCausalLM" in done.stderr and "Gemma3ForCausalLM" in done.stderr
+
+
+def print_matrix_table() -> None:
+    """The figures docs/architectures.md quotes: ``python -m tests.test_arch_matrix``."""
+    import tempfile
+
+    print("| HF architecture | GGUF arch | max abs diff F32 | max abs diff F16 | logit std |")
+    print("|---|---|---|---|---|")
+    for name in supported_names():
+        with tempfile.TemporaryDirectory(prefix="arch-matrix-") as tmp:
+            checkpoint = build_tiny_arch_checkpoint(Path(tmp) / "hf", name, seed=1)
+            diffs, spread, arch = [], [], ""
+            for out_type in ("F32", "F16"):
+                result = write_gguf(checkpoint, Path(tmp) / f"m-{out_type}.gguf", out_type, progress=False)
+                arch = result.architecture
+                pairs = [_logits(checkpoint, result.path, text) for text in TEXTS]
+                diffs.append(max(float(np.abs(got - ref).max()) for ref, got in pairs))
+                spread.append(min(float(ref.std()) for ref, _ in pairs))
+            print(f"| {name} | {arch} | {diffs[0]:.1e} | {diffs[1]:.1e} | {spread[0]:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    print_matrix_table()
