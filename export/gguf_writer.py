@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from slmforge.export.files import temp_sibling
+from slmforge.export.gguf_spm_vocab import adds_space_prefix, is_spm_style, read_spm_vocab
 
 from slmforge.architectures import (
     Architecture,
@@ -190,17 +191,25 @@ def detect_pre_tokenizer(tokenizer_json: dict[str, Any], where: Path) -> str:
                     "(gpt-2, smollm, llama-bpe, qwen2); a wrong guess would tokenize differently, so stopping")
 
 
-def read_vocab(checkpoint: Path, vocab_size: int) -> tuple[list[str], list[int], str]:
-    """Tokens, llama.cpp token types and pre-tokenizer name from tokenizer.json."""
-    from gguf import TokenType
-
+def _tokenizer_json(checkpoint: Path) -> dict[str, Any]:
     path = checkpoint / "tokenizer.json"
     if not path.is_file():
         raise UserError(f"{checkpoint}: tokenizer.json missing; only fast (tokenizers) BPE tokenizers are supported")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_vocab(checkpoint: Path, vocab_size: int, data: dict[str, Any] | None = None) -> tuple[list[str], list[int], str]:
+    """Tokens, llama.cpp token types and pre-tokenizer name from a byte-level BPE tokenizer.json."""
+    from gguf import TokenType
+
+    path = checkpoint / "tokenizer.json"
+    data = data if data is not None else _tokenizer_json(checkpoint)
     model = data.get("model") or {}
     if model.get("type") != "BPE":
-        raise UserError(f"{path}: tokenizer model {model.get('type')!r} is not BPE; only byte-level BPE is supported")
+        raise UserError(f"{path}: tokenizer model {model.get('type')!r} is not BPE; only BPE tokenizers are supported")
     by_id: dict[int, tuple[str, int]] = {i: (t, TokenType.NORMAL) for t, i in model["vocab"].items()}
     for added in data.get("added_tokens", []):
         kind = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
@@ -215,16 +224,33 @@ def read_vocab(checkpoint: Path, vocab_size: int) -> tuple[list[str], list[int],
     return tokens, types, detect_pre_tokenizer(data, checkpoint)
 
 
-def _add_tokenizer(writer: Any, checkpoint: Path, config: dict[str, Any]) -> str:
-    from gguf import SpecialVocab
-
-    tokens, types, pre = read_vocab(checkpoint, int(config["vocab_size"]))
+def _add_vocab(writer: Any, checkpoint: Path, vocab_size: int) -> tuple[str, bool]:
+    """The token list in llama.cpp's form: "llama" (SentencePiece-style: Gemma, Llama 2, Phi-3) or "gpt2"
+    (byte-level BPE); returns (pre-tokenizer name, whether BPE merges belong in the file)."""
+    data = _tokenizer_json(checkpoint)
+    if is_spm_style(data):
+        tokens, scores, types = read_spm_vocab(data, vocab_size, checkpoint / "tokenizer.json")
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_add_space_prefix(adds_space_prefix(data))
+        return "default", False
+    tokens, types, pre = read_vocab(checkpoint, vocab_size, data)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    special = SpecialVocab(checkpoint, load_merges=True, n_vocab=len(tokens))
-    if not special.merges:
+    return pre, True
+
+
+def _add_tokenizer(writer: Any, checkpoint: Path, config: dict[str, Any]) -> str:
+    from gguf import SpecialVocab
+
+    pre, with_merges = _add_vocab(writer, checkpoint, int(config["vocab_size"]))
+    special = SpecialVocab(checkpoint, load_merges=with_merges, n_vocab=int(config["vocab_size"]))
+    if with_merges and not special.merges:
         raise UserError(f"{checkpoint}/tokenizer.json: no BPE merges found; the tokenizer file is incomplete")
     tok_cfg_path = checkpoint / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
