@@ -89,13 +89,13 @@ def pick(ladder: list[str], nominal_bytes: Callable[[str], int], build: Callable
     With ``passes_gate`` (a profile whose quant_policy is 'footprint') the walk goes smallest-first
     and keeps the first that fits *and* passes the quality gate."""
     rejected: list[str] = []
-    smallest: fit.Estimate | None = None
+    tried: list[fit.Estimate] = []  # every estimate that did not fit, nominal or measured
     gate_failed = False
     for quant in (ladder if passes_gate is None else list(reversed(ladder))):
         guess = fit.estimate(fmt, quant, nominal_bytes(quant), config, profile, measured=False)
         if not guess.fits_memory:
             rejected.append(guess.why(profile) + " (nominal size)")
-            smallest = guess if smallest is None or guess.memory_bytes < smallest.memory_bytes else smallest
+            tried.append(guess)
             continue
         candidate = build(quant)
         if candidate.estimate.fits and (passes_gate is None or passes_gate(candidate)):
@@ -105,23 +105,32 @@ def pick(ladder: list[str], nominal_bytes: Callable[[str], int], build: Callable
             rejected.append(f"{quant}: quality gate {candidate.gate['verdict'] if candidate.gate else 'failed'}")
         else:
             rejected.append(candidate.estimate.why(profile))
-        if smallest is None or candidate.estimate.memory_bytes < smallest.memory_bytes:
-            smallest = candidate.estimate
+            tried.append(candidate.estimate)
         discard(candidate)
     reasons = "; ".join(rejected[-2:])
     if gate_failed:
         raise UserError(f"no {fmt.upper()} quantization of this model both fits profile '{profile.name}' and passes "
                         f"its quality gate: {reasons}; use a profile with quant_policy: quality or a looser quality_gate")
-    short = ""
-    if smallest is not None and not smallest.fits_memory:
-        nominal = "" if smallest.measured else " (nominal size: a lower bound)"
-        short = (f"; the smallest, {smallest.quant} at est. {smallest.memory_bytes / fit.MB:.0f} MB{nominal}, is "
-                 f"{'at least ' if not smallest.measured else ''}{smallest.shortfall_bytes(profile) / fit.MB:.0f} MB "
-                 f"short of {profile.app_memory_bytes / fit.MB:.0f} MB")
-    raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}{short}; "
+    raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}"
+                    f"{_shortfall(tried, profile)}; "
                     "make the model smaller ('slmforge compress' then 'slmforge distill') or pick a larger profile")
 
 
+def _shortfall(tried: list[fit.Estimate], profile: DeviceProfile) -> str:
+    """The smallest candidate's shortfall in MB: a built (measured) one when there is one, else a
+    nominal size, which is a lower bound (K-quants on rows not a multiple of 256 come out larger)."""
+    measured = [e for e in tried if e.measured]
+    pool = measured or tried
+    if not pool:
+        return ""
+    smallest = min(pool, key=lambda e: e.memory_bytes)
+    if smallest.measured:
+        return (f"; the smallest built, {smallest.quant} ({smallest.weights_bytes / fit.MB:.0f} MB file) at est. "
+                f"{smallest.memory_bytes / fit.MB:.0f} MB, is {smallest.shortfall_bytes(profile) / fit.MB:.0f} MB short "
+                f"of {profile.app_memory_bytes / fit.MB:.0f} MB")
+    return (f"; the smallest, {smallest.quant} at est. {smallest.memory_bytes / fit.MB:.0f} MB on its nominal size "
+            f"(a lower bound), is at least {smallest.shortfall_bytes(profile) / fit.MB:.0f} MB short of "
+            f"{profile.app_memory_bytes / fit.MB:.0f} MB")
 def _gguf_candidate(path: Path, quant: str, config: dict[str, Any], profile: DeviceProfile) -> Candidate:
     contents = quantize.inspect_gguf(path)
     est = fit.estimate("gguf", quant, contents.size_bytes, config, profile)

@@ -95,8 +95,26 @@ def test_pick_refusal_names_the_shortfall_in_mb():
     expected = fit.estimate("gguf", "Q2_K", 200_000_000, GEMMA3_270M, profile)
     short = (expected.memory_bytes - profile.app_memory_bytes) / 1e6
     # skipped on nominal size (never built): the shortfall is a lower bound and says so
-    assert (f"the smallest, Q2_K at est. {expected.memory_bytes / 1e6:.0f} MB (nominal size: a lower bound), "
+    assert (f"the smallest, Q2_K at est. {expected.memory_bytes / 1e6:.0f} MB on its nominal size (a lower bound), "
             f"is at least {short:.0f} MB short of 300 MB") in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_refusal_reports_the_smallest_built_file_over_a_nominal_guess():
+    # SmolLM2 on the Pi Zero 2 W: Q3_K_M skipped on its nominal 66 MB (really 93.5), Q2_K built at 88.2 MB
+    profile = load_profile("raspberry-pi-zero-2w")
+    nominal = {"Q3_K_M": 66_000_000, "Q2_K": 44_000_000}
+    real = {"Q2_K": 88_200_000}
+
+    def build(quant: str) -> Candidate:
+        return Candidate("gguf", quant, Path(quant), real[quant], None,
+                         fit.estimate("gguf", quant, real[quant], SMOLLM2, profile))
+
+    with pytest.raises(UserError) as err:
+        pick(["Q3_K_M", "Q2_K"], nominal.__getitem__, build, lambda c: None, SMOLLM2, "gguf", profile)
+    built = fit.estimate("gguf", "Q2_K", 88_200_000, SMOLLM2, profile)
+    assert (f"the smallest built, Q2_K (88 MB file) at est. {built.memory_bytes / 1e6:.0f} MB, is "
+            f"{(built.memory_bytes - 300e6) / 1e6:.0f} MB short of 300 MB") in str(err.value)
     assert "\n" not in str(err.value)
 
 
