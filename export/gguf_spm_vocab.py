@@ -64,7 +64,12 @@ def read_spm_vocab(tokenizer_json: dict[str, Any], vocab_size: int, where: Path)
         if by_id.get(i, ("", 0.0, 0))[2] in (TokenType.BYTE, TokenType.UNKNOWN):
             continue
         kind = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
-        by_id[i] = (added["content"], -1000.0, kind)
+        content = added["content"]
+        if kind == TokenType.USER_DEFINED and added.get("normalized"):
+            # matched after the normalizer (' ' -> '▁') in HF; llama.cpp matches user-defined tokens in the raw
+            # text and prints them as stored, so it needs the spaces (as Gemma's own GGUF stores its space runs)
+            content = content.replace("▁", " ")
+        by_id[i] = (content, -1000.0, kind)
     if max(by_id) >= vocab_size:
         raise UserError(f"{where}: token id {max(by_id)} is outside the model's vocab_size {vocab_size}")
     if sum(1 for _, _, kind in by_id.values() if kind == TokenType.BYTE) != 256:

@@ -72,3 +72,20 @@ def test_real_gemma_import_matches_llama_cpp_token_for_token():
     assert tok["mismatches"] == 0 and tok["tokens_compared"] > 250_000
     completion = result.verification["completion"]
     assert completion["tokens_agreeing"] >= 8, completion
+
+
+def test_space_run_tokens_added_on_the_normalized_text_are_written_with_spaces():
+    """The import adds Gemma's space runs as normalized added tokens ('▁▁'); the GGUF needs '  ' (raw text)."""
+    from pathlib import Path
+
+    from gguf import TokenType
+    from slmforge.export.gguf_spm_vocab import read_spm_vocab
+
+    vocab = {f"<0x{b:02X}>": b for b in range(256)}
+    vocab.update({"<unk>": 256, "▁▁": 257, "a": 258, "<end_of_turn>": 259})
+    tokenizer_json = {"model": {"type": "BPE", "vocab": vocab, "merges": [], "unk_token": "<unk>", "byte_fallback": True},
+                      "added_tokens": [{"id": 257, "content": "▁▁", "normalized": True, "special": False},
+                                       {"id": 259, "content": "<end_of_turn>", "normalized": False, "special": True}]}
+    tokens, _, types = read_spm_vocab(tokenizer_json, 260, Path("tokenizer.json"))
+    assert tokens[257] == "  " and types[257] == TokenType.USER_DEFINED
+    assert tokens[259] == "<end_of_turn>" and types[259] == TokenType.CONTROL
