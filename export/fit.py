@@ -21,8 +21,14 @@ from typing import Any
 
 from slmforge.profiles import DeviceProfile
 
-# llama-cpp-python 0.3.36, use_mmap=False, n_batch 512: 24.3-25.5 MB at n_ctx 1024/4096/8192 (Q8_0, Q4_K_M).
-LLAMACPP_OVERHEAD_BYTES = 32 * 1024 * 1024
+# llama-cpp-python 0.3.36, use_mmap=False, n_batch 512, RSS minus file minus KV: SmolLM2-135M (49,152 tokens)
+# 24.3-25.5 MB at n_ctx 1024/4096/8192 (Q8_0, Q4_K_M); Gemma 3 270M (262,144 tokens) 48.0 / 49.0 MB at n_ctx
+# 1024 / 4096 (Q4_K_M; 45.8 MB at n_batch 64). It grows with the vocabulary (llama.cpp keeps every token's text,
+# score and lookup entries, ~111 bytes a token between the two), so the estimate is a base plus a per-token term:
+# 31.5 MB for SmolLM2 (measured 24-26), 58.7 MB for Gemma 3 (measured 48-49).
+LLAMACPP_OVERHEAD_BASE_BYTES = 24 * 1024 * 1024
+LLAMACPP_OVERHEAD_PER_TOKEN_BYTES = 128
+LLAMACPP_OVERHEAD_BYTES = 32 * 1024 * 1024  # a vocabulary-less estimate (config without vocab_size)
 # onnxruntime-genai 0.18 int4 CPU: 78.9 MB at max_length 1024 and 4096.
 ORT_GENAI_OVERHEAD_BYTES = 96 * 1024 * 1024
 
@@ -66,6 +72,10 @@ class Estimate:
     def fits(self) -> bool:
         return self.fits_memory and self.fast_enough
 
+    def shortfall_bytes(self, profile: DeviceProfile) -> int:
+        """How much more app memory this candidate needs than the profile has (0 when it fits)."""
+        return max(0, self.memory_bytes - profile.app_memory_bytes)
+
     def why(self, profile: DeviceProfile) -> str:
         mem = (f"est. memory {self.memory_bytes / MB:.0f} MB (weights {self.weights_bytes / MB:.0f} + KV@"
                f"{profile.max_context} {self.kv_bytes / MB:.0f} + generator {self.overhead_bytes / MB:.0f} + "
@@ -80,11 +90,18 @@ class Estimate:
         return asdict(self)
 
 
+def generator_overhead_bytes(fmt: str, config: dict[str, Any]) -> int:
+    """The generator's own memory beyond weights and KV cache (llama.cpp's grows with the vocabulary)."""
+    if fmt == "gguf" and config.get("vocab_size"):
+        return LLAMACPP_OVERHEAD_BASE_BYTES + LLAMACPP_OVERHEAD_PER_TOKEN_BYTES * int(config["vocab_size"])
+    return OVERHEAD_BYTES[fmt]
+
+
 def estimate(fmt: str, quant: str, weights_bytes: int, config: dict[str, Any], profile: DeviceProfile,
              measured: bool = True) -> Estimate:
     """Memory and decode speed of one candidate on one profile."""
     kv = kv_cache_bytes(config, profile.max_context, KV_BYTES_PER_VALUE[fmt])
-    overhead = OVERHEAD_BYTES[fmt]
+    overhead = generator_overhead_bytes(fmt, config)
     memory = weights_bytes + kv + overhead + RUNTIME_PROCESS_BYTES
     tok_s = profile.memory_bandwidth_gbs * 1e9 / (weights_bytes + kv)
     return Estimate(fmt, quant, int(weights_bytes), kv, overhead, int(memory), round(tok_s, 2),

@@ -20,15 +20,16 @@ from typing import Any
 
 import numpy as np
 from slmforge.export.files import temp_sibling
+from slmforge.export.gguf_spm_vocab import adds_space_prefix, is_spm_style, read_spm_vocab
 
+from slmforge.architectures import (
+    Architecture,
+    ArchitectureUnsupported,
+    for_config,
+    rope_parameters,
+    unsupported_message,
+)
 from slmforge.errors import UserError
-
-# HF architecture -> (gguf architecture name, Q/K need llama.cpp's rotary permutation)
-ARCHITECTURES: dict[str, tuple[str, bool]] = {
-    "LlamaForCausalLM": ("llama", True),
-    "MistralForCausalLM": ("llama", True),
-    "Qwen2ForCausalLM": ("qwen2", False),
-}
 
 OUT_TYPES = ("F32", "F16", "BF16")
 
@@ -63,24 +64,30 @@ def load_config(checkpoint: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
-def architecture_of(config: dict[str, Any], where: Path) -> tuple[str, bool]:
-    """The GGUF architecture for an HF config, or a one-line refusal."""
-    archs = config.get("architectures") or []
-    for arch in archs:
-        if arch in ARCHITECTURES:
-            return ARCHITECTURES[arch]
-    raise UserError(f"{where}: architecture {archs or config.get('model_type')} is not supported for GGUF export; "
-                    f"supported: {', '.join(ARCHITECTURES)}")
+def architecture_of(config: dict[str, Any], where: Path) -> Architecture:
+    """The table entry (slmforge/architectures.py) for an HF config, or a one-line refusal."""
+    arch = for_config(config)
+    if arch is None:
+        what = config.get("architectures") or config.get("model_type")
+        raise UserError(f"{where}: {unsupported_message(str(what))}")
+    extra_hparams(arch, config, where)  # a setting llama.cpp would compute differently refuses here, before any work
+    return arch
+
+
+def extra_hparams(arch: Architecture, config: dict[str, Any], where: Path) -> dict[str, Any]:
+    try:
+        return arch.extra_hparams(config)
+    except ArchitectureUnsupported as exc:
+        raise UserError(f"{where}: {exc}; not exported, since llama.cpp would not compute what transformers does") from None
 
 
 def rope_theta(config: dict[str, Any]) -> float:
-    params = config.get("rope_parameters") or {}
-    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+    return float(rope_parameters(config)["rope_theta"])
 
 
 def rope_scaling(config: dict[str, Any]) -> dict[str, Any] | None:
-    """transformers 5 keeps rope settings in rope_parameters, 4.x in rope_scaling."""
-    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    """The global layers' rope scaling, None for plain rope."""
+    params = rope_parameters(config)
     kind = params.get("rope_type", params.get("type", "default"))
     return None if kind in (None, "default") else params
 
@@ -184,17 +191,25 @@ def detect_pre_tokenizer(tokenizer_json: dict[str, Any], where: Path) -> str:
                     "(gpt-2, smollm, llama-bpe, qwen2); a wrong guess would tokenize differently, so stopping")
 
 
-def read_vocab(checkpoint: Path, vocab_size: int) -> tuple[list[str], list[int], str]:
-    """Tokens, llama.cpp token types and pre-tokenizer name from tokenizer.json."""
-    from gguf import TokenType
-
+def _tokenizer_json(checkpoint: Path) -> dict[str, Any]:
     path = checkpoint / "tokenizer.json"
     if not path.is_file():
         raise UserError(f"{checkpoint}: tokenizer.json missing; only fast (tokenizers) BPE tokenizers are supported")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_vocab(checkpoint: Path, vocab_size: int, data: dict[str, Any] | None = None) -> tuple[list[str], list[int], str]:
+    """Tokens, llama.cpp token types and pre-tokenizer name from a byte-level BPE tokenizer.json."""
+    from gguf import TokenType
+
+    path = checkpoint / "tokenizer.json"
+    data = data if data is not None else _tokenizer_json(checkpoint)
     model = data.get("model") or {}
     if model.get("type") != "BPE":
-        raise UserError(f"{path}: tokenizer model {model.get('type')!r} is not BPE; only byte-level BPE is supported")
+        raise UserError(f"{path}: tokenizer model {model.get('type')!r} is not BPE; only BPE tokenizers are supported")
     by_id: dict[int, tuple[str, int]] = {i: (t, TokenType.NORMAL) for t, i in model["vocab"].items()}
     for added in data.get("added_tokens", []):
         kind = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
@@ -209,16 +224,33 @@ def read_vocab(checkpoint: Path, vocab_size: int) -> tuple[list[str], list[int],
     return tokens, types, detect_pre_tokenizer(data, checkpoint)
 
 
-def _add_tokenizer(writer: Any, checkpoint: Path, config: dict[str, Any]) -> str:
-    from gguf import SpecialVocab
-
-    tokens, types, pre = read_vocab(checkpoint, int(config["vocab_size"]))
+def _add_vocab(writer: Any, checkpoint: Path, vocab_size: int) -> tuple[str, bool]:
+    """The token list in llama.cpp's form: "llama" (SentencePiece-style: Gemma, Llama 2, Phi-3) or "gpt2"
+    (byte-level BPE); returns (pre-tokenizer name, whether BPE merges belong in the file)."""
+    data = _tokenizer_json(checkpoint)
+    if is_spm_style(data):
+        tokens, scores, types = read_spm_vocab(data, vocab_size, checkpoint / "tokenizer.json")
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_add_space_prefix(adds_space_prefix(data))
+        return "default", False
+    tokens, types, pre = read_vocab(checkpoint, vocab_size, data)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    special = SpecialVocab(checkpoint, load_merges=True, n_vocab=len(tokens))
-    if not special.merges:
+    return pre, True
+
+
+def _add_tokenizer(writer: Any, checkpoint: Path, config: dict[str, Any]) -> str:
+    from gguf import SpecialVocab
+
+    pre, with_merges = _add_vocab(writer, checkpoint, int(config["vocab_size"]))
+    special = SpecialVocab(checkpoint, load_merges=with_merges, n_vocab=int(config["vocab_size"]))
+    if with_merges and not special.merges:
         raise UserError(f"{checkpoint}/tokenizer.json: no BPE merges found; the tokenizer file is incomplete")
     tok_cfg_path = checkpoint / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
@@ -235,7 +267,7 @@ def _add_tokenizer(writer: Any, checkpoint: Path, config: dict[str, Any]) -> str
 # ---------------------------------------------------------------------------- hyperparameters
 
 
-def _add_hparams(writer: Any, config: dict[str, Any], out_type: str) -> None:
+def _add_hparams(writer: Any, config: dict[str, Any], arch: Architecture, out_type: str, where: Path) -> None:
     from gguf import LlamaFileType, RopeScalingType
 
     writer.add_context_length(int(config["max_position_embeddings"]))
@@ -246,8 +278,10 @@ def _add_hparams(writer: Any, config: dict[str, Any], out_type: str) -> None:
     writer.add_head_count_kv(int(config.get("num_key_value_heads") or config["num_attention_heads"]))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_rope_freq_base(rope_theta(config))
-    writer.add_rope_dimension_count(head_dim(config))
-    if head_dim(config) != config["hidden_size"] // config["num_attention_heads"]:
+    extra = extra_hparams(arch, config, where)
+    if "rope.dimension_count" not in extra:
+        writer.add_rope_dimension_count(head_dim(config))
+    if head_dim(config) != config["hidden_size"] // config["num_attention_heads"] and "attention.key_length" not in extra:
         writer.add_key_length(head_dim(config))
         writer.add_value_length(head_dim(config))
     writer.add_vocab_size(int(config["vocab_size"]))
@@ -259,18 +293,34 @@ def _add_hparams(writer: Any, config: dict[str, Any], out_type: str) -> None:
             writer.add_rope_scaling_factor(float(scaling["factor"]))
         elif kind != "llama3":  # llama3 is written as the rope_freqs tensor
             raise UserError(f"rope scaling {kind!r} is not supported for GGUF export (supported: default, linear, llama3)")
+    for key, value in extra.items():
+        _add_value(writer, f"{arch.gguf_arch}.{key}", value)
     writer.add_file_type({"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16,
                           "BF16": LlamaFileType.MOSTLY_BF16}[out_type])
+
+
+def _add_value(writer: Any, key: str, value: Any) -> None:
+    """One table-given metadata entry, typed the way llama.cpp's loader reads it (counts as uint32)."""
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, list):
+        writer.add_array(key, value)  # gguf-py types the elements (bool for a sliding-window pattern)
+    else:
+        writer.add_string(key, str(value))
 
 
 # ---------------------------------------------------------------------------- driver
 
 
-def _gguf_tensors(checkpoint: Path, config: dict[str, Any], arch: str, permute: bool) -> Iterator[tuple[str, np.ndarray]]:
-    """(gguf name, array) in checkpoint order, renamed, permuted and with tied heads dropped."""
+def _gguf_tensors(checkpoint: Path, config: dict[str, Any], arch: Architecture) -> Iterator[tuple[str, np.ndarray]]:
+    """(gguf name, array) in checkpoint order, renamed and transformed as the table says, tied heads dropped."""
     import gguf
 
-    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
     name_map = gguf.get_tensor_name_map(arch_enum, int(config["num_hidden_layers"]))
     n_head = int(config["num_attention_heads"])
     n_kv = int(config.get("num_key_value_heads") or n_head)
@@ -283,12 +333,14 @@ def _gguf_tensors(checkpoint: Path, config: dict[str, Any], arch: str, permute: 
             continue
         new_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
         if new_name is None:
-            raise UserError(f"{checkpoint}: tensor {name!r} has no GGUF name for architecture {arch}; "
+            raise UserError(f"{checkpoint}: tensor {name!r} has no GGUF name for architecture {arch.gguf_arch}; "
                             "the checkpoint does not look like a plain causal LM")
-        if permute and name.endswith("q_proj.weight"):
+        if arch.permute_qk and name.endswith("q_proj.weight"):
             array = rotary_permute(array, n_head)
-        elif permute and name.endswith("k_proj.weight"):
+        elif arch.permute_qk and name.endswith("k_proj.weight"):
             array = rotary_permute(array, n_kv)
+        if arch.norm_shift and name.endswith("norm.weight"):
+            array = array + np.float32(arch.norm_shift)
         yield new_name, array
 
 
@@ -304,17 +356,17 @@ def write_gguf(checkpoint: str | Path, out_path: str | Path, out_type: str = "F1
         raise UserError(f"unknown GGUF float type {out_type!r}; choose one of {', '.join(OUT_TYPES)} "
                         "(quantized types come from 'quantize' after an F16 export)")
     config = load_config(checkpoint)
-    arch, permute = architecture_of(config, checkpoint)
+    arch = architecture_of(config, checkpoint)
     with temp_sibling(out_path) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), arch)
+        writer = gguf.GGUFWriter(str(tmp), arch.gguf_arch)
         writer.add_name(config.get("_name_or_path") or checkpoint.name)
         writer.add_string("slmforge.source.path", str(checkpoint.resolve()))
         if source_sha256:
             writer.add_string("slmforge.source.sha256", source_sha256)
-        _add_hparams(writer, config, out_type)
+        _add_hparams(writer, config, arch, out_type, checkpoint)
         pre = _add_tokenizer(writer, checkpoint, config)
         count = params = 0
-        for gguf_name, array in _gguf_tensors(checkpoint, config, arch, permute):
+        for gguf_name, array in _gguf_tensors(checkpoint, config, arch):
             qtype = _gguf_tensor_type(gguf_name, array, out_type)
             data = gguf.quants.quantize(array.astype(np.float32), qtype)
             writer.add_tensor(gguf_name, data, raw_dtype=qtype)
@@ -324,4 +376,4 @@ def write_gguf(checkpoint: str | Path, out_path: str | Path, out_type: str = "F1
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=progress)
         writer.close()
-    return GGUFResult(out_path, out_type, arch, pre, count, params, round(time.perf_counter() - started, 2))
+    return GGUFResult(out_path, out_type, arch.gguf_arch, pre, count, params, round(time.perf_counter() - started, 2))

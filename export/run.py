@@ -64,6 +64,7 @@ class Candidate:
     estimate: fit.Estimate
     extra: dict[str, Any] = field(default_factory=dict)
     prior: ExportedArtifact | None = None  # taken from an earlier export, with its measured gate figures
+    gate: dict[str, Any] | None = None  # the quality gate's result, once measured
 
 
 def tool_versions() -> dict[str, str]:
@@ -81,25 +82,55 @@ def tool_versions() -> dict[str, str]:
 
 def pick(ladder: list[str], nominal_bytes: Callable[[str], int], build: Callable[[str], Candidate],
          discard: Callable[[Candidate], None], config: dict[str, Any], fmt: str,
-         profile: DeviceProfile) -> tuple[Candidate, list[str]]:
+         profile: DeviceProfile, passes_gate: Callable[[Candidate], bool] | None = None) -> tuple[Candidate, list[str]]:
     """Walk the ladder best-first: skip what cannot fit on nominal size, build the rest and
-    keep the first whose measured size fits. Returns the choice and why the others lost."""
+    keep the first whose measured size fits. Returns the choice and why the others lost.
+
+    With ``passes_gate`` (a profile whose quant_policy is 'footprint') the walk goes smallest-first
+    and keeps the first that fits *and* passes the quality gate."""
     rejected: list[str] = []
-    for quant in ladder:
+    tried: list[fit.Estimate] = []  # every estimate that did not fit, nominal or measured
+    gate_failed = False
+    for quant in (ladder if passes_gate is None else list(reversed(ladder))):
         guess = fit.estimate(fmt, quant, nominal_bytes(quant), config, profile, measured=False)
         if not guess.fits_memory:
             rejected.append(guess.why(profile) + " (nominal size)")
+            tried.append(guess)
             continue
         candidate = build(quant)
-        if candidate.estimate.fits:
+        if candidate.estimate.fits and (passes_gate is None or passes_gate(candidate)):
             return candidate, rejected
-        rejected.append(candidate.estimate.why(profile))
+        if candidate.estimate.fits:
+            gate_failed = True
+            rejected.append(f"{quant}: quality gate {candidate.gate['verdict'] if candidate.gate else 'failed'}")
+        else:
+            rejected.append(candidate.estimate.why(profile))
+            tried.append(candidate.estimate)
         discard(candidate)
     reasons = "; ".join(rejected[-2:])
-    raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}; "
+    if gate_failed:
+        raise UserError(f"no {fmt.upper()} quantization of this model both fits profile '{profile.name}' and passes "
+                        f"its quality gate: {reasons}; use a profile with quant_policy: quality or a looser quality_gate")
+    raise UserError(f"no {fmt.upper()} quantization of this model fits profile '{profile.name}': {reasons}"
+                    f"{_shortfall(tried, profile)}; "
                     "make the model smaller ('slmforge compress' then 'slmforge distill') or pick a larger profile")
 
 
+def _shortfall(tried: list[fit.Estimate], profile: DeviceProfile) -> str:
+    """The smallest candidate's shortfall in MB: a built (measured) one when there is one, else a
+    nominal size, which is a lower bound (K-quants on rows not a multiple of 256 come out larger)."""
+    measured = [e for e in tried if e.measured]
+    pool = measured or tried
+    if not pool:
+        return ""
+    smallest = min(pool, key=lambda e: e.memory_bytes)
+    if smallest.measured:
+        return (f"; the smallest built, {smallest.quant} ({smallest.weights_bytes / fit.MB:.0f} MB file) at est. "
+                f"{smallest.memory_bytes / fit.MB:.0f} MB, is {smallest.shortfall_bytes(profile) / fit.MB:.0f} MB short "
+                f"of {profile.app_memory_bytes / fit.MB:.0f} MB")
+    return (f"; the smallest, {smallest.quant} at est. {smallest.memory_bytes / fit.MB:.0f} MB on its nominal size "
+            f"(a lower bound), is at least {smallest.shortfall_bytes(profile) / fit.MB:.0f} MB short of "
+            f"{profile.app_memory_bytes / fit.MB:.0f} MB")
 def _gguf_candidate(path: Path, quant: str, config: dict[str, Any], profile: DeviceProfile) -> Candidate:
     contents = quantize.inspect_gguf(path)
     est = fit.estimate("gguf", quant, contents.size_bytes, config, profile)
@@ -136,7 +167,8 @@ def _from_prior(prior: PriorExport | None, fmt: str, quant: str, out: Path,
 
 
 def export_gguf(checkpoint: Path, tmp: Path, scratch: Path, config: dict[str, Any], profile: DeviceProfile,
-                opts: ExportOptions, source_sha: str, prior: PriorExport | None = None) -> tuple[Candidate, list[str]]:
+                opts: ExportOptions, source_sha: str, prior: PriorExport | None = None,
+                passes_gate: Callable[[Candidate], bool] | None = None) -> tuple[Candidate, list[str]]:
     """F16 GGUF first (the quantizer's input, written only when something is built), then the
     chosen (or requested) quantization."""
     f16_target = tmp if opts.quant and opts.quant.upper() == "F16" else scratch
@@ -164,11 +196,12 @@ def export_gguf(checkpoint: Path, tmp: Path, scratch: Path, config: dict[str, An
         return fit.nominal_weights_bytes(parameters, quantize.NOMINAL_BPW[quant])
 
     ladder = [quantize.check_quant(opts.quant)] if opts.quant else list(quantize.LADDER)
-    return pick(ladder, nominal, build, _discard, config, "gguf", profile)
+    return pick(ladder, nominal, build, _discard, config, "gguf", profile, None if opts.quant else passes_gate)
 
 
 def export_onnx(checkpoint: Path, tmp: Path, config: dict[str, Any], profile: DeviceProfile,
-                opts: ExportOptions, parameters: int, prior: PriorExport | None = None) -> tuple[Candidate, list[str]]:
+                opts: ExportOptions, parameters: int, prior: PriorExport | None = None,
+                passes_gate: Callable[[Candidate], bool] | None = None) -> tuple[Candidate, list[str]]:
     """int8 if it fits, else int4 (fp32 only when asked for: it is the reference, not a target)."""
     def build(precision: str) -> Candidate:
         reused = _from_prior(prior, "onnx", precision, tmp / f"onnx-{precision}",
@@ -182,7 +215,7 @@ def export_onnx(checkpoint: Path, tmp: Path, config: dict[str, Any], profile: De
         return fit.nominal_weights_bytes(parameters, {"fp32": 32.0, "int8": 8.5, "int4": 4.5}[precision])
 
     ladder = [onnx_genai.check_precision(opts.quant)] if opts.quant else ["int8", "int4"]
-    return pick(ladder, nominal, build, _discard, config, "onnx", profile)
+    return pick(ladder, nominal, build, _discard, config, "onnx", profile, None if opts.quant else passes_gate)
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -255,22 +288,34 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".f16-", dir=tmp.parent) as scratch:
         parameters = None
         chosen: list[tuple[Candidate, list[str]]] = []
-        if "gguf" in opts.formats:
-            chosen.append(export_gguf(model, tmp, Path(scratch), config, profile, opts, source.sha256, prior))
-            parameters = quantize.inspect_gguf(chosen[-1][0].path).parameters
-        if "onnx" in opts.formats:
-            if parameters is None:
-                parameters = _count_parameters(model)
-            chosen.append(export_onnx(model, tmp, config, profile, opts, parameters, prior))
         windows = quality.token_windows(model, texts, opts.window, opts.eval_tokens)
+        tokens = sum(len(w) for w in windows)
 
         @functools.cache
         def reference() -> quality.Reference:  # the source's logits: only when an artifact is new
             return quality.source_reference(model, windows, progress=opts.progress)
+
+        def gate_of(candidate: Candidate) -> dict[str, Any]:
+            if candidate.gate is None:
+                candidate.gate = _gate(candidate, reference, profile, opts, tokens)
+            return candidate.gate
+
+        footprint = profile.quant_policy == "footprint"
+        passes_gate = (lambda c: bool(gate_of(c)["passed"])) if footprint else None
+        if "gguf" in opts.formats:
+            chosen.append(export_gguf(model, tmp, Path(scratch), config, profile, opts, source.sha256, prior,
+                                      passes_gate))
+            parameters = quantize.inspect_gguf(chosen[-1][0].path).parameters
+        if "onnx" in opts.formats:
+            if parameters is None:
+                parameters = _count_parameters(model)
+            chosen.append(export_onnx(model, tmp, config, profile, opts, parameters, prior, passes_gate))
+        policy = ("smallest that fits and passes the quality gate (quant_policy: footprint); " if footprint
+                  else "highest quality that fits; ")
         for candidate, rejected in chosen:
-            why = ("requested with --quant; " if opts.quant else "highest quality that fits; ") + \
-                candidate.estimate.why(profile) + (f"; better ones rejected: {' | '.join(rejected)}" if rejected else "")
-            gate = _gate(candidate, reference, profile, opts, sum(len(w) for w in windows))
+            why = ("requested with --quant; " if opts.quant else policy) + candidate.estimate.why(profile) + \
+                (f"; {'smaller' if footprint else 'better'} ones rejected: {' | '.join(rejected)}" if rejected else "")
+            gate = gate_of(candidate)
             artifacts.append(_artifact(candidate, tmp, gate, why))
             if not gate["passed"]:
                 failed.append(f"{candidate.format} {candidate.quant}: {gate['verdict']}")

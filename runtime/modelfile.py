@@ -1,7 +1,7 @@
 """An Ollama Modelfile for a bundle's GGUF that keeps the model's chat format.
 
 Ollama cannot run a GGUF's Jinja template; when it cannot match it, it falls back
-to a bare prompt and the model rambles past its turn. We write the ChatML turns as
+to a bare prompt and the model rambles past its turn. We write the ChatML (or Gemma) turns as
 an Ollama (Go) TEMPLATE plus the stop strings, so `ollama create` gets it right.
 """
 
@@ -17,9 +17,34 @@ CHATML_GO_TEMPLATE = (
 )
 CHATML_STOPS = ("<|im_end|>", "<|im_start|>")
 
+# Gemma's turns: no system role (the system prompt opens the first user turn), 'model' for the assistant.
+GEMMA_GO_TEMPLATE = (
+    "{{ $system := .System }}"
+    "{{ range .Messages }}"
+    "{{ if eq .Role \"user\" }}<start_of_turn>user\n"
+    "{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ .Content }}<end_of_turn>\n"
+    "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}"
+    "{{ end }}<start_of_turn>model\n"
+)
+GEMMA_STOPS = ("<end_of_turn>", "<start_of_turn>")
+
 
 def is_chatml(chat_template: str | None) -> bool:
     return chat_template is None or ("<|im_start|>" in chat_template and "<|im_end|>" in chat_template)
+
+
+def is_gemma_turns(chat_template: str | None) -> bool:
+    return chat_template is not None and "<start_of_turn>" in chat_template and "<end_of_turn>" in chat_template
+
+
+def ollama_template(chat_template: str | None) -> tuple[str, tuple[str, ...]]:
+    """The Go TEMPLATE and stop strings for the chat formats we translate (ChatML, Gemma turns)."""
+    if is_chatml(chat_template):
+        return CHATML_GO_TEMPLATE, CHATML_STOPS
+    if is_gemma_turns(chat_template):
+        return GEMMA_GO_TEMPLATE, GEMMA_STOPS
+    raise UserError("the model's chat template is neither ChatML nor Gemma's turns, the formats translated to an "
+                    "Ollama TEMPLATE so far; use a model with one of them")
 
 
 def _quote(text: str) -> str:
@@ -36,18 +61,14 @@ def render_modelfile(
     generation: dict,
 ) -> str:
     """Modelfile text for ``model_file`` (relative to the bundle): FROM, TEMPLATE, SYSTEM, PARAMETERs."""
-    if not is_chatml(chat_template):
-        raise UserError(
-            "the model's chat template is not ChatML, and only ChatML is translated to an Ollama TEMPLATE so far; "
-            "bundle without the Modelfile (--no-modelfile) or use a ChatML model"
-        )
+    template, stops = ollama_template(chat_template)
     lines = [
         "# Ollama: ollama create NAME -f Modelfile   (run from the bundle folder)",
         f"FROM ./{model_file}",
-        f"TEMPLATE {_quote(CHATML_GO_TEMPLATE)}",
+        f"TEMPLATE {_quote(template)}",
         f"SYSTEM {_quote(system_prompt)}",
     ]
-    for stop in CHATML_STOPS:
+    for stop in stops:
         lines.append(f'PARAMETER stop "{stop}"')
     mapping = {"temperature": "temperature", "top_p": "top_p", "n_ctx": "num_ctx", "max_tokens": "num_predict",
                "seed": "seed"}

@@ -120,9 +120,10 @@ def _base(b: PlanBuilder, _: str | None) -> Wiring:
 
         source_args, source_inputs = [], [embedded_gguf()]
     else:
-        src = (b.base_dir / b.recipe.base_model).resolve()
+        src = (b.base_dir / Path(b.recipe.base_model).expanduser()).resolve()
         if not src.exists():
-            raise UserError(f"recipe: base_model: {src} not found")
+            raise UserError(f"recipe: base_model: {src} not found (a .gguf file or an HF model folder; "
+                            "for the Gemma recipe run 'make gemma-model' first)")
         source_args, source_inputs = [str(src)], [src]
     out = b.path("base")
     return Wiring([*source_args, "--out", str(out)], source_inputs, out, [])

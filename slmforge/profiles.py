@@ -50,6 +50,9 @@ class DeviceProfile(BaseModel):
     target_decode_tok_s: float = Field(gt=0)
     power_envelope_w: float | None = Field(default=None, gt=0)
     quality_gate: QualityBounds = Field(default_factory=QualityBounds)
+    quant_policy: Literal["quality", "footprint"] = Field(
+        default="quality", description="quality: the best quantization that fits; footprint: the smallest that fits "
+        "and passes the quality gate (phones, whose OS kills the largest apps first and whose battery pays per byte read)")
     sources: list[str] = Field(min_length=1)
     notes: str | None = None
     detected: bool = Field(default=False, description="true for the host profile measured at run time")

@@ -57,8 +57,19 @@ def test_modelfile_reproduces_chatml():
     assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
     assert "<|im_start|>{{ .Role }}" in text and text.count("<|im_start|>assistant") == 1
     assert 'SYSTEM """Be brief."""' in text and "PARAMETER num_ctx 2048" in text
-    with pytest.raises(UserError, match="ChatML"):
+    with pytest.raises(UserError, match="neither ChatML nor Gemma"):
         render_modelfile("m.gguf", "{{ bos_token }}[INST] {{ messages }}", "x", {})
+
+
+def test_modelfile_reproduces_gemma_turns():
+    from slmforge.trainer.gguf_tokenizer_repair import GEMMA_TURN_TEMPLATE
+
+    text = render_modelfile("model-Q8_0.gguf", GEMMA_TURN_TEMPLATE, "Cite sources.", {"n_ctx": 2048})
+    assert 'PARAMETER stop "<end_of_turn>"' in text and 'PARAMETER stop "<start_of_turn>"' in text
+    assert "<|im_start|>" not in text
+    # the system prompt opens the first user turn once (Gemma has no system role); the reply starts a model turn
+    assert "{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}" in text
+    assert text.count("<start_of_turn>model\n") == 2 and 'SYSTEM """Cite sources."""' in text
 
 
 @pytest.mark.parametrize("damage", ["tamper", "truncate", "delete"])

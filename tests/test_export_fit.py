@@ -14,6 +14,9 @@ from slmforge.profiles import QualityBounds, load_profile
 
 SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
            "head_dim": 64}
+# Gemma 3 270M: head_dim 256 is not hidden / heads (160), and the vocabulary is 5.3x SmolLM2's
+GEMMA3_270M = {"num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "hidden_size": 640,
+               "head_dim": 256, "vocab_size": 262_144}
 
 
 def test_kv_cache_from_config():
@@ -21,6 +24,16 @@ def test_kv_cache_from_config():
     assert fit.kv_cache_bytes(SMOLLM2, 4096, 2) == 30 * 3 * 64 * 2 * 2 * 4096 == 94_371_840
     no_gqa = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}
     assert fit.kv_cache_bytes(no_gqa, 10, 4) == 2 * 4 * 16 * 2 * 4 * 10
+
+
+def test_gemma_kv_cache_uses_head_dim_and_overhead_grows_with_vocabulary():
+    # 18 layers x 1 kv head x 256 dims x (K, V) x 2 bytes x 1024 positions = 18.9 MB
+    assert fit.kv_cache_bytes(GEMMA3_270M, 1024, 2) == 18 * 1 * 256 * 2 * 2 * 1024 == 18_874_368
+    gemma = fit.generator_overhead_bytes("gguf", GEMMA3_270M)
+    smol = fit.generator_overhead_bytes("gguf", {**SMOLLM2, "vocab_size": 49_152})
+    # measured (llama-cpp-python 0.3.36, RSS - file - KV): Gemma 48.0-49.0 MB, SmolLM2 24.3-25.5 MB
+    assert 49.0e6 < gemma < 49.0e6 * 1.25 and 25.5e6 < smol < 25.5e6 * 1.3
+    assert fit.generator_overhead_bytes("onnx", GEMMA3_270M) == fit.ORT_GENAI_OVERHEAD_BYTES
 
 
 def test_estimate_memory_and_speed():
@@ -67,6 +80,44 @@ def test_pick_refuses_in_one_line_when_nothing_fits():
         pick(list(sizes), nominal, build, lambda c: None, SMOLLM2, "gguf", profile)
 
 
+def test_pick_refusal_names_the_shortfall_in_mb():
+    # Gemma 3 270M on the Pi Zero 2 W (300 MB): even a 200 MB file + KV@1024 18.9 + generator 58.7 + runtime
+    # process 190.8 = 468 MB, 168 MB short
+    profile = load_profile("raspberry-pi-zero-2w")
+    sizes = {"Q8_0": 291_000_000, "Q2_K": 200_000_000}
+
+    def build(quant: str) -> Candidate:
+        return Candidate("gguf", quant, Path(quant), sizes[quant], None,
+                         fit.estimate("gguf", quant, sizes[quant], GEMMA3_270M, profile))
+
+    with pytest.raises(UserError) as err:
+        pick(list(sizes), lambda q: sizes[q], build, lambda c: None, GEMMA3_270M, "gguf", profile)
+    expected = fit.estimate("gguf", "Q2_K", 200_000_000, GEMMA3_270M, profile)
+    short = (expected.memory_bytes - profile.app_memory_bytes) / 1e6
+    # skipped on nominal size (never built): the shortfall is a lower bound and says so
+    assert (f"the smallest, Q2_K at est. {expected.memory_bytes / 1e6:.0f} MB on its nominal size (a lower bound), "
+            f"is at least {short:.0f} MB short of 300 MB") in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_refusal_reports_the_smallest_built_file_over_a_nominal_guess():
+    # SmolLM2 on the Pi Zero 2 W: Q3_K_M skipped on its nominal 66 MB (really 93.5), Q2_K built at 88.2 MB
+    profile = load_profile("raspberry-pi-zero-2w")
+    nominal = {"Q3_K_M": 66_000_000, "Q2_K": 44_000_000}
+    real = {"Q2_K": 88_200_000}
+
+    def build(quant: str) -> Candidate:
+        return Candidate("gguf", quant, Path(quant), real[quant], None,
+                         fit.estimate("gguf", quant, real[quant], SMOLLM2, profile))
+
+    with pytest.raises(UserError) as err:
+        pick(["Q3_K_M", "Q2_K"], nominal.__getitem__, build, lambda c: None, SMOLLM2, "gguf", profile)
+    built = fit.estimate("gguf", "Q2_K", 88_200_000, SMOLLM2, profile)
+    assert (f"the smallest built, Q2_K (88 MB file) at est. {built.memory_bytes / 1e6:.0f} MB, is "
+            f"{(built.memory_bytes - 300e6) / 1e6:.0f} MB short of 300 MB") in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_pick_refuses_too_slow_for_target():
     sizes = {"Q8_0": 150_000_000}
     profile, _, build, nominal = _picker(sizes, "raspberry-pi-zero-2w", target_decode_tok_s=50.0)
@@ -103,3 +154,37 @@ def test_gate_windows_end_each_text_with_eos_like_the_trainer(tiny_checkpoint: P
     assert stream.count(tokenizer.eos_token_id) == 2 and stream[-1] == tokenizer.eos_token_id
     assert stream == token_stream(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], texts,
                                   tokenizer.eos_token_id)
+
+
+def test_footprint_policy_takes_the_smallest_quant_that_passes_the_gate():
+    sizes = {"Q8_0": 291_000_000, "Q5_K_M": 240_000_000, "Q4_0": 230_000_000, "Q2_K": 200_000_000}
+    ratios = {"Q8_0": 1.001, "Q5_K_M": 1.03, "Q4_0": 1.08, "Q2_K": 1.9}
+    profile, built, build, nominal = _picker(sizes, "android-midrange-8gb", quant_policy="footprint")
+
+    def passes(candidate: Candidate) -> bool:
+        bound = quality.gate_bound(candidate.quant, profile.quality_gate)
+        candidate.gate = {"passed": ratios[candidate.quant] <= bound,
+                          "verdict": f"perplexity ratio {ratios[candidate.quant]} vs {bound}"}
+        return candidate.gate["passed"]
+
+    discarded: list[str] = []
+    chosen, rejected = pick(list(sizes), nominal, build, lambda c: discarded.append(c.quant), SMOLLM2, "gguf",
+                            profile, passes)
+    assert chosen.quant == "Q4_0" and built == ["Q2_K", "Q4_0"] and discarded == ["Q2_K"]
+    assert rejected == ["Q2_K: quality gate perplexity ratio 1.9 vs 1.1"]
+    # the default policy on the same figures keeps the best that fits, without gating on the way
+    chosen, _ = pick(list(sizes), nominal, _picker(sizes, "android-midrange-8gb")[2], lambda c: None, SMOLLM2,
+                     "gguf", profile)
+    assert chosen.quant == "Q8_0"
+
+
+def test_footprint_policy_refuses_when_no_quant_passes_the_gate():
+    sizes = {"Q8_0": 291_000_000, "Q2_K": 200_000_000}
+    profile, _, build, nominal = _picker(sizes, "android-midrange-8gb", quant_policy="footprint")
+
+    def fails(candidate: Candidate) -> bool:
+        candidate.gate = {"passed": False, "verdict": "perplexity ratio 1.5 > bound"}
+        return False
+
+    with pytest.raises(UserError, match="both fits profile 'android-midrange-8gb' and passes its quality gate"):
+        pick(list(sizes), nominal, build, lambda c: None, SMOLLM2, "gguf", profile, fails)

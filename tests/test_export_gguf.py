@@ -166,7 +166,11 @@ def test_unknown_pre_tokenizer_is_refused():
         detect_pre_tokenizer({"pre_tokenizer": {"type": "Whitespace"}}, Path("x"))
 
 
-def test_unknown_architecture_leaves_nothing(tiny_checkpoint: Path, tmp_path: Path):
+def test_unknown_architecture_is_one_line_naming_the_supported_list_and_leaves_nothing(tiny_checkpoint: Path,
+                                                                                       tmp_path: Path):
+    from slmforge.architectures import supported_names
+    from tests.conftest import run_cli
+
     bad = tmp_path / "bad"
     bad.mkdir()
     for item in tiny_checkpoint.iterdir():
@@ -177,6 +181,14 @@ def test_unknown_architecture_leaves_nothing(tiny_checkpoint: Path, tmp_path: Pa
     with pytest.raises(UserError, match="not supported"):
         write_gguf(bad, tmp_path / "out.gguf", progress=False)
     assert list(tmp_path.glob("*.gguf*")) == [] and list(tmp_path.glob(".out.gguf*")) == []
+    done = run_cli("export", "--model", str(bad), "--profile", "laptop-x86-16gb", "--format", "gguf",
+                   "--out", str(tmp_path / "out"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "MambaForCausalLM" in lines[0], done.stderr
+    assert all(name in lines[0] for name in supported_names())
+    done = run_cli("base", "import", str(bad), "--out", str(tmp_path / "imp"), env={"SLMFORGE_CACHE": str(tmp_path / "c")})
+    assert done.returncode == 2 and "MambaForCausalLM" in done.stderr and "Gemma3ForCausalLM" in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "imp").exists()
 
 
 def test_truncated_safetensors_is_one_clear_error(tiny_checkpoint: Path, tmp_path: Path):

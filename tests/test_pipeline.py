@@ -198,8 +198,22 @@ def test_shipped_demo_recipes_plan_every_stage(recipe: str, tmp_path: Path):
     bench = next(s["command"] for s in plan["stages"] if s["name"] == "bench")
     assert "--heldout" in bench and "qa.heldout.jsonl" in bench  # quality measured next to speed
     timed = [b for b in ("raspberry-pi-5-8gb", "android-midrange-8gb", "laptop-x86-16gb") if f"bundles/{b}" in bench]
-    assert timed == (["raspberry-pi-5-8gb"] if recipe == "recipe-quick.yaml" else
+    assert timed == (["raspberry-pi-5-8gb", "android-midrange-8gb"] if recipe == "recipe-quick.yaml" else
                      ["raspberry-pi-5-8gb", "android-midrange-8gb", "laptop-x86-16gb"])
+
+
+def test_gemma_recipe_plans_every_stage_or_says_how_to_get_the_model(tmp_path: Path):
+    """recipe-gemma-quick.yaml names a GGUF only `make gemma-model` fetches: planned when present, one line when not."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "python-docs" / "recipe-gemma-quick.yaml"
+    model = Path(yaml.safe_load(path.read_text())["base_model"]).expanduser()
+    proc = run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"))
+    if not model.exists():
+        assert proc.returncode == 2 and "make gemma-model" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        return
+    assert proc.returncode == 0, proc.stderr
+    planned = [line.split()[0] for line in proc.stdout.splitlines() if "would-run" in line]
+    assert planned[0] == "base" and planned[-1] == "report" and sum(n.startswith("export:") for n in planned) == 4
 
 
 def test_bench_bundles_must_name_exported_profiles(tmp_path: Path):

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmforge.trainer.gguf_tokenizer_repair import add_turn_template, add_user_defined_tokens
+
+from slmforge.architectures import for_config, for_gguf, unsupported_message
 from slmforge.cache import cache_dir
 from slmforge.embedded import EMBEDDED_NAME, embedded_gguf
 from slmforge.errors import UserError
@@ -25,6 +28,8 @@ from slmforge.fileio import atomic_dir, sha256_file, sha256_path
 from slmforge.manifest import ArtifactManifest, InputRef
 
 VERIFY_PROMPT = "What is the capital of France? Answer in one sentence."
+# A base model without a chat template of its own is checked on a completion instead.
+COMPLETION_PROMPT = "The capital of France is"
 
 
 @dataclass
@@ -159,6 +164,12 @@ def _load_from_hf(folder: Path):
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not an HF model folder (config.json missing)")
     try:
+        config = json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{folder}/config.json: not valid JSON ({exc})") from None
+    if for_config(config) is None:
+        raise UserError(f"{folder}: {unsupported_message(str(config.get('architectures') or config.get('model_type')))}")
+    try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
     except (ValueError, OSError, KeyError) as exc:
@@ -211,6 +222,39 @@ def verify_generation(checkpoint: Path, max_new_tokens: int = 96) -> dict[str, A
     }
 
 
+def verify_completion(checkpoint: Path, gguf_path: Path, max_new_tokens: int = 16) -> dict[str, Any]:
+    """Greedy completion with transformers and with llama.cpp on the original GGUF: same tokens?"""
+    import llama_cpp
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype="float32")
+    ids = tokenizer(COMPLETION_PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    hf_new = out[0, ids["input_ids"].shape[1]:].tolist()
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=256, n_threads=2, verbose=False)
+    try:
+        prompt = ids["input_ids"][0].tolist()
+        cpp_new: list[int] = []
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            if llama_cpp.llama_vocab_is_eog(vocab, token) or len(cpp_new) >= max_new_tokens:
+                break
+            cpp_new.append(int(token))
+    finally:
+        llm.close()
+    agree = next((i for i, (a, b) in enumerate(zip(hf_new, cpp_new)) if a != b), min(len(hf_new), len(cpp_new)))
+    return {
+        "prompt": COMPLETION_PROMPT,
+        "answer": tokenizer.decode(hf_new, skip_special_tokens=True).strip(),
+        "llama_cpp_answer": tokenizer.decode(cpp_new, skip_special_tokens=True).strip(),
+        "tokens_agreeing": agree,
+        "new_tokens": len(hf_new),
+    }
+
+
 def sample_texts(limit_chars: int = 2_000_000) -> list[str]:
     """Real text to compare tokenizers on: the shipped Python-docs excerpt, plus chat markup."""
     from importlib import resources
@@ -228,6 +272,8 @@ def sample_texts(limit_chars: int = 2_000_000) -> list[str]:
             if total >= limit_chars:
                 break
     texts.append("<|im_start|>user\nHow do I copy a file?<|im_end|>\n<|im_start|>assistant\n")
+    texts.append("<start_of_turn>user\nHow do I copy a file?<end_of_turn>\n<start_of_turn>model\n")
+    texts.append(" " * 40 + "runs of spaces\n\n\n\nand newlines" + "\t" * 5)
     texts.append("naïve café — 東京 🚀  tabs\tand\nnewlines  1234567 x=3.14e-10")
     del resources
     return texts
@@ -267,21 +313,24 @@ def _import_into_cache(src: Path, target: Path, digest: str, name: str, is_gguf:
         if any(i.sha256 == digest for i in manifest.inputs):
             result = ImportResult(target, cached=True, source=src, verification=manifest.metrics.get("verify", {}))
             if verify and is_gguf:
-                result.verification = _verify(target, src)
+                own = bool(_gguf_metadata(src).get("chat_template"))
+                result.verification = _verify(target, src, own_template=own)
             return result
 
     started = time.perf_counter()
     with atomic_dir(target) as tmp:
         if is_gguf:
             meta = _gguf_metadata(src)
-            if meta.get("architecture") not in ("llama", "qwen2", "mistral"):
-                raise UserError(f"{src}: architecture '{meta.get('architecture')}' is not supported "
-                                "(supported: llama, qwen2, mistral)")
+            if for_gguf(meta.get("architecture")) is None:
+                raise UserError(f"{src}: {unsupported_message(repr(meta.get('architecture')))}")
             model, tokenizer = _load_from_gguf(src)
         else:
             meta = {}
             model, tokenizer = _load_from_hf(src)
         changes = _repair_tokenizer(tokenizer, meta)
+        if is_gguf:
+            changes += add_user_defined_tokens(tokenizer, src)
+        changes += add_turn_template(tokenizer, meta)
         for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
             tid = getattr(tokenizer, key)
             if tid is not None:
@@ -291,7 +340,7 @@ def _import_into_cache(src: Path, target: Path, digest: str, name: str, is_gguf:
         tokenizer.save_pretrained(tmp)
         if is_gguf:
             _fix_saved_tokenizer_config(tmp, meta, int(model.config.max_position_embeddings))
-        verification = _verify(tmp, src) if is_gguf else {}
+        verification = _verify(tmp, src, own_template=bool(meta.get("chat_template"))) if is_gguf else {}
         if is_gguf and verification["tokenization"]["mismatches"]:
             first = verification["tokenization"]["first_mismatch"]
             raise UserError(f"{src}: imported tokenizer disagrees with llama.cpp on "
@@ -310,10 +359,13 @@ def _import_into_cache(src: Path, target: Path, digest: str, name: str, is_gguf:
     return ImportResult(target, cached=False, source=src, verification=verification)
 
 
-def _verify(checkpoint: Path, gguf_path: Path) -> dict[str, Any]:
+def _verify(checkpoint: Path, gguf_path: Path, own_template: bool) -> dict[str, Any]:
+    """Tokenization vs llama.cpp; a chat answer that stops at EOS, or (no template of the GGUF's own:
+    a base model) a greedy completion compared with llama.cpp's."""
     tok = verify_tokenization(checkpoint, gguf_path, sample_texts())
-    gen = verify_generation(checkpoint)
-    return {"tokenization": tok, "generation": gen}
+    if own_template:
+        return {"tokenization": tok, "generation": verify_generation(checkpoint)}
+    return {"tokenization": tok, "completion": verify_completion(checkpoint, gguf_path)}
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:

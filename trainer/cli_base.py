@@ -11,7 +11,7 @@ from slmforge.output import emit_json, json_option
 
 @click.group()
 def base() -> None:
-    """Base models: import the embedded SmolLM2-135M-Instruct, a GGUF file or an HF folder."""
+    """Base models: import the embedded SmolLM2-135M-Instruct, a GGUF file (llama, mistral, qwen2, gemma3) or an HF folder."""
 
 
 @base.command("import")
@@ -31,6 +31,7 @@ def import_cmd(source: Path | None, out: Path | None, verify: bool, force: bool,
     result = import_base(source, out=out, verify=verify, force=force)
     tok = result.verification.get("tokenization", {})
     gen = result.verification.get("generation", {})
+    completion = result.verification.get("completion", {})
     report = {
         "checkpoint": str(result.checkpoint),
         "source": str(result.source),
@@ -40,6 +41,8 @@ def import_cmd(source: Path | None, out: Path | None, verify: bool, force: bool,
         "first_mismatch": tok.get("first_mismatch"),
         "greedy_answer": gen.get("answer"),
         "stopped_at_eos": gen.get("stopped_at_eos"),
+        "greedy_completion": completion.get("answer"),
+        "completion_tokens_agreeing_with_llama_cpp": completion.get("tokens_agreeing"),
     }
     if as_json:
         emit_json(report)
@@ -51,3 +54,7 @@ def import_cmd(source: Path | None, out: Path | None, verify: bool, force: bool,
     if gen:
         click.echo(f"greedy answer ({'stopped at ' + gen['eos_token'] if gen['stopped_at_eos'] else 'did NOT stop'}): "
                    f"{gen['answer']!r}")
+    if completion:
+        click.echo(f"greedy completion of {completion['prompt']!r} (base model, no chat template of its own): "
+                   f"{completion['answer']!r}; llama.cpp agrees on {completion['tokens_agreeing']} of "
+                   f"{completion['new_tokens']} tokens")

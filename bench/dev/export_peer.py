@@ -24,11 +24,6 @@ from typing import Any
 
 import numpy as np
 
-META_KEYS = ("tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-             "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
-             "tokenizer.chat_template", "llama.context_length", "llama.rope.freq_base",
-             "llama.attention.layer_norm_rms_epsilon", "llama.rope.dimension_count")
-
 
 def fetch_converter(workdir: Path) -> Path:
     """convert_hf_to_gguf.py from the installed llama-cpp-python version's sdist (pip download)."""
@@ -42,14 +37,9 @@ def fetch_converter(workdir: Path) -> Path:
 
 
 def _fields(reader: Any) -> dict[str, Any]:
-    out = {}
-    for key in META_KEYS:
-        field = reader.get_field(key)
-        out[key] = field.contents() if field is not None else None
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
-        field = reader.get_field(key)
-        out[key] = field.contents() if field is not None else None
-    return out
+    """Every metadata entry but the file's own (GGUF.*) and the ones naming their writer, for any architecture."""
+    skip = ("GGUF.", "general.", "slmforge.")
+    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith(skip)}
 
 
 def compare_files(ours: Path, peer: Path) -> dict[str, Any]:
@@ -75,7 +65,8 @@ def compare_files(ours: Path, peer: Path) -> dict[str, Any]:
             rows.append({"tensor": name, "status": "differs", "types": [x.tensor_type.name, y.tensor_type.name],
                          "shapes": [list(map(int, x.shape)), list(map(int, y.shape))], "max_abs_diff": diff})
     fa, fb = _fields(a), _fields(b)
-    meta = {k: {"ours": _short(fa[k]), "peer": _short(fb[k]), "equal": fa[k] == fb[k]} for k in fa}
+    meta = {k: {"ours": _short(fa.get(k)), "peer": _short(fb.get(k)), "equal": fa.get(k) == fb.get(k)}
+            for k in sorted(set(fa) | set(fb))}
     return {"tensors_ours": len(ta), "tensors_peer": len(tb), "tensors_equal": equal, "differences": rows,
             "metadata": meta}
 

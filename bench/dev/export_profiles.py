@@ -47,10 +47,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--profiles", nargs="*", default=[*profile_paths(), "host"])
     parser.add_argument("--eval-tokens", default="1024")
+    parser.add_argument("--threads", help="llama.cpp threads (1 keeps a core free on a shared machine)")
     args = parser.parse_args()
+    extra = ["--eval-tokens", args.eval_tokens] + (["--threads", args.threads] if args.threads else [])
     table = []
     for profile in args.profiles:
-        code, manifest, error = export_one(args.model, profile, args.out, ["--eval-tokens", args.eval_tokens])
+        code, manifest, error = export_one(args.model, profile, args.out, extra)
         table += rows_for(profile, code, manifest, error)
         print(format_table(HEADERS, table[-1:]).splitlines()[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

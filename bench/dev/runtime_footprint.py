@@ -65,8 +65,14 @@ def gguf_config(model: Path) -> dict[str, Any]:
         return int(metadata[f"{arch}.{key}"])
 
     heads = value("attention.head_count")
-    return {"num_hidden_layers": value("block_count"), "num_attention_heads": heads,
-            "num_key_value_heads": value("attention.head_count_kv"), "hidden_size": value("embedding_length")}
+    config = {"num_hidden_layers": value("block_count"), "num_attention_heads": heads,
+              "num_key_value_heads": value("attention.head_count_kv"), "hidden_size": value("embedding_length")}
+    if f"{arch}.attention.key_length" in metadata:  # Gemma 3: 256, not hidden / heads
+        config["head_dim"] = value("attention.key_length")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        config["vocab_size"] = tokens.length
+    return config
 
 
 def measure(bundle_path: Path) -> dict[str, Any]:
@@ -76,8 +82,9 @@ def measure(bundle_path: Path) -> dict[str, Any]:
         raise SystemExit(f"error: {bundle_path}: only GGUF bundles are measured here (the generator term is llama.cpp's)")
     n_ctx = int(m.generation["n_ctx"])
     peak = peak_rss_of(["run", str(bundle_path), QUESTION, "--json"])
-    kv = fit.kv_cache_bytes(gguf_config(bundle.model_path), n_ctx, fit.KV_BYTES_PER_VALUE["gguf"])
-    generator = fit.OVERHEAD_BYTES["gguf"]
+    config = gguf_config(bundle.model_path)
+    kv = fit.kv_cache_bytes(config, n_ctx, fit.KV_BYTES_PER_VALUE["gguf"])
+    generator = fit.generator_overhead_bytes("gguf", config)
     model_bytes = bundle.model_path.stat().st_size
     embedder_bytes = (bundle.embedder_dir / "model.onnx").stat().st_size
     process = peak - model_bytes - kv - generator
