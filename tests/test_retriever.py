@@ -158,3 +158,31 @@ def test_a_bundle_whose_index_and_embedder_disagree_is_refused(tmp_path: Path):
     assert "built with embedder 'all-MiniLM-L6-v2'" in lines[0] and "tiny-wordlevel" in lines[0]
     proc = run_cli("index", "add", str(bundle), str(tmp_path / "bundle-docs"))
     assert proc.returncode == 2 and "built with embedder" in proc.stderr
+
+
+def test_benchmark_scores_held_out_questions_and_compares_paired(tmp_path: Path):
+    """Two embedders over the made-up corpus: per-question ranks, hard/FAQ sets, paired differences, a PNG."""
+    from slmforge.bench.retrieval_benchmark import plot, rank_scores, repeats_heading, run_benchmark
+
+    from tests.runtime_fixtures import build_tiny_embedder
+
+    docs, train, held = _corpus(tmp_path)
+    stock = build_tiny_embedder(tmp_path / "stock", [docs], seed=0)
+    other = build_tiny_embedder(tmp_path / "other", [docs], seed=1)
+    verbatim = QARecord("Item 1", "Alice keeps the glimmer in a small drawer.", "people/alice.rst", "Item 1", "faq")
+    report = run_benchmark([*train, *held, verbatim], [docs], {"stock": stock, "other": other},
+                           {f"people/{HELD}.rst", "people/alice.rst"}, "stock")
+    assert report["sets"] == {"hard": 6, "faq": 1, "faq-all-documents": 1}  # the verbatim FAQ is not hard
+    assert sum(r["heldout_document"] for r in report["rows"]) == 7
+    hard = report["summary"]["hard"]
+    assert set(hard["methods"]) == {"bm25", "stock", "stock+bm25", "other", "other+bm25"}
+    assert set(hard["vs_baseline"]) == {"other - stock", "other+bm25 - stock+bm25"}
+    bm25 = [rank_scores(r["ranks"]["bm25"])["hit@4"] for r in report["rows"] if r["hard"]]
+    assert hard["methods"]["bm25"]["hit@4"]["mean"] == pytest.approx(np.mean(bm25), abs=1e-4)
+    assert report["embed_speed"]["embedders"]["stock"]["ratio_to_stock"] == 1.0
+    plot(report, tmp_path / "retrieval.png")
+    assert (tmp_path / "retrieval.png").stat().st_size > 10_000
+    assert repeats_heading("How do I copy a file?", "Library FAQ > How do I copy a file?")
+    assert not repeats_heading("Which function duplicates a path on disk?", "Library FAQ > How do I copy a file?")
+    assert rank_scores(2) == {"hit@1": 0.0, "hit@4": 1.0, "mrr": 0.5, "ndcg@10": pytest.approx(0.6309, abs=1e-4)}
+    assert rank_scores(11)["ndcg@10"] == 0.0 and rank_scores(None)["mrr"] == 0.0
