@@ -35,7 +35,7 @@ from slmforge.qa_records import QARecord, same_document
 DEPTH = 10  # ranks looked at: nDCG@10, MRR@10
 METRICS = ("hit@1", "hit@4", "mrr", "ndcg@10")
 HEADING_REPEAT = 0.5  # a question holding this share of its heading's content words repeats the heading
-TIMING_TEXTS = 200
+TIMING_TEXTS = 100
 
 
 def repeats_heading(question: str, heading_path: str) -> bool:
