@@ -86,7 +86,8 @@ def train_retriever(
         if not Path(path).exists():
             raise UserError(f"{path}: not found")
     records = [r for f in qa_files for r in read_qa(f)]
-    kept_out = [r for f in heldout_files or [] for r in read_qa(f)]
+    # an empty held-out file (data qa --heldout-fraction 0) holds out nothing; an empty training file is an error
+    kept_out = [r for f in heldout_files or [] if Path(f).read_text().strip() for r in read_qa(f)]
     chunks = corpus_chunks(docs, token_counter(base / TOKENIZER_FILE))
     where = ", ".join(map(str, qa_files))
     pairs = training_pairs(records, chunks, where)
