@@ -77,3 +77,64 @@ def report_cmd(results: tuple[Path, ...], out: Path, eval_file: Path | None, as_
         click.echo(f"  {out / name}")
     for gap in summary["problems"][:10]:
         click.echo(f"  note: {gap}")
+
+
+@bench.command("retrieval")
+@click.option("--qa", "qa_files", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="QA JSONL (repeatable): generated, FAQ or paraphrased questions with source and section.")
+@click.option("--docs", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="The documents the index is built from (folders or files, repeatable).")
+@click.option("--embedder", "embedders", multiple=True, required=True, metavar="NAME=DIR",
+              help="An exported device embedder folder (embedder.json, model.onnx), repeatable.")
+@click.option("--baseline", default="stock", show_default=True, help="The embedder NAME the others are compared with.")
+@click.option("--retriever", type=click.Path(path_type=Path),
+              help="A 'train retriever' checkpoint: only questions from its held-out documents are asked.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="onnxruntime threads (default: its own choice).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for retrieval.json and .png.")
+@json_option
+def retrieval_cmd(qa_files: tuple[Path, ...], docs: tuple[Path, ...], embedders: tuple[str, ...], baseline: str,
+                  retriever: Path | None, threads: int | None, out: Path, as_json: bool) -> None:
+    """hit@1, hit@4, MRR and nDCG@10 of BM25, each embedder and their fusion, on held-out questions."""
+    from slmforge.bench.retrieval_benchmark import plot, run_benchmark
+
+    from slmforge.fileio import atomic_write_json
+    from slmforge.manifest import read_manifest
+    from slmforge.qa_records import read_qa
+
+    named: dict[str, Path] = {}
+    for spec in embedders:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise UserError(f"--embedder {spec}: write it as NAME=FOLDER, e.g. stock=bundle/embedder")
+        named[name] = Path(folder)
+    for path in (*qa_files, *docs, *named.values()):
+        if not path.exists():
+            raise UserError(f"{path}: not found")
+    heldout = None
+    if retriever is not None:
+        held = read_manifest(retriever).params.get("heldout_documents")
+        if not isinstance(held, list):
+            raise UserError(f"{retriever}: its slmforge.json lists no heldout_documents; is it a 'train retriever' "
+                            "checkpoint?")
+        heldout = set(held)
+    records = [r for f in qa_files for r in read_qa(f)]
+    report = run_benchmark(records, list(docs), named, heldout, baseline, threads)
+    report["inputs"] = {"qa": [str(f) for f in qa_files], "docs": [str(d) for d in docs],
+                        "retriever": str(retriever) if retriever else None}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "retrieval.json", report)
+    plot(report, out / "retrieval.png")
+    if as_json:
+        emit_json({k: v for k, v in report.items() if k != "rows"})
+        return
+    for set_name, table in report["summary"].items():
+        click.echo(f"\n{set_name} questions: {table['n']}")
+        click.echo(format_table(["method", *table["methods"][next(iter(table["methods"]))]],
+                                [[m, *(f"{v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" for v in row.values())]
+                                 for m, row in table["methods"].items()]))
+        for pair, diffs in table["vs_baseline"].items():
+            click.echo(f"  {pair}: " + ", ".join(f"{k} {d['mean']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]"
+                                                 for k, d in diffs.items()))
+    speed = report["embed_speed"]["embedders"]
+    click.echo("\nembedding speed (same run): " + ", ".join(f"{n} {s['ms_per_chunk_median']} ms/chunk" for n, s in speed.items()))
+    click.echo(f"wrote {out / 'retrieval.json'} and {out / 'retrieval.png'}")

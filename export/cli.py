@@ -40,12 +40,15 @@ HEADERS = ["format", "quant", "size MB", "bits/w", "est. mem MB", "est. tok/s", 
               help="Held-out tokens the quality gate scores.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for llama.cpp.")
 @click.option("--no-embedder", is_flag=True, help="Skip exporting the RAG embedder to embedder/.")
+@click.option("--embedder-source", type=click.Path(path_type=Path), default=None,
+              help="Export this sentence-transformer as the RAG embedder (a 'train retriever' checkpoint) instead "
+                   "of the embedded all-MiniLM-L6-v2; same int8 path and cosine gate.")
 @click.option("--reuse", type=click.Path(path_type=Path), default=None,
               help="An earlier export folder of the same checkpoint: artifacts it built and gated on the same "
                    "held-out text (and its embedder) are linked instead of rebuilt and re-measured.")
 @json_option
 def export(model: Path, profile_name: str, out: Path, fmt: str | None, quant: str | None, heldout: Path | None,
-           eval_tokens: int, threads: int | None, no_embedder: bool, reuse: Path | None, as_json: bool) -> None:
+           eval_tokens: int, threads: int | None, no_embedder: bool, embedder_source: Path | None, reuse: Path | None, as_json: bool) -> None:
     """Compile MODEL to GGUF and/or ONNX for a device profile, with a quality gate.
 
     Without --quant the highest-quality quantization whose estimated memory (weights + KV cache
@@ -64,7 +67,8 @@ def export(model: Path, profile_name: str, out: Path, fmt: str | None, quant: st
     profile = load_profile(profile_name)
     formats = {"all": ["gguf", "onnx"], None: [profile.formats[0]]}.get(fmt, [fmt])
     opts = ExportOptions(formats=formats, quant=quant, heldout=heldout, eval_tokens=eval_tokens, threads=threads,
-                         embedder=not no_embedder, progress=not as_json, reuse=reuse)
+                         embedder=not no_embedder, embedder_source=embedder_source, progress=not as_json,
+                         reuse=reuse)
     try:
         manifest = run_export(model, profile, out, opts)
     except QualityGateFailed:

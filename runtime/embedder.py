@@ -21,6 +21,16 @@ TOKENIZER_FILE = "tokenizer.json"
 BATCH = 32
 
 
+def token_counter(tokenizer_file: Path):
+    """Word pieces of a text without [CLS]/[SEP] and without truncation: what the chunker sizes chunks by."""
+    from tokenizers import Tokenizer
+
+    counter = Tokenizer.from_file(str(tokenizer_file))
+    counter.no_padding()
+    counter.no_truncation()
+    return lambda text: len(counter.encode(text, add_special_tokens=False).ids)
+
+
 def read_embedder_info(directory: Path) -> EmbedderInfo:
     path = Path(directory) / EMBEDDER_CONFIG
     if not path.is_file():
@@ -47,9 +57,7 @@ class Embedder:
             if not needed.is_file():
                 raise UserError(f"{needed}: missing from the embedder folder; re-export or re-bundle")
         self.tokenizer = Tokenizer.from_file(str(self.dir / TOKENIZER_FILE))
-        self._counter = Tokenizer.from_file(str(self.dir / TOKENIZER_FILE))
-        self._counter.no_padding()
-        self._counter.no_truncation()
+        self._count = token_counter(self.dir / TOKENIZER_FILE)
         self.tokenizer.enable_truncation(max_length=self.max_tokens)
         pad_id = self.tokenizer.token_to_id("[PAD]") or 0
         self.tokenizer.enable_padding(pad_id=pad_id, pad_token="[PAD]")
@@ -68,7 +76,7 @@ class Embedder:
 
     def count_tokens(self, text: str) -> int:
         """Word pieces in ``text`` without the [CLS]/[SEP] markers and without truncation."""
-        return len(self._counter.encode(text, add_special_tokens=False).ids)
+        return self._count(text)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """``len(texts) × dim`` float32, each row of unit length; batches shortest-first to pad little."""

@@ -47,6 +47,7 @@ class Engine:
         self.system_prompt = manifest.system_prompt or DEFAULT_SYSTEM_PROMPT
         self.embedder = Embedder(bundle.embedder_dir, threads=self.threads)
         self.index = RagIndex(bundle.rag_db, readonly=True)
+        self.index.require_embedder(self.embedder.info.name, str(bundle.rag_db))
         self.backend: Backend = load_backend(
             bundle.model_path, n_ctx=n_ctx or self.generation.get("n_ctx"), threads=self.threads,
             chat_template=manifest.chat_template,

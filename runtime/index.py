@@ -117,6 +117,12 @@ class RagIndex:
         self.settings = {k: type(v)(meta[k]) if k in meta else v for k, v in DEFAULTS.items()}
         self.bitscan = BitScan(self.conn)
 
+    def require_embedder(self, name: str, where: str) -> None:
+        """Refuse to search with an embedder other than the one that built the vectors (they would not compare)."""
+        if self.embedder != name:
+            raise UserError(f"{where}: the index was built with embedder '{self.embedder}' but the bundle embeds with "
+                            f"'{name}'; rebuild the index with 'slmforge bundle' (or 'slmforge index add')")
+
     # -- creation -------------------------------------------------------------------------------------
 
     @classmethod

@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # trainer/ free of runtime imports, yet `data rag` reads best next to `data qa`).
 SUBCOMMANDS: dict[str, dict[str, str]] = {
     "data": {"rag": "slmforge.runtime.cli_rag:rag"},
+    "train": {"retriever": "slmforge.export.cli_retriever:retriever"},  # needs the runtime's chunker and torch
 }
 
 

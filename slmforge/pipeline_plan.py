@@ -104,7 +104,7 @@ class PlanBuilder:
         s = self.recipe.stages
         needs = [  # (stage, runs?, stage it needs, what it needs from it)
             ("pretrain", s.pretrain.enabled, "prepare", "training text"),
-            ("sft", s.sft.enabled, "qa", "Q&A pairs"), ("sft", s.sft.enabled, "prepare", "held-out text"),
+            ("sft", s.sft.enabled, "qa", "Q&A pairs"), ("retriever", s.retriever.enabled, "qa", "Q&A pairs"), ("sft", s.sft.enabled, "prepare", "held-out text"),
             ("align", s.align.enabled, "pairs", "preference pairs"), ("pairs", s.align.enabled, "qa", "questions"),
             ("compress", s.compress.enabled, "prepare", "calibration text"),
             ("distill", s.distill.enabled, "compress", "pruned student"),

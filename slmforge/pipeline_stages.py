@@ -138,11 +138,29 @@ def _qa(b: PlanBuilder, _: str | None) -> Wiring:
     return Wiring([*map(str, inputs), "--out", str(_qa_file(b)), *_seed(b)], inputs, _qa_file(b), [])
 
 
+def _retriever(b: PlanBuilder, _: str | None) -> Wiring:
+    """The embedder tuned on the qa stage's pairs; the documents of its held-out questions stay out of training."""
+    qa, heldout, out = _qa_file(b), sibling(_qa_file(b), ".heldout.jsonl"), b.path("retriever")
+    return Wiring(["--data", str(qa), "--heldout", str(heldout), *_docs_args(b), "--out", str(out), *_seed(b)],
+                  [qa, heldout, *b.docs], out, ["qa"])
+
+
+def _embedder_source(b: PlanBuilder) -> tuple[list[str], list[Path], list[str]]:
+    """(args, inputs, depends_on) that make an export carry the tuned embedder, when the retriever stage runs.
+
+    Every export takes it, the baseline's too: eval compares models over the same index."""
+    tuned = b.last("retriever")
+    if tuned is None:
+        return [], [], []
+    return ["--embedder-source", str(tuned.path)], [tuned.path], [tuned.stage]
+
+
 def _baseline_export(b: PlanBuilder, _: str | None) -> Wiring:
     base, out = b.made["model"][0], b.path("export/base-model")  # eval names it base-model
+    args, inputs, after = _embedder_source(b)
     return Wiring(["--model", str(base.path), "--profile", next(iter(b.profiles.values())), "--out", str(out),
-                   *_heldout_text(b)], [base.path, *([_data(b)] if _prepared(b) else [])], out,
-                  [base.stage, *_prepared(b)])
+                   *_heldout_text(b), *args], [base.path, *([_data(b)] if _prepared(b) else []), *inputs], out,
+                  [base.stage, *_prepared(b), *after])
 
 
 def _baseline_bundle(b: PlanBuilder, _: str | None) -> Wiring:
@@ -240,9 +258,10 @@ def _export(b: PlanBuilder, profile: str | None) -> Wiring:
     model, out, first = _model(b), b.path(f"export/{profile}"), next(iter(b.profiles))
     # Later profiles link what the first export built and measured when they pick the same quant.
     reuse = ["--reuse", str(b.path(f"export/{first}"))] if profile != first else []
+    args, inputs, after = _embedder_source(b)
     return Wiring(["--model", str(model.path), "--profile", b.profiles[profile], "--out", str(out), *_heldout_text(b),
-                   *reuse], [model.path, *([_data(b)] if _prepared(b) else [])], out,
-                  [model.stage, *_prepared(b), *([f"export:{first}"] if reuse else [])])
+                   *reuse, *args], [model.path, *([_data(b)] if _prepared(b) else []), *inputs], out,
+                  [model.stage, *_prepared(b), *([f"export:{first}"] if reuse else []), *after])
 
 
 def _bundle(b: PlanBuilder, profile: str | None) -> Wiring:
@@ -338,6 +357,8 @@ PLAN: tuple[StageSpec | PerProfile, ...] = (
     StageSpec("base", ("base", "import"), None, _always, _base, SUMMARY, makes="model"),
     StageSpec("prepare", ("data", "prepare"), "prepare", _on("prepare"), _prepare, SUMMARY),
     StageSpec("qa", ("data", "qa"), "qa", _on("qa"), _qa, SUMMARY, makes="sft data"),
+    StageSpec("retriever", ("train", "retriever"), "retriever", _on("retriever"), _retriever, SUMMARY,
+              makes="retriever"),
     StageSpec("export:baseline", ("export",), "export", _baseline_needed, _baseline_export, EXPORT_SUMMARY),
     StageSpec("bundle:baseline", ("bundle",), "bundle", _baseline_needed, _baseline_bundle,
               BUNDLE_SUMMARY, makes="baseline"),

@@ -76,6 +76,7 @@ class BenchOptions(StageOptions):
 class Stages(_Strict):
     prepare: StageOptions = Field(default_factory=StageOptions)
     qa: StageOptions = Field(default_factory=StageOptions)
+    retriever: StageOptions = Field(default_factory=lambda: StageOptions(enabled=False))  # train retriever
     rag: StageOptions = Field(default_factory=StageOptions)
     pretrain: StageOptions = Field(default_factory=StageOptions)
     sft: StageOptions = Field(default_factory=StageOptions)

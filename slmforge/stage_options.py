@@ -17,7 +17,7 @@ from slmforge.errors import UserError
 # Options the pipeline sets itself (paths and wiring); a recipe may not override them.
 WIRED = {"model", "data", "out", "docs", "export", "teacher", "student", "qa", "kto_out", "profile", "heldout",
          "json", "as_json", "resume", "emulate", "heldout_text", "reuse", "index_from", "bundle_path", "qa_file",
-         "baseline", "heldout_out"}
+         "baseline", "heldout_out", "embedder_source"}
 
 
 def _command_for(path: tuple[str, ...]) -> click.Command:

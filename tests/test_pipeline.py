@@ -183,8 +183,9 @@ def test_shipped_demo_recipes_plan_every_stage(recipe: str, tmp_path: Path):
     proc = run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
     planned = [line.split()[0] for line in proc.stdout.splitlines() if "would-run" in line]
-    assert planned[:11] == ["base", "prepare", "qa", "export:baseline", "bundle:baseline", "rag", "pretrain", "sft",
-                            "pairs", "align", "merge"]
+    tuned = ["retriever"] if recipe == "recipe.yaml" else []  # the full demo tunes the embedder, the quick one not
+    assert planned[:11 + len(tuned)] == ["base", "prepare", "qa", *tuned, "export:baseline", "bundle:baseline", "rag",
+                                         "pretrain", "sft", "pairs", "align", "merge"]
     assert sum(name.startswith("export:") for name in planned) == 4
     assert planned[-4:] == ["answer", "eval", "bench", "report"]
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
@@ -256,3 +257,19 @@ def test_without_rag_sft_trains_on_bare_pairs_and_eval_uses_the_qa_heldout(tmp_p
     command = {s["name"]: s["command"] for s in plan["stages"]}
     assert "rag" not in command and "qa/qa.jsonl" in command["sft"]
     assert "qa/qa.heldout.jsonl" in command["eval"] and "bundle:baseline" in command
+
+
+def test_the_retriever_stage_feeds_every_export_and_holds_out_the_eval_documents(tmp_path: Path):
+    path = _demo_recipe_with(tmp_path)
+    plan = json.loads(run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"), "--json").stdout)
+    command = {s["name"]: s["command"] for s in plan["stages"]}
+    assert "train retriever" in command["retriever"] and "--heldout" in command["retriever"]
+    assert "qa/qa.heldout.jsonl" in command["retriever"]  # eval's questions come from documents it never trained on
+    exports = [c for n, c in command.items() if n.startswith("export:")]
+    assert len(exports) == 4 and all(f"--embedder-source {tmp_path / 'run' / 'retriever'}" in c for c in exports)
+    path = _demo_recipe_with(tmp_path, retriever={"enabled": False})
+    plan = json.loads(run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"), "--json").stdout)
+    assert not any("--embedder-source" in s["command"] for s in plan["stages"])
+    path = _demo_recipe_with(tmp_path, retriever={"embedder_source": "x"})
+    proc = run_cli("pipeline", str(path), "--dry-run", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "stages.retriever.embedder_source" in proc.stderr, proc.stderr

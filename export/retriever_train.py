@@ -1,0 +1,156 @@
+"""Fine-tune the device embedder on the user's own (question, chunk) pairs: ``slmforge train retriever``.
+
+It lives beside the embedder's export rather than in trainer/ because its positives are the
+index's own chunks (the runtime's chunker, cut with the embedder's tokenizer) and trainer/ may
+not import the runtime. Training is sentence-transformers' MultipleNegativesRankingLoss: every
+other chunk of a batch is a negative (duplicates kept out of a batch), plus one hard negative
+per question mined from all chunks of the documents with the untrained encoder. Whole
+documents are held out (every document a held-out QA file names, plus a seeded share of the
+rest per folder) and written to ``heldout.jsonl``, so the benchmark never asks about a
+document the embedder was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from slmforge.export.embedder import embedded_embedder
+from slmforge.runtime.embedder import TOKENIZER_FILE, token_counter
+from slmforge.runtime.gold_chunks import CorpusChunk, corpus_chunks, gold_chunks, split_documents
+
+from slmforge.errors import UserError
+from slmforge.fileio import atomic_dir, atomic_write_text
+from slmforge.manifest import ArtifactManifest, input_ref
+from slmforge.qa_records import QARecord
+
+HELDOUT_FILE = "heldout.jsonl"
+PAIRS_FILE = "pairs.jsonl"
+
+
+@dataclass(frozen=True)
+class RetrieverOptions:
+    """Fixed before looking at any benchmark figure (sentence-transformers' usual MNRL settings)."""
+
+    epochs: int = 1  # ~500 pairs: one epoch is 16 steps, ~5 min on 2 cores (measured)
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    hard_negatives: int = 1  # per question, mined from ranks 1..mine_depth of the untrained encoder
+    mine_depth: int = 20
+    mine_margin: float = 0.05  # a negative must score below 0.95 × the positive's score: no near-duplicates
+    heldout_fraction: float = 0.25
+    seed: int = 0
+
+
+def training_pairs(records: list[QARecord], chunks: list[CorpusChunk], where: str) -> list[tuple[QARecord, CorpusChunk]]:
+    """(question, gold chunk) for every record; one clear error for a record whose chunk is missing."""
+    if not records:
+        raise UserError(f"{where}: no question/answer pairs; pass QA JSONL from 'slmforge data qa'")
+    return list(zip(records, gold_chunks(records, chunks, where)))
+
+
+def _mine(model: Any, pairs: list[tuple[str, str]], corpus: list[str], opts: RetrieverOptions):
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    data = Dataset.from_dict({"anchor": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
+    if opts.hard_negatives <= 0:
+        return data
+    return mine_hard_negatives(data, model, corpus=corpus, range_max=opts.mine_depth,
+                               relative_margin=opts.mine_margin, num_negatives=opts.hard_negatives,
+                               sampling_strategy="top", batch_size=32, output_format="triplet", verbose=True)
+
+
+def train_retriever(
+    qa_files: list[Path],
+    docs: list[Path],
+    out: Path,
+    heldout_files: list[Path] | None = None,
+    base: Path | None = None,
+    opts: RetrieverOptions | None = None,
+) -> ArtifactManifest:
+    """Train on the pairs of the training documents and write the checkpoint (with ``slmforge.json``) at ``out``."""
+    from slmforge.qa_records import read_qa
+
+    opts = opts or RetrieverOptions()
+    started = time.perf_counter()
+    base = Path(base) if base is not None else embedded_embedder()
+    if not (base / "config.json").is_file() or not (base / TOKENIZER_FILE).is_file():
+        raise UserError(f"{base}: not an HF sentence-transformer folder (needs config.json and {TOKENIZER_FILE})")
+    for path in [*qa_files, *(heldout_files or []), *docs]:
+        if not Path(path).exists():
+            raise UserError(f"{path}: not found")
+    records = [r for f in qa_files for r in read_qa(f)]
+    # an empty held-out file (data qa --heldout-fraction 0) holds out nothing; an empty training file is an error
+    kept_out = [r for f in heldout_files or [] if Path(f).read_text().strip() for r in read_qa(f)]
+    chunks = corpus_chunks(docs, token_counter(base / TOKENIZER_FILE))
+    where = ", ".join(map(str, qa_files))
+    pairs = training_pairs(records, chunks, where)
+    gold_chunks(kept_out, chunks, ", ".join(map(str, heldout_files or [])))  # a held-out record must be askable too
+    held = split_documents({c.source for c in chunks}, opts.heldout_fraction, opts.seed,
+                           always={r.source for r in kept_out if r.source})
+    train = [(r, c) for r, c in pairs if c.source not in held]
+    heldout = [r for r, c in pairs if c.source in held] + kept_out
+    if not train:
+        raise UserError(f"{where}: every pair lies in a held-out document; pass QA pairs of more documents "
+                        f"or a smaller --heldout-fraction than {opts.heldout_fraction}")
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(opts.seed)
+    model = SentenceTransformer(str(base), device="cpu")
+    # Negatives come only from the training documents: a held-out chunk must not shape the embedder.
+    corpus = [c.embedding_text for c in chunks if c.source not in held]
+    data = _mine(model, [(r.question, c.embedding_text) for r, c in train], corpus, opts)
+    with atomic_dir(Path(out)) as tmp:
+        history = _fit(model, data, tmp, opts)
+        model.save(str(tmp))
+        for leftover in ("checkpoints", "runs", "README.md"):
+            target = tmp / leftover
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        atomic_write_text(tmp / HELDOUT_FILE, "".join(json.dumps(r.record()) + "\n" for r in heldout))
+        atomic_write_text(tmp / PAIRS_FILE, "".join(json.dumps(row) + "\n" for row in data.to_list()))
+        manifest = ArtifactManifest(
+            kind="checkpoint", stage="retriever", seed=opts.seed,
+            inputs=[input_ref("base", base), *(input_ref("data", f) for f in qa_files),
+                    *(input_ref("heldout", f) for f in heldout_files or []), *(input_ref("docs", d) for d in docs)],
+            params={**asdict(opts), "loss": "MultipleNegativesRankingLoss", "batch_sampler": "no_duplicates",
+                    "heldout_documents": sorted(held)},
+            metrics={"pairs": len(pairs), "train_pairs": len(train), "training_rows": len(data),
+                     "hard_negatives": "negative" in data.column_names,
+                     "heldout_pairs": len(heldout), "train_documents": len({c.source for _, c in train}),
+                     "heldout_documents": len(held), "chunks": len(chunks), **history},
+            duration_s=round(time.perf_counter() - started, 1),
+            summary=f"embedder tuned on {len(train)} pairs of {len({c.source for _, c in train})} documents; "
+                    f"{len(held)} documents held out ({len(heldout)} questions)",
+        )
+        manifest.write(tmp)
+    return manifest
+
+
+def _fit(model: Any, data: Any, scratch: Path, opts: RetrieverOptions) -> dict[str, Any]:
+    """MNRL over the triplets; returns the training loss and step count."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(scratch / "checkpoints"), num_train_epochs=opts.epochs,
+        per_device_train_batch_size=opts.batch_size, learning_rate=opts.lr, warmup_ratio=opts.warmup_ratio,
+        batch_sampler=BatchSamplers.NO_DUPLICATES, seed=opts.seed, save_strategy="no", report_to="none",
+        logging_steps=5, use_cpu=True, dataloader_drop_last=False,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                                         loss=MultipleNegativesRankingLoss(model))
+    result = trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"train_loss": round(float(result.training_loss), 4), "steps": int(result.global_step),
+            "first_logged_loss": round(float(losses[0]), 4) if losses else None,
+            "last_logged_loss": round(float(losses[-1]), 4) if losses else None,
+            "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 1)}
+
