@@ -15,9 +15,44 @@ from slmforge.runtime.backend import GenerationResult, StreamTimer, check_prompt
 from slmforge.runtime.batch_scheduler import BatchScheduler, Sampling
 from slmforge.runtime.result_stream import ResultStream
 
+from slmforge.errors import UserError
+
 if TYPE_CHECKING:
     import numpy as np
     from slmforge.runtime.backend_llamacpp import LlamaCppBackend
+
+
+def profile_parallel(profile_name: str | None) -> int:
+    """Answers to generate at once by default: the bundle's device profile says (``parallel``); the host, or a
+    custom profile not on this device, gets ``HOST_PARALLEL`` (nothing measured: serving must start fast)."""
+    from slmforge.profiles import HOST_PARALLEL, load_profile
+
+    if not profile_name or profile_name == "host":
+        return HOST_PARALLEL
+    try:
+        return load_profile(profile_name).parallel
+    except UserError:
+        return HOST_PARALLEL
+
+
+def batched(backend: Any, parallel: int, explicit: bool) -> tuple[Any, int]:
+    """``backend`` made to generate ``parallel`` answers at once, and the parallelism it really has.
+
+    Only llama.cpp decodes several sequences in one batch here; another backend keeps one at a time
+    (a refusal when the user asked for more with ``--parallel``, silence when only the profile did)."""
+    if parallel <= 1:
+        return backend, 1
+    from slmforge.runtime.backend_llamacpp import LlamaCppBackend
+
+    if not isinstance(backend, LlamaCppBackend):
+        if explicit:
+            raise UserError(f"--parallel {parallel} needs a GGUF model (llama.cpp); this bundle runs on "
+                            f"{getattr(backend, 'name', 'another backend')}: use --parallel 1")
+        return backend, 1
+    try:
+        return BatchedLlamaBackend(backend, parallel), parallel
+    except RuntimeError as exc:
+        raise UserError(f"{exc}; lower --parallel or --n-ctx") from None
 
 
 class BatchedLlamaBackend:
