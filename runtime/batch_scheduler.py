@@ -130,7 +130,7 @@ class BatchScheduler:
     def stats(self) -> dict[str, Any]:
         with self._wake:
             return {"parallel": self.parallel, "active": len(self._slots), "waiting": len(self._pending),
-                    "steps": self.steps, "decoded_tokens": self.decoded_tokens,
+                    "steps": self.steps, "decoded_tokens": self.decoded_tokens, "busy_s": round(self.busy_s, 3),
                     "decode_tok_s": round(self.decoded_tokens / self.busy_s, 2) if self.busy_s else None}
 
     def close(self) -> None:
