@@ -9,7 +9,7 @@ retrieval included). The overload phase counts statuses (429/503 with Retry-Afte
 5xx are errors); afterwards the telemetry database must hold one row per request sent.
 
     python -m slmforge.bench.dev.load_parallel BUNDLE [--parallel 8] [--clients 8] [--requests 3]
-        [--max-tokens 64] [--overload-clients 32] [--duration 60] [--out bench/results/load_parallel.json]
+        [--max-tokens 64] [--overload-clients 32] [--duration 60] [--k 4] [--out bench/results/load_parallel.json]
 """
 
 from __future__ import annotations
@@ -133,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-clients", type=int, default=32)
     parser.add_argument("--overload-max-tokens", type=int, default=16)
     parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--k", type=int, default=4, help="passages per question (serve --k): shorter prompts, less prefill")
     parser.add_argument("--out", type=Path, default=Path("bench/results/load_parallel.json"))
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the server it started
     db = Path(tempfile.mkdtemp(prefix="slmforge-load-parallel-")) / "telemetry.db"
     sent = 0
-    with start_server(args.bundle, args.queue, ["--no-cache", "--parallel", str(args.parallel)], telemetry=db) as url:
+    with start_server(args.bundle, args.queue, ["--no-cache", "--parallel", str(args.parallel), "--k", str(args.k)], telemetry=db) as url:
         post_chat(url, QUESTIONS[-1], args.max_tokens, 900)  # warm-up: first-call costs stay out of the figures
         one = run_phase(url, 1, args.requests + 1, args.max_tokens)
         many = run_phase(url, args.clients, args.requests, args.max_tokens)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         sent = 1 + one["requests"] + many["requests"] + over["total"]
     rows = telemetry_rows(db)
     result = {
-        "bundle": args.bundle.name, "parallel": args.parallel, "queue": args.queue, "max_tokens": args.max_tokens,
+        "bundle": args.bundle.name, "parallel": args.parallel, "k": args.k, "queue": args.queue, "max_tokens": args.max_tokens,
         "one_client": one, "many_clients": many, "overload": over,
         "ratios": {"server_decode_tok_s": _ratio(many["server_decode_tok_s"], one["server_decode_tok_s"]),
                    "answered_tok_s": _ratio(many["answered_tok_s"], one["answered_tok_s"]),
