@@ -142,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     with start_server(args.bundle, args.queue, ["--no-cache", "--parallel", str(args.parallel), "--k", str(args.k)], telemetry=db) as url:
         post_chat(url, QUESTIONS[-1], args.max_tokens, 900)  # warm-up: first-call costs stay out of the figures
         one = run_phase(url, 1, args.requests + 1, args.max_tokens)
+        atomic_write_json(args.out, {"complete": False, "one_client": one})  # a run cut by a timeout keeps this
         many = run_phase(url, args.clients, args.requests, args.max_tokens)
+        atomic_write_json(args.out, {"complete": False, "one_client": one, "many_clients": many})
         over = run_load(url, args.overload_clients, 0, args.overload_max_tokens, baseline_n=0,
                         duration_s=args.duration)
         sent = 1 + one["requests"] + many["requests"] + over["total"]
     rows = telemetry_rows(db)
     result = {
-        "bundle": args.bundle.name, "parallel": args.parallel, "k": args.k, "queue": args.queue, "max_tokens": args.max_tokens,
+        "complete": True, "bundle": args.bundle.name, "parallel": args.parallel, "k": args.k, "queue": args.queue, "max_tokens": args.max_tokens,
         "one_client": one, "many_clients": many, "overload": over,
         "ratios": {"server_decode_tok_s": _ratio(many["server_decode_tok_s"], one["server_decode_tok_s"]),
                    "answered_tok_s": _ratio(many["answered_tok_s"], one["answered_tok_s"]),
