@@ -92,7 +92,8 @@ def index_reference(index: RagIndex, embed: Callable[[list[str]], np.ndarray]) -
 
 
 class AnswerService:
-    """Routes questions for one loaded Engine; every public method is called from the model's thread."""
+    """Routes questions for one loaded Engine; called from the model gate's threads (several at once with
+    ``serve --parallel``: the cache, telemetry store, index search and batched backend are thread-safe)."""
 
     def __init__(self, engine: AnsweringEngine, store: TelemetryStore, model_name: str, cache: AnswerCache | None = None,
                  escalator: Escalator | None = None, policy: EscalationPolicy | None = None, default_k: int = 4,
@@ -124,6 +125,11 @@ class AnswerService:
 
     def cache_stats(self) -> dict[str, Any] | None:
         return None if self.cache is None else self.cache.stats()
+
+    def batch_stats(self) -> dict[str, Any] | None:
+        """The batched backend's slots and decode rate (None for a one-answer-at-a-time backend)."""
+        stats = getattr(self.engine.backend, "stats", None)
+        return stats() if callable(stats) else None
 
     def record(self, attrs: dict[str, Any]) -> None:
         self.store.record(attrs)

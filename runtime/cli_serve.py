@@ -48,7 +48,10 @@ def _is_loopback(host: str) -> bool:
 @click.option("--escalate-key", envvar="SLMFORGE_ESCALATE_KEY", default=None, help="Bearer key for --escalate-url.")
 @click.option("--escalate-model", default=None, help="'model' to ask the escalation endpoint for.")
 @click.option("--queue", type=click.IntRange(0, 1024), default=DEFAULT_QUEUE, show_default=True,
-              help="Requests that may wait behind the one generating; more are refused with 429.")
+              help="Requests that may wait behind the ones generating; more are refused with 429.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=None,
+              help="Answers generated at once, decoded together in one llama.cpp batch (default: the bundle's "
+                   "device profile, 4 on the host); each holds its own KV cache of --n-ctx tokens.")
 @click.option("--max-tokens-limit", type=click.IntRange(1), default=DEFAULT_MAX_TOKENS_LIMIT, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=DEFAULT_MAX_BODY_BYTES, show_default=True)
 @click.option("--body-timeout", type=click.FloatRange(0.1), default=DEFAULT_BODY_TIMEOUT_S, show_default=True,
@@ -64,13 +67,14 @@ def _is_loopback(host: str) -> bool:
 @click.option("--n-ctx", type=click.IntRange(128), default=None, help="Context window (default: the bundle's).")
 @click.option("--k", type=click.IntRange(0, 32), default=4, show_default=True, help="Passages retrieved per question.")
 def serve(bundle: Path, host: str, port: int, api_key: str | None, log_text: bool, escalate_url: str | None,
-          escalate_key: str | None, escalate_model: str | None, queue: int, max_tokens_limit: int,
+          escalate_key: str | None, escalate_model: str | None, queue: int, parallel: int | None, max_tokens_limit: int,
           max_body_bytes: int, body_timeout: float, no_cache: bool, cache_similarity: float, telemetry_file: Path | None,
           retention_rows: int, retention_days: float, threads: int | None, n_ctx: int | None, k: int) -> None:
     """Serve BUNDLE over an OpenAI-compatible API (chat, streaming, embeddings) with cited answers,
     and a chat page with sources and a status page in the browser (the printed URL)."""
     from slmforge.runtime.answer_cache import AnswerCache
     from slmforge.runtime.answering import AnswerService
+    from slmforge.runtime.backend_batched import batched, profile_parallel
     from slmforge.runtime.bundle import open_bundle
     from slmforge.runtime.engine import Engine
     from slmforge.runtime.escalate import Escalator
@@ -80,6 +84,8 @@ def serve(bundle: Path, host: str, port: int, api_key: str | None, log_text: boo
 
     opened = open_bundle(bundle)
     engine = Engine(opened, threads=threads, n_ctx=n_ctx)
+    engine.backend, parallel = batched(engine.backend, parallel or profile_parallel(opened.manifest.profile),
+                                       explicit=parallel is not None)
     db = telemetry_file or telemetry_path(opened.source)
     store = TelemetryStore(db, log_text=log_text, max_rows=retention_rows, max_days=retention_days)
     service = AnswerService(
@@ -89,14 +95,14 @@ def serve(bundle: Path, host: str, port: int, api_key: str | None, log_text: boo
         default_k=k,
     )
     config = ServerConfig(api_key=api_key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
-                          queue=queue, body_timeout_s=body_timeout)
+                          queue=queue, body_timeout_s=body_timeout, parallel=parallel)
     if not _is_loopback(host) and not api_key:
         click.echo(f"warning: serving on {host} without --api-key; anyone on the network can use this model",
                    err=True)
     app = create_app(service, config)
     add_page_routes(app, service, api_key)
     click.echo(f"serving {opened.source} as '{service.model_name}' on http://{host}:{port}/v1 "
-               f"({service.backend_name}, queue {queue}, telemetry {db}{', text logged' if log_text else ''})",
+               f"({service.backend_name}, {parallel} at a time, queue {queue}, telemetry {db}{', text logged' if log_text else ''})",
                err=True)
     click.echo(f"open the page: {page_url(host, port)}  (status: {page_url(host, port)}status)", err=True)
     run_server(app, host=host, port=port)

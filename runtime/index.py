@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -98,7 +99,8 @@ def _f32(vec: np.ndarray) -> bytes:
 
 
 class RagIndex:
-    """Open (or with ``create``) a rag.db; ``search`` is safe to call from one thread at a time."""
+    """Open (or with ``create``) a rag.db; ``search`` may be called from several threads (``serve --parallel``
+    answers several questions at once): one search runs at a time, so the bit scan reloads consistently."""
 
     def __init__(self, db_path: str | Path, readonly: bool = False) -> None:
         self.path = Path(db_path)
@@ -116,6 +118,7 @@ class RagIndex:
         self.embedder = meta.get("embedder", "")
         self.settings = {k: type(v)(meta[k]) if k in meta else v for k, v in DEFAULTS.items()}
         self.bitscan = BitScan(self.conn)
+        self._search_lock = threading.Lock()
 
     def require_embedder(self, name: str, where: str) -> None:
         """Refuse to search with an embedder other than the one that built the vectors (they would not compare)."""
@@ -330,6 +333,11 @@ class RagIndex:
         understate how close the question is to the documents; drift and escalation need the nearest."""
         if k <= 0:
             return [], None
+        with self._search_lock:
+            return self._search_scored(query_vec, query_text, k, vec_weight, bm25_weight)
+
+    def _search_scored(self, query_vec: np.ndarray, query_text: str, k: int, vec_weight: float | None,
+                       bm25_weight: float | None) -> tuple[list[Hit], float | None]:
         s = self.settings
         depth = max(k, int(s["fusion_depth"]))
         w_vec = s["vec_weight"] if vec_weight is None else vec_weight

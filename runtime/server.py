@@ -4,7 +4,7 @@ Routes: ``POST /v1/chat/completions`` (``stream: true`` → server-sent events i
 chunk format ending with ``data: [DONE]``), ``POST /v1/embeddings``, ``GET /v1/models``,
 ``POST /v1/feedback``, ``GET /health``. Answers carry their sources in a ``citations``
 field. Errors use OpenAI's ``{"error": {...}}`` shape so clients report them cleanly.
-The model sits behind a bounded queue (``server_gate``): overload is answered at once
+The model sits behind a bounded queue (``server_gate``) with ``parallel`` answers generating at once: overload is answered at once
 with 429/503 and ``Retry-After``, never by waiting forever. Request bodies are untrusted
 (``request_body``): every bad one is a 4xx, a body not sent within ``body_timeout_s`` is a
 408, a client that leaves is a 499 in telemetry without a traceback. SIGTERM ends running
@@ -58,6 +58,7 @@ class ServerConfig:
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
     queue: int = DEFAULT_QUEUE
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    parallel: int = 1  # answers generated at once (a batched backend decodes them in one llama.cpp context)
 
 
 # -- request bodies ----------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def new_request_id() -> str:
 def create_app(service: AnswerService, config: ServerConfig | None = None) -> FastAPI:
     """The API over ``service``, which turns each question into a routed answer."""
     config = config or ServerConfig()
-    model_gate = GenerationGate(config.queue, name="model")
+    model_gate = GenerationGate(config.queue, name="model", workers=config.parallel)
     embed_gate = GenerationGate(config.queue, name="embedder")
     started = time.time()
     streams: set[Any] = set()  # stop() of every running stream, for SIGTERM
@@ -225,7 +226,7 @@ def create_app(service: AnswerService, config: ServerConfig | None = None) -> Fa
     async def health() -> dict[str, Any]:
         return {"status": "draining" if model_gate.draining else "ok", "model": service.model_name,
                 "backend": service.backend_name, "uptime_s": round(time.time() - started, 1),
-                "queue": model_gate.stats(), "cache": service.cache_stats()}
+                "queue": model_gate.stats(), "batch": service.batch_stats(), "cache": service.cache_stats()}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """A bounded queue in front of one model instance.
 
-One generation runs at a time (a one-thread executor owns the model); up to ``queue``
-more may wait. Beyond that a request is refused at once with a Retry-After estimate
+``workers`` generations run at a time (1 unless the model decodes several sequences in one
+batch: ``serve --parallel N``); up to ``queue`` more may wait. Beyond that a request is refused at once with a Retry-After estimate
 instead of waiting forever, and while the server drains for shutdown every new request
 is refused.
 """
@@ -28,17 +28,20 @@ class Overloaded(Exception):
 
 
 class GenerationGate:
-    """Admission control plus the single worker thread that owns a model."""
+    """Admission control plus the worker threads that run a model's jobs."""
 
-    def __init__(self, queue: int, name: str = "model") -> None:
+    def __init__(self, queue: int, name: str = "model", workers: int = 1) -> None:
         if queue < 0:
             raise ValueError("queue must be >= 0")
-        self.limit = queue + 1  # the one running plus the waiting ones
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.workers = workers
+        self.limit = queue + workers  # the running ones plus the waiting ones
         self.name = name
         self.inflight = 0
         self.draining = False
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slmforge-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"slmforge-{name}")
         self._mean_s = 1.0  # running estimate of one job's duration, for Retry-After
 
     def admit(self) -> None:
@@ -47,8 +50,8 @@ class GenerationGate:
             if self.draining:
                 raise Overloaded(503, 5, "the server is shutting down; retry on another instance or later")
             if self.inflight >= self.limit:
-                wait = max(1, math.ceil(self._mean_s * self.inflight))
-                raise Overloaded(429, wait, f"the {self.name} queue is full ({self.limit - 1} waiting); "
+                wait = max(1, math.ceil(self._mean_s * self.inflight / self.workers))
+                raise Overloaded(429, wait, f"the {self.name} queue is full ({self.limit - self.workers} waiting); "
                                             f"retry after {wait} s")
             self.inflight += 1
 
@@ -67,7 +70,7 @@ class GenerationGate:
         return self._executor.submit(fn, *args)
 
     def stats(self) -> dict[str, Any]:
-        return {"inflight": self.inflight, "limit": self.limit, "draining": self.draining,
+        return {"inflight": self.inflight, "limit": self.limit, "workers": self.workers, "draining": self.draining,
                 "mean_job_s": round(self._mean_s, 3)}
 
     def shutdown(self) -> None:

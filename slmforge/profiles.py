@@ -48,6 +48,8 @@ class DeviceProfile(BaseModel):
     formats: list[Format] = Field(min_length=1, description="preferred model formats, best first")
     max_context: int = Field(gt=0)
     target_decode_tok_s: float = Field(gt=0)
+    parallel: int = Field(default=1, ge=1, le=64,
+                          description="answers `serve` generates at once in one batched llama.cpp context")
     power_envelope_w: float | None = Field(default=None, gt=0)
     quality_gate: QualityBounds = Field(default_factory=QualityBounds)
     quant_policy: Literal["quality", "footprint"] = Field(
@@ -149,6 +151,11 @@ def _cpu_isa() -> list[str]:
     return isa + [f for f in wanted if f in flags]
 
 
+# `serve --parallel` on the machine itself (and for a custom profile that is not on the device): four answers
+# at a time, as the laptop profile; docs/serve-parallel.md has the figures behind it
+HOST_PARALLEL = 4
+
+
 def detect_host_profile() -> DeviceProfile:
     """This machine, measured now with psutil and a short copy test."""
     import psutil
@@ -167,6 +174,7 @@ def detect_host_profile() -> DeviceProfile:
         formats=["gguf", "onnx"],
         max_context=8192,
         target_decode_tok_s=20,
+        parallel=HOST_PARALLEL,
         power_envelope_w=None,
         sources=["measured: psutil.virtual_memory(), psutil.cpu_count(), numpy copy test"],
         detected=True,

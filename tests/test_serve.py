@@ -26,7 +26,7 @@ def real_bundle(tmp_path_factory):
 def server(real_bundle, tmp_path_factory):
     """One server for the API tests: API key on, queue of 1 so overload is easy to provoke."""
     db = tmp_path_factory.mktemp("telemetry") / "t.db"
-    with serving(real_bundle, "--api-key", KEY, "--queue", "1", "--telemetry", str(db),
+    with serving(real_bundle, "--api-key", KEY, "--queue", "1", "--parallel", "1", "--telemetry", str(db),
                  "--max-body-bytes", "65536") as srv:
         yield srv
 

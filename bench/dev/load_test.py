@@ -11,7 +11,9 @@ answers (408 after its body timeout) and closes. Afterwards /health must answer 
 queue must be empty.
 
     python -m slmforge.bench.dev.load_test BUNDLE [--clients 32] [--requests 10 | --duration 60] [--half-open 300]
-        [--queue 4] [--out result.json]
+        [--queue 4] [--parallel N] [--out result.json]
+
+``bench/dev/load_parallel.py`` uses these pieces for ``serve --parallel``: 1 against 8 clients, then 32.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def post_chat(url: str, question: str, max_tokens: int, timeout_s: float) -> tup
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             payload = json.loads(resp.read())
-            headers = {"route": payload.get("slmforge", {}).get("route", "")}
+            headers = {"route": payload.get("slmforge", {}).get("route", ""),
+                       "completion_tokens": payload.get("usage", {}).get("completion_tokens", 0)}
             return resp.status, time.perf_counter() - start, headers
     except urllib.error.HTTPError as exc:
         exc.read()
@@ -114,13 +117,14 @@ def health(url: str) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def start_server(bundle: Path, queue: int, extra: list[str]) -> Iterator[str]:
+def start_server(bundle: Path, queue: int, extra: list[str], telemetry: Path | None = None) -> Iterator[str]:
+    """`slmforge serve BUNDLE` on a free port until the block ends (telemetry in a temporary folder unless given)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     workdir = Path(tempfile.mkdtemp(prefix="slmforge-load-"))
     cmd = [sys.executable, "-m", "slmforge.cli", "serve", str(bundle), "--port", str(port), "--queue", str(queue),
-           "--telemetry", str(workdir / "telemetry.db"), *extra]
+           "--telemetry", str(telemetry or workdir / "telemetry.db"), *extra]
     with open(workdir / "server.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -213,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds each client keeps asking (instead of --requests)")
     parser.add_argument("--half-open", type=int, default=0,
                         help="connections that send half a body during the load (half hang up, half go silent)")
+    parser.add_argument("--parallel", type=int, help="serve --parallel N (default: the bundle's profile)")
     parser.add_argument("--out", type=Path, help="write the result JSON here")
     args = parser.parse_args(argv)
     if not args.url and not args.bundle:
         parser.error("give a BUNDLE or --url")
-    extra = ["--no-cache"] if args.no_cache else []
+    extra = (["--no-cache"] if args.no_cache else []) + (["--parallel", str(args.parallel)] if args.parallel else [])
     server = contextlib.nullcontext(args.url) if args.url else start_server(args.bundle, args.queue, extra)
     with server as url:
         result = run_load(url, args.clients, args.requests, args.max_tokens, args.baseline, args.distinct,

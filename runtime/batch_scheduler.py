@@ -1,0 +1,275 @@
+"""Continuous batching over one llama.cpp context: several sequences decoded in one ``llama_decode``.
+
+Why: one sequence at a time leaves a CPU that could advance several answers per weight pass idle
+while everyone else waits in the queue. As llama.cpp's own server does (``--parallel``), one
+context holds ``parallel`` sequences (``n_seq_max``, one KV stream each); a scheduler thread owns
+it. Each step builds one batch: the next token of every generating sequence, then prompt tokens of
+sequences still reading their prompt (chunked to the batch size), and decodes it in one call. Each
+sequence samples from its own row with its own llama.cpp sampler chain (built as llama-cpp-python's
+``Llama.generate`` builds it, so a greedy answer is the same token for token as decoding it alone).
+A finished, cancelled or failed sequence frees its slot and removes its KV cells at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+END = object()  # the end marker a job's token queue receives after its last token
+
+# llama-cpp-python's Llama defaults, which the single-sequence path samples with
+REPEAT_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What a request asks of the sampler (the single path's ``Llama.generate`` arguments)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Job:
+    """One sequence's request: its prompt, budget and sampling; tokens come back on ``tokens``."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampling: Sampling
+    tokens: queue.Queue[Any] = field(default_factory=queue.Queue)
+    finish_reason: Literal["stop", "length"] = "length"
+    error: BaseException | None = None
+    prefill_ms: float | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def stream(self) -> Iterator[int]:
+        """Token ids as the scheduler samples them; raises the scheduler's error if the job failed."""
+        while True:
+            item = self.tokens.get()
+            if item is END:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    def cancel(self) -> None:
+        """Stop generating (client gone): the scheduler frees the slot on its next step."""
+        self.cancelled.set()
+
+
+@dataclass
+class _Slot:
+    seq: int
+    job: Job
+    sampler: Any
+    fed: int = 0  # prompt tokens already in the KV cache
+    pos: int = 0  # next position of this sequence
+    generated: int = 0
+    next_token: int | None = None  # sampled, not yet decoded
+    prefill_started: float | None = None
+
+
+class BatchScheduler:
+    """Owns a llama.cpp context with ``parallel`` sequences over an already loaded model."""
+
+    def __init__(self, llm: Any, parallel: int, n_ctx_per_seq: int, threads: int, n_batch: int = 512) -> None:
+        import llama_cpp
+
+        if parallel < 1:
+            raise ValueError("parallel must be >= 1")
+        self._lib = llama_cpp
+        self.parallel = parallel
+        self.n_ctx_per_seq = n_ctx_per_seq
+        self.n_batch = max(n_batch, parallel)
+        self._model = llm._model.model  # the weights the single context already mapped; no second load
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)  # same numerics as one sequence
+        params.n_ctx = parallel * n_ctx_per_seq
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_seq_max = parallel
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = False  # one KV stream per sequence: attention never scans other users' cells
+        self._ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise RuntimeError(f"llama.cpp could not make a context for {parallel} sequences of {n_ctx_per_seq}")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._pending: deque[Job] = deque()
+        self._slots: dict[int, _Slot] = {}
+        self._wake = threading.Condition()
+        self._closed = False
+        self.steps = 0
+        self.decoded_tokens = 0  # generated tokens decoded in batched steps (for the status figures)
+        self.busy_s = 0.0
+        self._thread = threading.Thread(target=self._run, name="slmforge-batch", daemon=True)
+        self._thread.start()
+
+    # -- the callers' side ------------------------------------------------------------------------
+
+    def submit(self, prompt: list[int], max_tokens: int, sampling: Sampling) -> Job:
+        """Queue a sequence; it joins a slot as soon as one is free."""
+        if len(prompt) + max_tokens > self.n_ctx_per_seq:
+            raise ValueError(f"{len(prompt)} prompt + {max_tokens} new tokens exceed {self.n_ctx_per_seq}")
+        job = Job(prompt=list(prompt), max_tokens=max_tokens, sampling=sampling)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the batch scheduler is closed")
+            self._pending.append(job)
+            self._wake.notify()
+        return job
+
+    def stats(self) -> dict[str, Any]:
+        with self._wake:
+            return {"parallel": self.parallel, "active": len(self._slots), "waiting": len(self._pending),
+                    "steps": self.steps, "decoded_tokens": self.decoded_tokens, "busy_s": round(self.busy_s, 3),
+                    "decode_tok_s": round(self.decoded_tokens / self.busy_s, 2) if self.busy_s else None}
+
+    def close(self) -> None:
+        with self._wake:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        lib = self._lib
+        lib.llama_batch_free(self._batch)
+        lib.llama_free(self._ctx)
+        self._ctx = None
+
+    # -- the scheduler thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._pending and not self._slots:
+                    self._wake.wait()
+                if self._closed:
+                    break
+                self._admit()
+            self._drop_cancelled()
+            if self._slots:
+                self._step()
+        for slot in list(self._slots.values()):
+            self._finish(slot, error=RuntimeError("the server stopped before this answer ended"))
+        with self._wake:
+            while self._pending:
+                job = self._pending.popleft()
+                job.error = RuntimeError("the server stopped before this answer started")
+                job.tokens.put(END)
+
+    def _admit(self) -> None:
+        """Move waiting jobs into free sequence ids (called with the lock held)."""
+        free = [s for s in range(self.parallel) if s not in self._slots]
+        while free and self._pending:
+            job = self._pending.popleft()
+            if job.cancelled.is_set():
+                job.tokens.put(END)
+                continue
+            seq = free.pop(0)
+            self._slots[seq] = _Slot(seq=seq, job=job, sampler=self._sampler(job.sampling))
+
+    def _drop_cancelled(self) -> None:
+        for slot in [s for s in self._slots.values() if s.job.cancelled.is_set()]:
+            self._finish(slot)
+
+    def _step(self) -> None:
+        """One ``llama_decode``: every generating sequence's next token, then prompt chunks of the others."""
+        batch, lib = self._batch, self._lib
+        n = 0
+        outputs: list[tuple[int, _Slot]] = []
+
+        def add(token: int, pos: int, seq: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+            batch.seq_id[n][0] = seq
+            batch.logits[n] = logits
+            n += 1
+
+        generating = [s for s in self._slots.values() if s.next_token is not None]
+        for slot in generating:
+            add(slot.next_token, slot.pos, slot.seq, True)
+            outputs.append((n - 1, slot))
+        for slot in self._slots.values():
+            if slot.next_token is not None or slot.fed >= len(slot.job.prompt) or n >= self.n_batch:
+                continue
+            if slot.prefill_started is None:
+                slot.prefill_started = time.perf_counter()
+            take = min(len(slot.job.prompt) - slot.fed, self.n_batch - n)
+            for i in range(take):
+                last = slot.fed + i == len(slot.job.prompt) - 1
+                add(slot.job.prompt[slot.fed + i], slot.fed + i, slot.seq, last)
+                if last:
+                    outputs.append((n - 1, slot))
+            slot.fed += take
+            slot.pos = slot.fed
+        batch.n_tokens = n
+        started = time.perf_counter()
+        status = lib.llama_decode(self._ctx, batch)
+        if status != 0:  # no room in the KV cache or a failed compute: these answers cannot go on
+            error = RuntimeError(f"llama.cpp could not decode a batch of {n} tokens (status {status})")
+            for slot in list(self._slots.values()):
+                self._finish(slot, error=error)
+            return
+        elapsed = time.perf_counter() - started
+        if generating:
+            self.steps += 1
+            self.decoded_tokens += len(generating)
+            self.busy_s += elapsed
+        for index, slot in outputs:
+            if slot.next_token is not None:
+                slot.pos += 1
+            token = lib.llama_sampler_sample(slot.sampler, self._ctx, index)
+            if slot.prefill_started is not None and slot.job.prefill_ms is None:
+                slot.job.prefill_ms = round((time.perf_counter() - slot.prefill_started) * 1000, 2)
+            if lib.llama_vocab_is_eog(self._vocab, token):
+                slot.job.finish_reason = "stop"
+                self._finish(slot)
+                continue
+            slot.job.tokens.put(token)
+            slot.generated += 1
+            if slot.generated >= slot.job.max_tokens or slot.pos + 1 >= self.n_ctx_per_seq:
+                slot.job.finish_reason = "length"
+                self._finish(slot)
+            else:
+                slot.next_token = token
+
+    def _finish(self, slot: _Slot, error: BaseException | None = None) -> None:
+        """Free the slot, its KV cells and its sampler; end the job's token stream."""
+        self._lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+        self._lib.llama_sampler_free(slot.sampler)
+        with self._wake:
+            self._slots.pop(slot.seq, None)
+        slot.job.error = error
+        slot.job.tokens.put(END)
+
+    def _sampler(self, s: Sampling) -> Any:
+        """The chain ``Llama.generate`` builds for the single path: penalties, then greedy or
+        top-k → typical → top-p → min-p → temperature → seeded draw."""
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        top_k = 0 if s.temperature > 0 else 1  # the single path's settings (backend_llamacpp)
+        stages = [lib.llama_sampler_init_penalties(self._n_vocab, REPEAT_WINDOW, s.repeat_penalty, 0.0, 0.0)]
+        if s.temperature == 0.0:
+            stages.append(lib.llama_sampler_init_greedy())
+        else:
+            seed = lib.LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF
+            stages += [lib.llama_sampler_init_top_k(top_k), lib.llama_sampler_init_typical(1.0, 1),
+                       lib.llama_sampler_init_top_p(s.top_p, 1), lib.llama_sampler_init_min_p(0.0, 1),
+                       lib.llama_sampler_init_temp(s.temperature), lib.llama_sampler_init_dist(seed)]
+        for stage in stages:
+            lib.llama_sampler_chain_add(chain, stage)
+        return chain
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
