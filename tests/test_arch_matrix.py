@@ -19,7 +19,7 @@ import pytest
 from slmforge.export.gguf_writer import write_gguf
 from slmforge.trainer.tiny import TINY_SHAPES, build_tiny_arch_checkpoint
 
-from slmforge.architectures import ARCHITECTURES, supported_names
+from slmforge.architectures import ARCHITECTURES, for_config, for_gguf, supported_names
 from slmforge.errors import UserError
 
 F32_TOLERANCE = 5e-3
@@ -65,6 +65,16 @@ def _logits(checkpoint: Path, gguf_path: Path, text: str) -> tuple[np.ndarray, n
 def test_every_table_entry_has_a_tiny_shape():
     """Adding a family to the table without a tiny shape would silently skip its matrix row."""
     assert sorted(TINY_SHAPES) == sorted(supported_names())
+
+
+def test_lookup_by_hf_name_model_type_and_gguf_name():
+    """One table answers export (HF config) and base import (a GGUF's general.architecture)."""
+    assert for_config({"architectures": ["Gemma3ForCausalLM"]}).gguf_arch == "gemma3"
+    assert for_config({"model_type": "qwen3"}).gguf_arch == "qwen3"  # a config without architectures
+    assert for_config({"architectures": ["MambaForCausalLM"], "model_type": "llama"}) is None
+    assert for_config(["not", "a", "config"]) is None
+    assert for_gguf("mistral").gguf_arch == "llama" and for_gguf("phi3").gguf_arch == "phi3"
+    assert for_gguf("mamba") is None and for_gguf(None) is None
 
 
 @pytest.mark.parametrize("hf_name", supported_names())
