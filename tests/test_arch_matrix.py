@@ -115,16 +115,17 @@ def test_gemma3_metadata_says_what_llama_cpp_needs(tmp_path: Path, monkeypatch: 
 
 
 def test_unusual_gemma3_layer_pattern_is_written_out(tmp_path: Path):
-    """A layer pattern other than llama.cpp's default is written per layer, not left to the default."""
+    """A layer pattern other than llama.cpp's default (5 local, 1 global) is written per layer, and
+    llama.cpp then computes what transformers does."""
     from gguf import GGUFReader
 
-    checkpoint = build_tiny_arch_checkpoint(tmp_path / "hf", "Gemma3ForCausalLM")
-    config = json.loads((checkpoint / "config.json").read_text())
-    config["layer_types"] = ["sliding_attention", "full_attention"] * 3
-    (checkpoint / "config.json").write_text(json.dumps(config))
+    checkpoint = build_tiny_arch_checkpoint(tmp_path / "hf", "Gemma3ForCausalLM", seed=1,
+                                            layer_types=["sliding_attention", "full_attention"] * 3)
     out = write_gguf(checkpoint, tmp_path / "g.gguf", "F32", progress=False).path
     pattern = GGUFReader(str(out)).get_field("gemma3.attention.sliding_window_pattern")
     assert [bool(pattern.parts[i][0]) for i in pattern.data] == [True, False] * 3
+    reference, got = _logits(checkpoint, out, TEXTS[1])
+    assert np.abs(got - reference).max() < F32_TOLERANCE
 
 
 def test_gemma3_setting_llama_cpp_cannot_run_is_refused(tmp_path: Path):
