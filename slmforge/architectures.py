@@ -5,7 +5,7 @@ supported by both or by neither, and the refusal names the same list. Adding a f
 ``Architecture`` entry: its HF ``architectures`` names, llama.cpp's architecture name (tensor
 names then come from gguf-py's TensorNameMap for that name), the per-tensor transforms
 llama.cpp's kernels expect, and the extra metadata its loader reads (docs/architectures.md).
-numpy only: the table is shared by packages that may not import torch or gguf.
+Plain Python: the table is shared by packages that may not import torch or gguf.
 """
 
 from __future__ import annotations
