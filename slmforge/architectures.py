@@ -5,7 +5,7 @@ supported by both or by neither, and the refusal names the same list. Adding a f
 ``Architecture`` entry: its HF ``architectures`` names, llama.cpp's architecture name (tensor
 names then come from gguf-py's TensorNameMap for that name), the per-tensor transforms
 llama.cpp's kernels expect, and the extra metadata its loader reads (docs/architectures.md).
-numpy only: the table is shared by packages that may not import torch or gguf.
+Plain Python: the table is shared by packages that may not import torch or gguf.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ class Architecture:
     permute_qk: bool = False
     norm_shift: float = 0.0
     extra_hparams: Callable[[dict[str, Any]], HParams] = field(default=lambda config: {})
-    notes: str = ""
 
 
 def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
@@ -96,15 +95,17 @@ def _phi3_hparams(config: dict[str, Any]) -> HParams:
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
-    Architecture("llama", ("LlamaForCausalLM", "MistralForCausalLM"), ("llama", "mistral"), permute_qk=True,
-                 notes="Llama 2/3.x, SmolLM2, Mistral (llama3 rope scaling written as rope_freqs)"),
-    Architecture("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), notes="q/k/v biases"),
-    Architecture("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), notes="per-head q_norm/k_norm, explicit head_dim"),
+    # Llama 2/3.x, SmolLM2, Mistral; llama3 rope scaling is written as the rope_freqs tensor
+    Architecture("llama", ("LlamaForCausalLM", "MistralForCausalLM"), ("llama", "mistral"), permute_qk=True),
+    # Qwen 2/2.5: q/k/v biases map by name
+    Architecture("qwen2", ("Qwen2ForCausalLM",), ("qwen2",)),
+    # Qwen 3: per-head q_norm/k_norm map by name, explicit head_dim
+    Architecture("qwen3", ("Qwen3ForCausalLM",), ("qwen3",)),
+    # Gemma 3 text: norms +1, the embedding scale is llama.cpp's own, local layers with their own rope base
     Architecture("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text", "gemma3"), norm_shift=1.0,
-                 extra_hparams=_gemma3_hparams,
-                 notes="norms +1, embedding scale applied by llama.cpp, sliding-window layers with their own rope base"),
-    Architecture("phi3", ("Phi3ForCausalLM",), ("phi3",), extra_hparams=_phi3_hparams,
-                 notes="fused qkv and gate_up tensors, partial rotary; 4k-context rope only"),
+                 extra_hparams=_gemma3_hparams),
+    # Phi-3: fused qkv and gate_up tensors map whole, partial rotary; 4k-context rope only
+    Architecture("phi3", ("Phi3ForCausalLM",), ("phi3",), extra_hparams=_phi3_hparams),
 )
 
 # GGUF files name the family by general.architecture; Mistral GGUFs say "llama" today, older ones "mistral".

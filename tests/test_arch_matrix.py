@@ -19,7 +19,7 @@ import pytest
 from slmforge.export.gguf_writer import write_gguf
 from slmforge.trainer.tiny import TINY_SHAPES, build_tiny_arch_checkpoint
 
-from slmforge.architectures import ARCHITECTURES, supported_names
+from slmforge.architectures import ARCHITECTURES, for_config, for_gguf, supported_names
 from slmforge.errors import UserError
 
 F32_TOLERANCE = 5e-3
@@ -67,6 +67,16 @@ def test_every_table_entry_has_a_tiny_shape():
     assert sorted(TINY_SHAPES) == sorted(supported_names())
 
 
+def test_lookup_by_hf_name_model_type_and_gguf_name():
+    """One table answers export (HF config) and base import (a GGUF's general.architecture)."""
+    assert for_config({"architectures": ["Gemma3ForCausalLM"]}).gguf_arch == "gemma3"
+    assert for_config({"model_type": "qwen3"}).gguf_arch == "qwen3"  # a config without architectures
+    assert for_config({"architectures": ["MambaForCausalLM"], "model_type": "llama"}) is None
+    assert for_config(["not", "a", "config"]) is None
+    assert for_gguf("mistral").gguf_arch == "llama" and for_gguf("phi3").gguf_arch == "phi3"
+    assert for_gguf("mamba") is None and for_gguf(None) is None
+
+
 @pytest.mark.parametrize("hf_name", supported_names())
 def test_export_matches_transformers_in_llama_cpp(hf_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     checkpoint = _imported(hf_name, tmp_path, monkeypatch)
@@ -105,16 +115,17 @@ def test_gemma3_metadata_says_what_llama_cpp_needs(tmp_path: Path, monkeypatch: 
 
 
 def test_unusual_gemma3_layer_pattern_is_written_out(tmp_path: Path):
-    """A layer pattern other than llama.cpp's default is written per layer, not left to the default."""
+    """A layer pattern other than llama.cpp's default (5 local, 1 global) is written per layer, and
+    llama.cpp then computes what transformers does."""
     from gguf import GGUFReader
 
-    checkpoint = build_tiny_arch_checkpoint(tmp_path / "hf", "Gemma3ForCausalLM")
-    config = json.loads((checkpoint / "config.json").read_text())
-    config["layer_types"] = ["sliding_attention", "full_attention"] * 3
-    (checkpoint / "config.json").write_text(json.dumps(config))
+    checkpoint = build_tiny_arch_checkpoint(tmp_path / "hf", "Gemma3ForCausalLM", seed=1,
+                                            layer_types=["sliding_attention", "full_attention"] * 3)
     out = write_gguf(checkpoint, tmp_path / "g.gguf", "F32", progress=False).path
     pattern = GGUFReader(str(out)).get_field("gemma3.attention.sliding_window_pattern")
     assert [bool(pattern.parts[i][0]) for i in pattern.data] == [True, False] * 3
+    reference, got = _logits(checkpoint, out, TEXTS[1])
+    assert np.abs(got - reference).max() < F32_TOLERANCE
 
 
 def test_gemma3_setting_llama_cpp_cannot_run_is_refused(tmp_path: Path):
