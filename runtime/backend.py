@@ -136,13 +136,17 @@ def load_backend(
     n_ctx: int | None = None,
     threads: int | None = None,
     chat_template: str | None = None,
+    llama_settings: Any = None,
 ) -> Backend:
-    """A backend for ``model_path``: a ``.gguf`` file → llama.cpp, an ONNX folder → onnxruntime-genai."""
+    """A backend for ``model_path``: a ``.gguf`` file → llama.cpp, an ONNX folder → onnxruntime-genai.
+
+    ``llama_settings`` (``backend_llamacpp.LlamaSettings``) says how llama.cpp runs a GGUF; default: the tuned ones."""
     path = Path(model_path)
     if path.is_file() and path.suffix == ".gguf":
-        from slmforge.runtime.backend_llamacpp import LlamaCppBackend
+        from slmforge.runtime.backend_llamacpp import FAST_SETTINGS, LlamaCppBackend
 
-        return LlamaCppBackend(path, n_ctx=n_ctx, threads=threads, chat_template=chat_template)
+        return LlamaCppBackend(path, n_ctx=n_ctx, threads=threads, chat_template=chat_template,
+                               settings=llama_settings or FAST_SETTINGS)
     if path.is_dir() and (path / "genai_config.json").is_file():
         from slmforge.runtime.backend_onnx import OnnxGenaiBackend
 
