@@ -29,7 +29,9 @@ def _open_engine(bundle_path: Path, threads: int | None, legacy: bool = False, o
     from slmforge.runtime.bundle import open_bundle
     from slmforge.runtime.engine import answer_path
 
-    return Engine(open_bundle(bundle_path), threads=threads, path=answer_path(legacy or None), one_shot=one_shot)
+    bundle = open_bundle(bundle_path)
+    path = answer_path(legacy or None, profile_name=bundle.manifest.profile)
+    return Engine(bundle, threads=threads, path=path, one_shot=one_shot)
 
 
 def format_citations(answer: Answer) -> str:

@@ -45,15 +45,37 @@ class AnswerPath:
     keep_prefix: bool = False  # prefill the fixed prefix (system prompt, template head) once, at load
 
 
-def answer_path(legacy: bool | None = None) -> AnswerPath:
-    """The fast path, or today's path when ``legacy`` (default: the ``SLMFORGE_LEGACY_RUNTIME`` variable)."""
+def answer_path(legacy: bool | None = None, profile_name: str | None = None) -> AnswerPath:
+    """The fast path, or today's path when ``legacy`` (default: the ``SLMFORGE_LEGACY_RUNTIME`` variable).
+
+    A device profile's ``runtime:`` section overrides the fast path's knobs (its ``max_context`` caps n_ctx)."""
+    from dataclasses import replace
+
     from slmforge.runtime.backend_llamacpp import FAST_SETTINGS, LEGACY_SETTINGS
 
     if legacy is None:
         legacy = os.environ.get(LEGACY_ENV, "") not in ("", "0")
     if legacy:
         return AnswerPath("legacy", LEGACY_SETTINGS, None, False, None)
-    return AnswerPath("fast", FAST_SETTINGS, FAST_CONTEXT_TOKENS, True, FAST_MAX_N_CTX, keep_prefix=True)
+    path = AnswerPath("fast", FAST_SETTINGS, FAST_CONTEXT_TOKENS, True, FAST_MAX_N_CTX, keep_prefix=True)
+    profile = _device_profile(profile_name)
+    if profile is None:
+        return path
+    tuning = profile.runtime.model_dump(exclude_none=True)
+    context = tuning.pop("context_tokens", path.context_tokens)
+    return replace(path, name=f"fast ({profile.name})", llama=replace(path.llama, **tuning), context_tokens=context,
+                   max_n_ctx=min(path.max_n_ctx or profile.max_context, profile.max_context))
+
+
+def _device_profile(name: str | None) -> Any:
+    if not name or name == "host":
+        return None
+    from slmforge.profiles import load_profile
+
+    try:
+        return load_profile(name)
+    except UserError:  # a custom profile not on this device: the defaults
+        return None
 
 
 
@@ -92,7 +114,7 @@ class Engine:
         loads the embedder again."""
         self.bundle = bundle
         manifest = bundle.manifest
-        self.path = path or answer_path()
+        self.path = path or answer_path(profile_name=manifest.profile)
         self.one_shot = one_shot
         self.threads = threads or profile_threads(manifest.profile)
         self.generation = dict(manifest.generation)

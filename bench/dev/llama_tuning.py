@@ -37,8 +37,6 @@ def variants(threads: int) -> dict[str, LlamaSettings]:
     out = {
         "threads 1": replace(base, threads=1),
         "n_ubatch 128": replace(base, n_ubatch=128),
-        "n_ubatch 256": replace(base, n_ubatch=256),
-        "n_batch 1024 (ubatch 512)": replace(base, n_batch=1024),
         "flash attention": replace(base, flash_attn=True),
         "flash attention + KV q8_0": replace(base, flash_attn=True, kv_type="q8_0"),
         "no mmap (load)": replace(base, use_mmap=False),
@@ -115,17 +113,18 @@ def plot(rows: list[dict[str, Any]], png: Path) -> None:
 @click.command()
 @click.argument("gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads (default: host cores).")
+@click.option("--knobs/--no-knobs", default=True, show_default=True, help="Time the knobs (else only --quant).")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Alternating repeats.")
 @click.option("--quant", "quants", multiple=True, help="Also time this quant of the same model (e.g. Q4_0).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results/llama_tuning.json"),
               show_default=True)
-def main(gguf: Path, threads: int | None, repeats: int, quants: tuple[str, ...], out: Path) -> None:
+def main(gguf: Path, threads: int | None, knobs: bool, repeats: int, quants: tuple[str, ...], out: Path) -> None:
     """Time llama.cpp's knobs against today's runtime settings, one variant at a time."""
     from slmforge.runtime.backend import default_threads
 
     threads = threads or default_threads()
     base = replace(LEGACY_SETTINGS, threads=threads)
-    rows = [time_pair(gguf, base, gguf, s, repeats, label) for label, s in variants(threads).items()]
+    rows = [time_pair(gguf, base, gguf, s, repeats, label) for label, s in variants(threads).items() if knobs]
     with tempfile.TemporaryDirectory(prefix="slmforge-quant-") as tmp:
         for quant in quants:
             other = requantize(gguf, quant, Path(tmp))
