@@ -18,7 +18,7 @@ from slmforge.runtime.index import Hit, RagIndex
 from slmforge.runtime.result_stream import ResultStream
 
 from slmforge.errors import UserError
-from slmforge.rag_prompt import DEFAULT_SYSTEM_PROMPT, build_messages
+from slmforge.rag_prompt import DEFAULT_SYSTEM_PROMPT, build_messages, cites_missing_passage
 
 DEFAULT_MAX_TOKENS = 256
 # Small models loop on greedy decoding; Ollama's default over the last 64 tokens (llama.cpp's window).
@@ -223,7 +223,9 @@ class Engine:
                     "top_p": float(self.generation.get("top_p", 1.0)), "seed": self.generation.get("seed"),
                     "repeat_penalty": float(self.generation.get("repeat_penalty", DEFAULT_REPEAT_PENALTY))}
         overrides = {key: v for key, v in (sampling or {}).items() if key in defaults and v is not None}
-        generation = self.backend.stream(plan.prompt, max_tokens=plan.max_tokens, **{**defaults, **overrides})
+        passages = len(plan.hits)
+        generation = self.backend.stream(plan.prompt, max_tokens=plan.max_tokens, **{**defaults, **overrides},
+                                         stop=lambda text: cites_missing_passage(text, passages))
         yield from generation
         result = generation.result
         timings = {

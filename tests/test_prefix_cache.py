@@ -54,3 +54,12 @@ def test_legacy_path_keeps_the_old_settings(tiny_bundle: Path):
         assert old.n_ctx == 2048 and new.n_ctx == 1024
         assert not old.backend.settings.flash_attn and new.backend.settings.flash_attn
         assert old.backend._llm.n_tokens == 0  # no prefix kept: today's first request prefills everything
+
+
+def test_llama_backend_ends_where_stop_says(tiny_bundle: Path):
+    with Engine(open_bundle(tiny_bundle), threads=1, path=answer_path(legacy=False)) as engine:
+        prompt = engine.plan(QUESTIONS[0], k=1)[0].prompt
+        free = engine.backend.generate(prompt, max_tokens=24)
+        cut = engine.backend.generate(prompt, max_tokens=24, stop=lambda text: len(text) >= 8)
+        assert free.completion_tokens > cut.completion_tokens and cut.finish_reason == "stop"
+        assert free.text.startswith(cut.text) and len(cut.text) >= 8
