@@ -87,11 +87,9 @@ def time_pair(gguf_a: Path, a: LlamaSettings, gguf_b: Path, b: LlamaSettings, re
 
 
 def plot(rows: list[dict[str, Any]], png: Path) -> None:
-    import matplotlib
+    from slmforge.bench.plots import pyplot, write_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [r["variant"] for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
     y = range(len(rows))
@@ -103,11 +101,7 @@ def plot(rows: list[dict[str, Any]], png: Path) -> None:
     ax.set_xlabel("speed ÷ today's settings (same run, alternating repeats)")
     ax.set_title("llama.cpp knobs on this machine")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    tmp = png.with_name(png.stem + ".partial.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    write_png(plt, fig, png)
 
 
 @click.command()

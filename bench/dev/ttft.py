@@ -77,11 +77,9 @@ def measure(bundle_path: Path, questions: list[str], threads: int | None) -> dic
 
 
 def plot(result: dict[str, Any], png: Path) -> None:
-    import matplotlib
+    from slmforge.bench.plots import pyplot, write_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for name in ("legacy", "fast"):
         ax.plot([r["ttft_ms"] for r in result["runs"][name]], marker="o", label=(
@@ -92,11 +90,7 @@ def plot(result: dict[str, Any], png: Path) -> None:
     ax.set_ylim(bottom=0)
     ax.set_title(f"RAG time to first token: legacy ÷ fast = {result['legacy_over_fast_p50']}× (p50, one run)")
     ax.legend()
-    fig.tight_layout()
-    tmp = png.with_name(png.stem + ".partial.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    write_png(plt, fig, png)
 
 
 @click.command()
