@@ -60,10 +60,6 @@ class Embedder:
         options.log_severity_level = 3
         # Spinning worker threads burn the CPU the generator needs between calls (and collapse on a busy host).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # No arena and no memory pattern: a question's few tensors are cheap to allocate, and memory freed with
-        # the session goes back to the OS (``slmforge run`` drops the embedder before the model loads).
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types

@@ -92,26 +92,13 @@ def profile_threads(profile_name: str | None) -> int:
         return host
 
 
-def release_freed_memory() -> None:
-    """Ask glibc to return freed heap pages (onnxruntime's weights) to the OS; nothing elsewhere."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): freed memory is the allocator's business
-        pass
-
-
 class Engine:
     """Everything needed to answer from one bundle, loaded once."""
 
     def __init__(self, bundle: Bundle, threads: int | None = None, n_ctx: int | None = None,
                  path: AnswerPath | None = None, one_shot: bool = False) -> None:
-        """``one_shot`` (``slmforge run``): load the model only after the question is retrieved and drop the
-        embedder's onnxruntime session first, so the process never holds both (peak RSS); a later question
-        loads the embedder again."""
+        """``one_shot`` (``slmforge run``): the question is embedded in a child process that exits before the model
+        loads (``embed_child``), so this process never maps onnxruntime next to the model's pages (peak RSS)."""
         self.bundle = bundle
         manifest = bundle.manifest
         self.path = path or answer_path(profile_name=manifest.profile)
@@ -157,11 +144,6 @@ class Engine:
         rendered = self.backend.render_chat(build_messages(self.system_prompt, [], marker, []))
         return rendered[: rendered.index(marker)] if marker in rendered else ""
 
-    def _drop_embedder(self) -> None:
-        """Free the embedder's session and hand its pages back to the OS before the model's come in."""
-        self._embedder = None
-        release_freed_memory()
-
     @property
     def n_ctx(self) -> int:
         return self.backend.n_ctx
@@ -172,7 +154,12 @@ class Engine:
     def retrieve(self, question: str, k: int = 4) -> tuple[list[Hit], dict[str, float], float | None]:
         """Hits for ``question``, the embed/search times in ms, and the best cosine over all candidates."""
         t0 = time.perf_counter()
-        vec = self.embedder.embed([question])[0]
+        if self.one_shot and self._embedder is None:
+            from slmforge.runtime.embed_child import embed_in_child
+
+            vec = embed_in_child(self.bundle.embedder_dir, [question], threads=self.threads)[0]
+        else:
+            vec = self.embedder.embed([question])[0]
         t1 = time.perf_counter()
         hits, nearest = self.index.search_scored(vec, question, k=k)
         t2 = time.perf_counter()
@@ -190,8 +177,6 @@ class Engine:
             raise UserError(f"--k must be 0 or more, not {k}")
         hits, timings, nearest = (self.retrieve(question, k) if use_rag and k > 0
                                   else ([], {"embed_ms": 0.0, "search_ms": 0.0}, None))
-        if self.one_shot and self._embedder is not None:
-            self._drop_embedder()
         plan = plan_prompt(
             question, hits, history or [], self.system_prompt, self.backend.render_chat, self._count,
             self.n_ctx, max_tokens or int(self.generation.get("max_tokens", DEFAULT_MAX_TOKENS)),
