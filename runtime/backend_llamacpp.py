@@ -44,9 +44,10 @@ class LlamaSettings:
 
 # The runtime before issue #18 (kept so the same run can compare: ``--legacy-runtime``).
 LEGACY_SETTINGS = LlamaSettings()
-# What the runtime uses now: flash attention (no n_ctx × n_ubatch score matrix: faster prefill, smaller
-# compute buffer), a q8_0 KV cache (half of f16; needs flash attention for V), mmap'd weights.
-FAST_SETTINGS = LlamaSettings(flash_attn=True, kv_type="q8_0", n_ubatch=512)
+# What the runtime uses now: flash attention (no n_ctx × n_ubatch score matrix: smaller compute buffer),
+# a q8_0 KV cache (half of f16; needs flash attention for V), a 256-token physical batch (half the compute
+# buffer; a RAG prompt after the kept prefix is ~300 tokens), mmap'd weights (docs/runtime-tuning.md).
+FAST_SETTINGS = LlamaSettings(flash_attn=True, kv_type="q8_0", n_ubatch=256)
 
 
 def open_llama(model_path: Path, settings: LlamaSettings, n_ctx: int, **extra: Any) -> Any:

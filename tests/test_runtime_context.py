@@ -91,7 +91,7 @@ def test_a_profile_tunes_the_fast_path_and_never_the_legacy_one():
     from slmforge.runtime.engine import FAST_MAX_N_CTX, answer_path
 
     default, zero = answer_path(legacy=False), answer_path(legacy=False, profile_name="raspberry-pi-zero-2w")
-    assert zero.llama.n_ubatch == 128 and default.llama.n_ubatch == 512
+    assert zero.llama.n_ubatch == 128 and default.llama.n_ubatch == 256
     assert zero.llama.flash_attn == default.llama.flash_attn and zero.max_n_ctx == min(1024, FAST_MAX_N_CTX)
     assert answer_path(legacy=True, profile_name="raspberry-pi-zero-2w").llama.n_ubatch == 512
     assert answer_path(legacy=False, profile_name="no-such-device") == default

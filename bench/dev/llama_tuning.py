@@ -37,6 +37,7 @@ def variants(threads: int) -> dict[str, LlamaSettings]:
     out = {
         "threads 1": replace(base, threads=1),
         "n_ubatch 128": replace(base, n_ubatch=128),
+        "n_ubatch 256": replace(base, n_ubatch=256),
         "flash attention": replace(base, flash_attn=True),
         "flash attention + KV q8_0": replace(base, flash_attn=True, kv_type="q8_0"),
         "no mmap (load)": replace(base, use_mmap=False),

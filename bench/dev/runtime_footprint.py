@@ -72,7 +72,7 @@ def gguf_config(model: Path) -> dict[str, Any]:
             "num_key_value_heads": value("attention.head_count_kv"), "hidden_size": value("embedding_length")}
 
 
-def measure(bundle_path: Path, legacy: bool = False) -> dict[str, Any]:
+def measure(bundle_path: Path, legacy: bool = False, threads: int | None = None) -> dict[str, Any]:
     bundle = open_bundle(bundle_path)
     m = bundle.manifest
     if m.model.get("format") != "gguf":
@@ -84,7 +84,8 @@ def measure(bundle_path: Path, legacy: bool = False) -> dict[str, Any]:
     if path.max_n_ctx:
         n_ctx = min(n_ctx, path.max_n_ctx)
     kv_bytes_per_value = {"f16": 2, "q8_0": 34 / 32}[path.llama.kv_type]
-    peak = peak_rss_of(["run", str(bundle_path), QUESTION, "--json", *(["--legacy-runtime"] if legacy else [])])
+    peak = peak_rss_of(["run", str(bundle_path), QUESTION, "--json", *(["--legacy-runtime"] if legacy else []),
+                        *(["--threads", str(threads)] if threads else [])])
     kv = int(fit.kv_cache_bytes(gguf_config(bundle.model_path), n_ctx, 1) * kv_bytes_per_value)
     generator = fit.OVERHEAD_BYTES["gguf"]
     model_bytes = bundle.model_path.stat().st_size
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--legacy", action="store_true", help="also measure `run --legacy-runtime` (today's path)")
+    ap.add_argument("--threads", type=int, default=None, help="run's --threads (memory barely depends on it)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/runtime_footprint.json"))
     args = ap.parse_args(argv)
-    rows = [measure(path, legacy) for path in args.bundles for legacy in ([True, False] if args.legacy else [False])]
+    rows = [measure(path, legacy, args.threads) for path in args.bundles for legacy in ([True, False] if args.legacy else [False])]
     print(format_table(list(rows[0]), [list(r.values()) for r in rows]))
     used = fit.RUNTIME_BASE_BYTES / MB
     print(f"fit.RUNTIME_BASE_BYTES = {used:.1f} MB; measured max {max(r['runtime_base_mb'] for r in rows):.1f} MB")
