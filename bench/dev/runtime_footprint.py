@@ -99,6 +99,28 @@ def measure(bundle_path: Path, legacy: bool = False, threads: int | None = None)
             "embedder_file_mb": round(embedder_bytes / MB, 1), "runtime_base_mb": round((process - embedder_bytes) / MB, 1)}
 
 
+def plot(rows: list[dict[str, Any]], png: Path) -> None:
+    """Peak RSS per bundle and path, split into what it holds, against 1.5 × (model + embedder files)."""
+    from slmforge.bench.plots import pyplot, write_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10.5, 1.6 + 0.6 * len(rows)))
+    labels = [f"{Path(r['bundle']).name} {r.get('path', '')}" for r in rows]
+    left = [0.0] * len(rows)
+    for key, name in (("model_file_mb", "model file"), ("kv_cache_mb", "KV cache (formula)"),
+                      ("generator_overhead_mb", "generator buffers (fit)"), ("runtime_process_mb", "the rest")):
+        values = [max(0.0, r[key]) for r in rows]
+        ax.barh(labels, values, left=left, label=name)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    for i, r in enumerate(rows):
+        ax.text(r["peak_rss_mb"] + 4, i, f"{r['peak_rss_mb']:.0f} MB = {r['rss_over_files']:.2f}× files", va="center")
+        ax.plot([1.5 * (r["model_file_mb"] + r["embedder_file_mb"])] * 2, [i - 0.4, i + 0.4], color="black")
+    ax.set_xlabel("peak RSS of `slmforge run`, MB (black line: 1.5 × model + embedder files)")
+    ax.set_xlim(0, max(r["peak_rss_mb"] for r in rows) * 1.45)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    write_png(plt, fig, png)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", nargs="+", type=Path)
@@ -111,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     used = fit.RUNTIME_BASE_BYTES / MB
     print(f"fit.RUNTIME_BASE_BYTES = {used:.1f} MB; measured max {max(r['runtime_base_mb'] for r in rows):.1f} MB")
     atomic_write_json(args.out, {"question": QUESTION, "rows": rows, "fit_runtime_base_mb": round(used, 1)})
-    print(f"wrote {args.out}")
+    plot(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
