@@ -26,6 +26,15 @@ def pyplot():
     return plt
 
 
+def write_png(plt, fig, path: Path, dpi: int = 110) -> None:
+    """``fig`` laid out and written to ``path`` under a temp name, renamed at the end; the figure closed."""
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def _save(plt, fig, axes, path: Path, title: str) -> bool:
     """One legend entry per label (its first, unhatched drawing) from all ``axes``, a title, the PNG written."""
     unique: dict[str, object] = {}

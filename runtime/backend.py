@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -49,9 +50,10 @@ class Backend(Protocol):
 
     def stream(
         self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-        repeat_penalty: float = 1.0,
+        repeat_penalty: float = 1.0, stop: StopCheck | None = None,
     ) -> ResultStream[GenerationResult]:
-        """Text deltas as they are decoded; the stream's ``result`` is the GenerationResult once it ends."""
+        """Text deltas as they are decoded; the stream's ``result`` is the GenerationResult once it ends.
+        ``stop`` sees the text so far after each delta: True ends the answer there (finish reason "stop")."""
         ...
 
     def generate(self, prompt: str, **kw: Any) -> GenerationResult: ...
@@ -72,6 +74,9 @@ def default_threads() -> int:
         return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
     except Exception:  # noqa: BLE001 - psutil cannot read cores in some sandboxes
         return max(1, os.cpu_count() or 1)
+
+
+StopCheck = Callable[[str], bool]
 
 
 @dataclass
@@ -97,6 +102,9 @@ class StreamTimer:
         if delta:
             self.parts.append(delta)
         return delta
+
+    def text(self) -> str:
+        return "".join(self.parts)
 
     def flush(self) -> str:
         delta = self._decoder.decode(b"", final=True)
@@ -136,13 +144,17 @@ def load_backend(
     n_ctx: int | None = None,
     threads: int | None = None,
     chat_template: str | None = None,
+    llama_settings: Any = None,
 ) -> Backend:
-    """A backend for ``model_path``: a ``.gguf`` file → llama.cpp, an ONNX folder → onnxruntime-genai."""
+    """A backend for ``model_path``: a ``.gguf`` file → llama.cpp, an ONNX folder → onnxruntime-genai.
+
+    ``llama_settings`` (``backend_llamacpp.LlamaSettings``) says how llama.cpp runs a GGUF; default: the tuned ones."""
     path = Path(model_path)
     if path.is_file() and path.suffix == ".gguf":
-        from slmforge.runtime.backend_llamacpp import LlamaCppBackend
+        from slmforge.runtime.backend_llamacpp import FAST_SETTINGS, LlamaCppBackend
 
-        return LlamaCppBackend(path, n_ctx=n_ctx, threads=threads, chat_template=chat_template)
+        return LlamaCppBackend(path, n_ctx=n_ctx, threads=threads, chat_template=chat_template,
+                               settings=llama_settings or FAST_SETTINGS)
     if path.is_dir() and (path / "genai_config.json").is_file():
         from slmforge.runtime.backend_onnx import OnnxGenaiBackend
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmforge.runtime.backend import (
     GenerationResult,
+    StopCheck,
     StreamTimer,
     check_prompt_fits,
     default_threads,
@@ -96,12 +97,13 @@ class OnnxGenaiBackend:
 
     def stream(
         self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-        repeat_penalty: float = 1.0,
+        repeat_penalty: float = 1.0, stop: StopCheck | None = None,
     ) -> ResultStream[GenerationResult]:
-        return ResultStream(self._deltas(prompt, max_tokens, temperature, top_p, seed, repeat_penalty))
+        return ResultStream(self._deltas(prompt, max_tokens, temperature, top_p, seed, repeat_penalty, stop))
 
     def _deltas(
         self, prompt: str, max_tokens: int, temperature: float, top_p: float, seed: int | None, repeat_penalty: float,
+        stop: StopCheck | None = None,
     ) -> Generator[str, None, GenerationResult]:
         import onnxruntime_genai as og
 
@@ -132,6 +134,9 @@ class OnnxGenaiBackend:
             timer.add(delta.encode("utf-8"))
             if delta:
                 yield delta
+                if stop is not None and stop(timer.text()):
+                    finish = "stop"
+                    break
             if timer.completion_tokens >= budget:
                 break
         del generator

@@ -20,12 +20,18 @@ max_tokens_option = click.option("--max-tokens", type=click.IntRange(min=1), def
                                  help="Longest answer in tokens (default: the bundle's).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="CPU threads (default: host cores, capped by the bundle's profile).")
+legacy_option = click.option("--legacy-runtime", is_flag=True,
+                             help="Answer the way the runtime did before issue #18 (whole chunks, untuned llama.cpp): "
+                                  "for comparisons; also SLMFORGE_LEGACY_RUNTIME=1.")
 
 
-def _open_engine(bundle_path: Path, threads: int | None) -> Engine:
+def _open_engine(bundle_path: Path, threads: int | None, legacy: bool = False, one_shot: bool = False) -> Engine:
     from slmforge.runtime.bundle import open_bundle
+    from slmforge.runtime.engine import answer_path
 
-    return Engine(open_bundle(bundle_path), threads=threads)
+    bundle = open_bundle(bundle_path)
+    path = answer_path(legacy or None, profile_name=bundle.manifest.profile)
+    return Engine(bundle, threads=threads, path=path, one_shot=one_shot)
 
 
 def format_citations(answer: Answer) -> str:
@@ -57,10 +63,11 @@ def run_json(answer: Answer) -> dict:
 @no_rag_option
 @max_tokens_option
 @threads_option
+@legacy_option
 def run(bundle_path: Path, question: str, as_json: bool, k: int, no_rag: bool, max_tokens: int | None,
-        threads: int | None) -> None:
+        threads: int | None, legacy_runtime: bool) -> None:
     """Answer one question from a bundle, with citations."""
-    with _open_engine(bundle_path, threads) as engine:
+    with _open_engine(bundle_path, threads, legacy_runtime, one_shot=not legacy_runtime) as engine:
         if as_json:
             emit_json(run_json(engine.answer(question, k=k, use_rag=not no_rag, max_tokens=max_tokens)))
             return
@@ -80,14 +87,16 @@ def run(bundle_path: Path, question: str, as_json: bool, k: int, no_rag: bool, m
 @no_rag_option
 @max_tokens_option
 @threads_option
-def chat(bundle_path: Path, k: int, no_rag: bool, max_tokens: int | None, threads: int | None) -> None:
+@legacy_option
+def chat(bundle_path: Path, k: int, no_rag: bool, max_tokens: int | None, threads: int | None,
+         legacy_runtime: bool) -> None:
     """Multi-turn chat with a bundle (history trimmed to fit the context). Empty line or Ctrl-D ends.
 
     Type /good or /bad (optionally followed by a better answer) to rate the last answer."""
     history: list[dict] = []
     last: tuple[str, str] | None = None  # the exchange /good or /bad rates
     interactive = sys.stdin.isatty()
-    with _open_engine(bundle_path, threads) as engine:
+    with _open_engine(bundle_path, threads, legacy_runtime) as engine:
         if interactive:
             click.echo(f"chatting with {engine.bundle.manifest.model['path']} (context {engine.n_ctx} tokens); "
                        "empty line to quit", err=True)

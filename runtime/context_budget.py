@@ -2,14 +2,20 @@
 
 Question + retrieved chunks + history + the answer's reserve must fit ``n_ctx``.
 We drop whole chunks, lowest-ranked first, then the oldest history turns; text is
-never cut, so no token is ever split. A question that cannot fit on its own is
-the user's to shorten: one clear error.
+never cut inside a sentence, so no token is ever split. A question that cannot fit
+on its own is the user's to shorten: one clear error.
+
+The retrieved context can also have a budget of its own in tokens (``context_tokens``):
+every prompt token is prefill the user waits for before the first word, so chunks enter
+in rank order while they fit, and with ``trim`` the first one that does not fit keeps
+only its sentences nearest the question (docs/runtime-tuning.md has the measurements).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from slmforge.runtime.index import Hit
 
@@ -17,6 +23,9 @@ from slmforge.errors import UserError
 from slmforge.rag_prompt import build_messages
 
 MIN_ANSWER_TOKENS = 16
+MIN_TRIMMED_TOKENS = 24  # a cut chunk shorter than this is not worth its header: drop it instead
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n{2,}")
+_WORD = re.compile(r"\w+")
 
 
 @dataclass
@@ -41,10 +50,16 @@ def plan_prompt(
     count_tokens: Callable[[str], int],
     n_ctx: int,
     max_tokens: int,
+    context_tokens: int | None = None,
+    trim: bool = False,
 ) -> PromptPlan:
-    """The largest prompt (best chunks, newest history) that leaves ``max_tokens`` for the answer."""
+    """The largest prompt (best chunks, newest history) that leaves ``max_tokens`` for the answer;
+    with ``context_tokens``, the chunks first fit that budget (``budget_chunks``)."""
     hits, history = list(hits), [dict(m) for m in history]
     dropped_chunks = dropped_turns = 0
+    if context_tokens is not None:
+        kept = budget_chunks(question, hits, context_tokens, count_tokens, trim)
+        dropped_chunks, hits = len(hits) - len(kept), kept
     while True:
         messages = build_messages(system_prompt, history, question, hits)
         prompt = render(messages)
@@ -66,3 +81,39 @@ def plan_prompt(
                 f"the question is too long: {n} prompt tokens, but the model's context window is {n_ctx} "
                 f"and the answer needs at least {MIN_ANSWER_TOKENS}; shorten the question"
             )
+
+
+def budget_chunks(question: str, hits: Sequence[Hit], budget: int, count_tokens: Callable[[str], int],
+                  trim: bool) -> list[Hit]:
+    """Chunks in rank order while their text fits ``budget`` tokens; with ``trim`` the first that does not
+    fit is cut to its sentences sharing most words with the question (kept in document order)."""
+    kept: list[Hit] = []
+    left = budget
+    for hit in hits:
+        cost = count_tokens(hit.text)
+        if cost <= left:
+            kept.append(hit)
+            left -= cost
+            continue
+        if trim and left >= MIN_TRIMMED_TOKENS:
+            text = nearest_sentences(question, hit.text, left, count_tokens)
+            if text:
+                kept.append(replace(hit, text=text))
+        break
+    return kept
+
+
+def nearest_sentences(question: str, text: str, budget: int, count_tokens: Callable[[str], int]) -> str:
+    """The sentences of ``text`` that share most words with ``question``, as many as fit ``budget`` tokens."""
+    sentences = [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+    asked = {w.lower() for w in _WORD.findall(question)}
+    ranked = sorted(range(len(sentences)),
+                    key=lambda i: (-len(asked & {w.lower() for w in _WORD.findall(sentences[i])}), i))
+    chosen: list[int] = []
+    left = budget
+    for i in ranked:
+        cost = count_tokens(sentences[i])
+        if cost <= left:
+            chosen.append(i)
+            left -= cost
+    return " ".join(sentences[i] for i in sorted(chosen))

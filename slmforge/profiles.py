@@ -34,6 +34,18 @@ class QualityBounds(BaseModel):
     max_ppl_ratio_mid_bit: float = Field(default=1.05, gt=1.0, description="5- and 6-bit quants")
 
 
+class RuntimeTuning(BaseModel):
+    """What llama.cpp and the answer path use on this device, where its CPU or memory wants other than the
+    runtime's defaults (docs/runtime-tuning.md: what each knob did, measured); unset fields keep the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_batch: int | None = Field(default=None, gt=0, description="logical batch of a prefill, tokens")
+    n_ubatch: int | None = Field(default=None, gt=0, description="physical batch: sets the compute buffer's size")
+    flash_attn: bool | None = None
+    kv_type: Literal["f16", "q8_0"] | None = Field(default=None, description="KV cache type (q8_0 needs flash_attn)")
+    context_tokens: int | None = Field(default=None, gt=0, description="retrieved context's budget, tokens")
+
+
 class DeviceProfile(BaseModel):
     """What a device can hold and how fast it can read memory; figures cite sources."""
 
@@ -55,6 +67,7 @@ class DeviceProfile(BaseModel):
     quant_policy: Literal["quality", "footprint"] = Field(
         default="quality", description="quality: the best quantization that fits; footprint: the smallest that fits "
         "and passes the quality gate (phones, whose OS kills the largest apps first and whose battery pays per byte read)")
+    runtime: RuntimeTuning = Field(default_factory=RuntimeTuning)
     sources: list[str] = Field(min_length=1)
     notes: str | None = None
     detected: bool = Field(default=False, description="true for the host profile measured at run time")

@@ -71,6 +71,12 @@ def cited_numbers(answer: str) -> list[int]:
     return list(found)
 
 
+def cites_missing_passage(answer: str, passages: int) -> bool:
+    """Does ``answer`` cite a passage number beyond the ``passages`` it was given? A model that starts
+    counting ("[1] [2] [3] … [62]") does, and the runtime ends the answer there."""
+    return passages > 0 and any(n > passages for n in cited_numbers(answer))
+
+
 def strip_citations(answer: str) -> str:
     """The answer without its [n] markers (code left as it is), for scoring it against a reference."""
     return _MARKERS.sub(lambda m: m.group("code") or m.group("echo") or "", answer or "")

@@ -74,4 +74,7 @@ def test_runtime_process_term_of_the_fit_check_covers_the_measured_process(tmp_p
 
     row = measure(real_bundle_path(tmp_path_factory))
     assert row["peak_rss_mb"] > row["model_file_mb"] + row["kv_cache_mb"]
-    assert 50 < row["runtime_base_mb"] <= fit.RUNTIME_BASE_BYTES / 1e6, f"measured {row}: raise fit.RUNTIME_BASE_BYTES"
+    # `run` embeds in a child process that exits before the model loads, so the embedder's term may come out
+    # negative here; what the fit check must cover is the whole process
+    assert 0 < row["runtime_process_mb"] and row["runtime_base_mb"] <= fit.RUNTIME_BASE_BYTES / 1e6, \
+        f"measured {row}: raise fit.RUNTIME_BASE_BYTES"

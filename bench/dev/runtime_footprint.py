@@ -5,9 +5,12 @@ bundle and takes the child's peak RSS (its VmHWM, recorded at exit), then subtra
 already counts — the model file, the KV cache at the bundle's context and the generator's own
 buffers (``fit.OVERHEAD_BYTES``) — leaving the process: Python, numpy, the embedder's
 onnxruntime session, SQLite and the CLI. Minus the embedder's file it is the base that
-``fit.RUNTIME_BASE_BYTES`` must cover.
+``fit.RUNTIME_BASE_BYTES`` must cover. ``rss_over_files`` is the whole peak ÷ (model file + embedder
+file), issue #18's figure; ``--legacy`` measures today's path too (``run --legacy-runtime``), in the same run.
+The KV term is the window and cache type each path really runs (the fast path caps n_ctx and keeps
+a q8_0 cache: 34 bytes per 32 values).
 
-    python -m slmforge.bench.dev.runtime_footprint BUNDLE... [--out bench/results/runtime_footprint.json]
+    python -m slmforge.bench.dev.runtime_footprint BUNDLE... [--legacy] [--out bench/results/runtime_footprint.json]
 """
 
 from __future__ import annotations
@@ -75,36 +78,70 @@ def gguf_config(model: Path) -> dict[str, Any]:
     return config
 
 
-def measure(bundle_path: Path) -> dict[str, Any]:
+def measure(bundle_path: Path, legacy: bool = False, threads: int | None = None) -> dict[str, Any]:
     bundle = open_bundle(bundle_path)
     m = bundle.manifest
     if m.model.get("format") != "gguf":
         raise SystemExit(f"error: {bundle_path}: only GGUF bundles are measured here (the generator term is llama.cpp's)")
+    from slmforge.runtime.engine import answer_path
+
+    path = answer_path(legacy)
     n_ctx = int(m.generation["n_ctx"])
-    peak = peak_rss_of(["run", str(bundle_path), QUESTION, "--json"])
+    if path.max_n_ctx:
+        n_ctx = min(n_ctx, path.max_n_ctx)
+    kv_bytes_per_value = {"f16": 2, "q8_0": 34 / 32}[path.llama.kv_type]
+    peak = peak_rss_of(["run", str(bundle_path), QUESTION, "--json", *(["--legacy-runtime"] if legacy else []),
+                        *(["--threads", str(threads)] if threads else [])])
     config = gguf_config(bundle.model_path)
-    kv = fit.kv_cache_bytes(config, n_ctx, fit.KV_BYTES_PER_VALUE["gguf"])
+    kv = int(fit.kv_cache_bytes(config, n_ctx, 1) * kv_bytes_per_value)
     generator = fit.generator_overhead_bytes("gguf", config)
     model_bytes = bundle.model_path.stat().st_size
     embedder_bytes = (bundle.embedder_dir / "model.onnx").stat().st_size
     process = peak - model_bytes - kv - generator
-    return {"bundle": str(bundle_path), "quant": m.model["quant"], "n_ctx": n_ctx, "peak_rss_mb": round(peak / MB, 1),
+    return {"bundle": str(bundle_path), "path": "legacy" if legacy else "fast", "quant": m.model["quant"],
+            "n_ctx": n_ctx, "peak_rss_mb": round(peak / MB, 1),
+            "rss_over_files": round(peak / (model_bytes + embedder_bytes), 3),
             "model_file_mb": round(model_bytes / MB, 1), "kv_cache_mb": round(kv / MB, 1),
             "generator_overhead_mb": round(generator / MB, 1), "runtime_process_mb": round(process / MB, 1),
             "embedder_file_mb": round(embedder_bytes / MB, 1), "runtime_base_mb": round((process - embedder_bytes) / MB, 1)}
 
 
+def plot(rows: list[dict[str, Any]], png: Path) -> None:
+    """Peak RSS per bundle and path, split into what it holds, against 1.5 × (model + embedder files)."""
+    from slmforge.bench.plots import pyplot, write_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10.5, 1.6 + 0.6 * len(rows)))
+    labels = [f"{Path(r['bundle']).name} {r.get('path', '')}" for r in rows]
+    left = [0.0] * len(rows)
+    for key, name in (("model_file_mb", "model file"), ("kv_cache_mb", "KV cache (formula)"),
+                      ("generator_overhead_mb", "generator buffers (fit)"), ("runtime_process_mb", "the rest")):
+        values = [max(0.0, r[key]) for r in rows]
+        ax.barh(labels, values, left=left, label=name)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    for i, r in enumerate(rows):
+        ax.text(r["peak_rss_mb"] + 4, i, f"{r['peak_rss_mb']:.0f} MB = {r['rss_over_files']:.2f}× files", va="center")
+        ax.plot([1.5 * (r["model_file_mb"] + r["embedder_file_mb"])] * 2, [i - 0.4, i + 0.4], color="black")
+    ax.set_xlabel("peak RSS of `slmforge run`, MB (black line: 1.5 × model + embedder files)")
+    ax.set_xlim(0, max(r["peak_rss_mb"] for r in rows) * 1.45)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    write_png(plt, fig, png)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--legacy", action="store_true", help="also measure `run --legacy-runtime` (today's path)")
+    ap.add_argument("--threads", type=int, default=None, help="run's --threads (memory barely depends on it)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/runtime_footprint.json"))
     args = ap.parse_args(argv)
-    rows = [measure(path) for path in args.bundles]
+    rows = [measure(path, legacy, args.threads) for path in args.bundles for legacy in ([True, False] if args.legacy else [False])]
     print(format_table(list(rows[0]), [list(r.values()) for r in rows]))
     used = fit.RUNTIME_BASE_BYTES / MB
     print(f"fit.RUNTIME_BASE_BYTES = {used:.1f} MB; measured max {max(r['runtime_base_mb'] for r in rows):.1f} MB")
     atomic_write_json(args.out, {"question": QUESTION, "rows": rows, "fit_runtime_base_mb": round(used, 1)})
-    print(f"wrote {args.out}")
+    plot(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

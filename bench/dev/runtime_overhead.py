@@ -1,6 +1,9 @@
 """How much our generation loop costs over the bare libraries, as ratios from one run.
 
-* GGUF: our ``LlamaCppBackend.stream`` (llama-cpp-python's ``Llama.generate`` + detokenize + EOG
+* GGUF prefill (pp512): our ``LlamaCppBackend.stream`` of a 512-token prompt to its first token
+  (tokenize, prefill, first sample, detokenize) against the bare library on the same ``Llama``:
+  ``reset``, ``eval`` of the same 512 tokens, one greedy ``llama_sampler_sample``. Goal ≥ 0.98.
+* GGUF decode (tg128): our ``LlamaCppBackend.stream`` (llama-cpp-python's ``Llama.generate`` + detokenize + EOG
   check + timing) against a bare token loop on the same ``Llama`` object and threads:
   ``llama_sampler_sample`` (greedy, in C) then ``Llama.eval`` of that one token. Goal ≥ 0.98.
 * ONNX: our ``OnnxGenaiBackend.stream`` against a bare ``generate_next_token`` loop, and the ONNX
@@ -22,10 +25,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
+from slmforge.bench.measure import PP_TOKENS
 from tqdm import tqdm
 
 from slmforge.errors import UserError
@@ -76,6 +81,42 @@ def bare_genai_loop(model: Any, prompt_tokens: list[int], n: int) -> float:
         if i == 0:
             first = time.perf_counter()
     return decode_rate(first, time.perf_counter(), n)
+
+
+def pp_prompt(backend: Any, n: int) -> tuple[str, list[int]]:
+    """A text prompt of ``n`` tokens (as the backend tokenizes it) and those tokens."""
+    text = PROMPT
+    while len(backend.tokenize(text)) < n + 8:
+        text += " " + PROMPT
+    tokens = backend.tokenize(text)[:n]
+    text = backend._llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
+    return text, backend.tokenize(text)
+
+
+def ours_prefill(backend: Any, prompt: str, n: int) -> float:
+    """Our path's prefill rate: prompt tokens ÷ time from the call to the first streamed token."""
+    backend._llm.reset()
+    start = time.perf_counter()
+    stream = backend.stream(prompt, max_tokens=1, temperature=0.0)
+    next(iter(stream), None)
+    elapsed = time.perf_counter() - start
+    stream.drain()
+    return n / elapsed
+
+
+def bare_prefill(llm: Any, tokens: list[int]) -> float:
+    """The library's prefill rate on the same tokens: eval, then one greedy sample in C."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_greedy()
+    try:
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(tokens)
+        llama_cpp.llama_sampler_sample(sampler, llm._ctx.ctx, -1)
+        return len(tokens) / (time.perf_counter() - start)
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
 
 
 def ours(backend: Any, n: int) -> float:
@@ -132,6 +173,11 @@ def measure_overhead(gguf: Path, onnx: Path | None, threads: int, tokens: int, r
                            "tokens": tokens, "repeats": repeats, "prompt_chars": len(PROMPT)}
     gguf_backend = load_backend(gguf, threads=threads)
     llm = gguf_backend._llm
+    out["settings"] = asdict(gguf_backend.settings)
+    pp_text, pp_tokens = pp_prompt(gguf_backend, PP_TOKENS)
+    xs, ys = alternate(lambda: ours_prefill(gguf_backend, pp_text, len(pp_tokens)),
+                       lambda: bare_prefill(llm, pp_tokens), repeats, "GGUF prefill ours vs bare")
+    out["gguf_prefill"] = {**summary(xs, ys), "prompt_tokens": len(pp_tokens)}
     prompt_tokens = gguf_backend.tokenize(PROMPT)
     xs, ys = alternate(lambda: ours(gguf_backend, tokens), lambda: bare_llama_loop(llm, prompt_tokens, tokens),
                        repeats, "GGUF ours vs bare")
@@ -167,7 +213,7 @@ def measure_overhead(gguf: Path, onnx: Path | None, threads: int, tokens: int, r
 @click.option("--out", type=click.Path(path_type=Path), help="Write the result as JSON here too.")
 def main(gguf: Path, onnx: Path | None, threads: int | None, tokens: int, repeats: int, profile: bool,
          out: Path | None) -> None:
-    """Our generation loop's decode tok/s vs. bare llama-cpp-python (and ONNX vs GGUF), from one run."""
+    """Our prefill and decode tok/s vs. bare llama-cpp-python (and ONNX vs GGUF), from one run."""
     from slmforge.runtime.backend import default_threads
 
     try:
@@ -176,6 +222,9 @@ def main(gguf: Path, onnx: Path | None, threads: int | None, tokens: int, repeat
         raise click.ClickException(str(exc)) from None
     if out:
         atomic_write_json(out, result)
+    pre = result["gguf_prefill"]
+    click.echo(f"GGUF prefill (pp{pre['prompt_tokens']}): ours {pre['ours_tok_s']} tok/s vs bare llama-cpp-python "
+               f"{pre['bare_tok_s']} tok/s → ratio {pre['ratio']} (best-of {pre['best_ratio']}; goal ≥ 0.98)")
     loop = result["gguf_loop"]
     click.echo(f"GGUF decode: ours {loop['ours_tok_s']} tok/s vs bare llama-cpp-python {loop['bare_tok_s']} tok/s "
                f"→ ratio {loop['ratio']} (best-of ratio {loop['best_ratio']}; goal ≥ 0.98; medians of {repeats} "
