@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from slmforge.runtime.backend import GenerationResult, StreamTimer, check_prompt_fits
+from slmforge.runtime.backend import GenerationResult, StopCheck, StreamTimer, check_prompt_fits
 from slmforge.runtime.batch_scheduler import BatchScheduler, Sampling
 from slmforge.runtime.result_stream import ResultStream
 
@@ -78,27 +78,32 @@ class BatchedLlamaBackend:
 
     def stream(
         self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-        repeat_penalty: float = 1.0,
+        repeat_penalty: float = 1.0, stop: StopCheck | None = None,
     ) -> ResultStream[GenerationResult]:
-        return ResultStream(self._deltas(prompt, max_tokens, Sampling(temperature, top_p, repeat_penalty, seed)))
+        return ResultStream(self._deltas(prompt, max_tokens, Sampling(temperature, top_p, repeat_penalty, seed), stop))
 
-    def _deltas(self, prompt: str, max_tokens: int, sampling: Sampling) -> Generator[str, None, GenerationResult]:
+    def _deltas(self, prompt: str, max_tokens: int, sampling: Sampling,
+                stop: StopCheck | None = None) -> Generator[str, None, GenerationResult]:
         tokens = self.tokenize(prompt)
         check_prompt_fits(len(tokens), max_tokens, self.n_ctx)
         budget = max(1, min(max_tokens, self.n_ctx - len(tokens)))
         timer = StreamTimer(prompt_tokens=len(tokens))
         job = self.scheduler.submit(tokens, budget, sampling)
+        stopped = False
         try:
             for token in job.stream():
                 delta = timer.add(self._llm.detokenize([token]))
                 if delta:
                     yield delta
-        finally:  # a closed stream (client gone) frees its sequence at the scheduler's next step
+                    if stop is not None and stop(timer.text()):
+                        stopped = True
+                        break
+        finally:  # a closed or stopped stream (client gone, guard hit) frees its sequence at the scheduler's next step
             job.cancel()
         tail = timer.flush()
         if tail:
             yield tail
-        return timer.result(job.finish_reason, prefill_ms=job.prefill_ms)
+        return timer.result("stop" if stopped else job.finish_reason, prefill_ms=job.prefill_ms)
 
     def generate(self, prompt: str, **kw: Any) -> GenerationResult:
         return self.stream(prompt, **kw).drain()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from slmforge.runtime.llama_probe import ensure_llama_cpp_runs
 from slmforge.runtime.result_stream import ResultStream
 
 from slmforge.errors import UserError
+from slmforge.gguf_header import read_gguf_header
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,13 +52,32 @@ LEGACY_SETTINGS = LlamaSettings()
 FAST_SETTINGS = LlamaSettings(flash_attn=True, kv_type="q8_0", n_ubatch=256)
 
 
+QUANT_KV_BLOCK = 32  # a q8_0 block: llama.cpp refuses a quantized KV cache whose head size it does not divide
+
+
+def kv_type_for(model_path: Path, kv_type: str) -> str:
+    """``kv_type``, or f16 where the model's attention heads are too small to quantize (llama.cpp would refuse)."""
+    if kv_type == "f16":
+        return kv_type
+    try:
+        meta = read_gguf_header(model_path).metadata
+        arch = meta["general.architecture"]
+        heads = int(meta[f"{arch}.attention.head_count"])
+        width = int(meta[f"{arch}.embedding_length"])
+        dims = (int(meta.get(f"{arch}.attention.key_length", width // heads)),
+                int(meta.get(f"{arch}.attention.value_length", width // heads)))
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError, struct.error):
+        return kv_type  # llama.cpp will say what is wrong with the file
+    return kv_type if all(d % QUANT_KV_BLOCK == 0 for d in dims) else "f16"
+
+
 def open_llama(model_path: Path, settings: LlamaSettings, n_ctx: int, **extra: Any) -> Any:
     """A ``llama_cpp.Llama`` on ``model_path`` with ``settings`` (the one place its knobs are spelled)."""
     import llama_cpp
 
     if settings.kv_type not in KV_TYPES:
         raise UserError(f"KV cache type {settings.kv_type!r} is not one of {', '.join(KV_TYPES)}")
-    kv = getattr(llama_cpp, f"GGML_TYPE_{settings.kv_type.upper()}")
+    kv = getattr(llama_cpp, f"GGML_TYPE_{kv_type_for(model_path, settings.kv_type)}".upper())
     threads = settings.threads or default_threads()
     n_batch = min(settings.n_batch, n_ctx)
     return llama_cpp.Llama(

@@ -136,6 +136,11 @@ class Engine:
                 keep(self.fixed_prefix())
         return self._backend
 
+    @backend.setter
+    def backend(self, backend: Backend) -> None:
+        """``serve --parallel`` puts the batched backend over the loaded model in its place."""
+        self._backend = backend
+
     def fixed_prefix(self) -> str:
         """The prompt text every question starts with: the template's head and the system prompt.
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from slmforge.runtime.backend import load_backend
 from slmforge.runtime.backend_batched import BatchedLlamaBackend, batched, profile_parallel
-from slmforge.runtime.backend_llamacpp import LlamaCppBackend
+from slmforge.runtime.backend_llamacpp import LlamaCppBackend, kv_type_for
 
 from slmforge.errors import UserError
 from slmforge.profiles import HOST_PARALLEL
@@ -141,3 +141,32 @@ def test_server_client_leaving_mid_stream_frees_its_slot(tmp_path_factory: pytes
         again = httpx.post(srv.url + "/v1/chat/completions", timeout=120,
                            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
         assert again.status_code == 200
+
+
+def test_heads_too_small_for_a_quantized_kv_cache_get_f16(tiny_gguf: Path, single: LlamaCppBackend):
+    """llama.cpp refuses a q8_0 KV cache when the head size (16 here) is not a multiple of 32: the runtime
+    falls back to f16 for such a model instead of failing to load it."""
+    assert single.settings.kv_type == "q8_0"  # the fast path asks for q8_0 ...
+    assert kv_type_for(tiny_gguf, "q8_0") == "f16"  # ... and gets f16 for this model
+    assert kv_type_for(tiny_gguf, "f16") == "f16"
+
+
+def test_a_stop_check_ends_a_batched_answer_like_a_lone_one_and_frees_it(single: LlamaCppBackend):
+    """The citation guard's ``stop`` ends the batched answer at the same text as the lone path's."""
+    prompt = _prompts(single)[0]
+    def stop(text: str) -> bool:
+        return len(text) >= 12
+
+    alone = single.generate(prompt, max_tokens=40, stop=stop)
+    together = BatchedLlamaBackend(single, parallel=2)
+    try:
+        got = together.generate(prompt, max_tokens=40, stop=stop)
+        deadline = time.monotonic() + 10
+        while not _kv_free(together) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        freed = _kv_free(together)
+    finally:
+        together.scheduler.close()
+    assert alone.finish_reason == "stop" and alone.completion_tokens < 40
+    assert (got.text, got.finish_reason) == (alone.text, alone.finish_reason)
+    assert freed
