@@ -139,7 +139,7 @@ def quality_identity(path: Path) -> str | None:
 
     Profiles that ship the same model and index differ only in context size and threads; their
     perplexity and QA F1 are measured once (speed and memory are still measured per bundle)."""
-    from slmforge.runtime.bundle import read_bundle_manifest
+    from slmforge.runtime.bundle.reader import read_bundle_manifest
 
     if not path.is_dir():
         return None  # a .tar bundle or a bare model: measured on its own

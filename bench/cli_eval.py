@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from slmforge.runtime.cli_run import threads_option
+from slmforge.runtime.answer.cli import threads_option
 
 from slmforge.output import emit_json, json_option
 

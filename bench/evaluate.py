@@ -29,9 +29,9 @@ from slmforge.bench.metrics import (
     median_of,
     paired_bootstrap,
 )
-from slmforge.runtime.answer import Answer, Answerer
-from slmforge.runtime.bundle import Bundle, open_bundle
-from slmforge.runtime.drift import NULL_PROBES
+from slmforge.runtime.answer.types import Answer, Answerer
+from slmforge.runtime.bundle.reader import Bundle, open_bundle
+from slmforge.runtime.telemetry.drift import NULL_PROBES
 
 from slmforge import __version__
 from slmforge.datafiles import iter_jsonl
@@ -315,7 +315,7 @@ def run_eval(bundles: list[Path], qa: Path, baseline: Path | None = None, k: int
     probes = read_probes(probes_path)
     systems = open_systems(bundles, baseline)
     if engine_factory is None:
-        from slmforge.runtime.engine import Engine
+        from slmforge.runtime.answer.engine import Engine
 
         def engine_factory(bundle: Bundle) -> Any:
             return Engine(bundle, threads=threads)

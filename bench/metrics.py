@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from slmforge.runtime.drift import split_sentences
+from slmforge.runtime.telemetry.drift import split_sentences
 
 from slmforge.rag_prompt import cited_numbers, strip_citations
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from slmforge.bench.metrics import answer_scores
 from slmforge.bench.records import Metric, measured, unknown
-from slmforge.runtime.backend import Backend
+from slmforge.runtime.generate.backend import Backend
 from tqdm import tqdm
 
 from slmforge.errors import UserError

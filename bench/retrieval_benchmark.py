@@ -2,7 +2,7 @@
 
 FAQ chunks carry their question in their heading, so FAQ hit@k is easy by construction. Here
 every question comes from documents the retriever was not trained on, its gold chunk is the
-one of its section holding most of its answer (``runtime/gold_chunks.py``), and a question
+one of its section holding most of its answer (``runtime/index/gold_chunks.py``), and a question
 whose content words cover half or more of that section's heading is left out of the hard set
 (it is kept in the ``faq`` set, measured separately so a trained embedder cannot silently lose
 it). Each embedder (an exported device folder: int8 ONNX + tokenizer) gets its own index of
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from slmforge.bench.metrics import bootstrap_ci, content_words, paired_bootstrap
 from slmforge.bench.plots import pyplot
-from slmforge.runtime.embedder import Embedder, read_embedder_info
-from slmforge.runtime.gold_chunks import CorpusChunk, gold_chunks
-from slmforge.runtime.index import RagIndex
-from slmforge.runtime.indexing import sync_documents
+from slmforge.runtime.index.embedder import Embedder, read_embedder_info
+from slmforge.runtime.index.gold_chunks import CorpusChunk, gold_chunks
+from slmforge.runtime.index.store import RagIndex
+from slmforge.runtime.index.sync import sync_documents
 from tqdm import tqdm
 
 from slmforge.errors import UserError

@@ -21,7 +21,7 @@ from typing import Any
 
 from slmforge.bench import measure, quality
 from slmforge.bench.records import BundleInfo, Metric, measured, unknown
-from slmforge.runtime.answer import Answerer
+from slmforge.runtime.answer.types import Answerer
 
 from slmforge.errors import UserError
 from slmforge.heldout import load_heldout_texts
@@ -118,15 +118,15 @@ def _rag_ttft(engine: Answerer, probe: Any, job: BundleJob) -> dict[str, Metric]
 
 def measure_bundle(job: BundleJob) -> BundleResult:
     """All metrics of one bundle at ``job.threads`` threads, in this process."""
-    from slmforge.runtime.backend import load_backend
+    from slmforge.runtime.generate.backend import load_backend
 
     path = Path(job.path)
     steps = _Steps()
     start = time.perf_counter()
     engine, bundle = None, None
     if (path / "manifest.json").is_file() or path.suffix == ".tar":
-        from slmforge.runtime.bundle import open_bundle
-        from slmforge.runtime.engine import Engine
+        from slmforge.runtime.answer.engine import Engine
+        from slmforge.runtime.bundle.reader import open_bundle
 
         bundle = open_bundle(path)
         engine = Engine(bundle, threads=job.threads)

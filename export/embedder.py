@@ -117,7 +117,7 @@ def _quantize(src: Path, dst: Path, quantize: str) -> None:
 
 def corpus_chunks(docs: Path, n: int = CHECK_CHUNKS) -> list[str]:
     """``n`` real chunks of the documents, spread over all files (the agreement check's inputs)."""
-    from slmforge.runtime.chunking import chunk_text, iter_documents
+    from slmforge.runtime.index.chunking import chunk_text, iter_documents
 
     chunks = [c.text for path, rel in iter_documents([docs]) for c in chunk_text(path.read_text(errors="replace"), rel,
                                                                                   max_tokens=200, overlap=0)]
@@ -156,7 +156,7 @@ def export_embedder(
     The result depends only on the encoder and the quantization, so an export gated on the
     shipped documents is kept in the user cache and copied on the next call (a minute saved per
     export on 2 cores)."""
-    from slmforge.runtime.embedder import EMBEDDER_CONFIG
+    from slmforge.runtime.index.embedder import EMBEDDER_CONFIG
 
     source = Path(source) if source is not None else embedded_embedder()
     if not (source / "config.json").is_file():
@@ -172,7 +172,7 @@ def export_embedder(
 
 
 def _copy_export(src: Path, out_dir: Path) -> EmbedderInfo:
-    from slmforge.runtime.embedder import EMBEDDER_CONFIG
+    from slmforge.runtime.index.embedder import EMBEDDER_CONFIG
 
     with atomic_dir(out_dir) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
@@ -182,7 +182,7 @@ def _copy_export(src: Path, out_dir: Path) -> EmbedderInfo:
 
 
 def _export_embedder(out_dir: Path, source: Path, quantize: str, check_docs: Path | None) -> EmbedderInfo:
-    from slmforge.runtime.embedder import EMBEDDER_CONFIG, MODEL_FILE, TOKENIZER_FILE, Embedder
+    from slmforge.runtime.index.embedder import EMBEDDER_CONFIG, MODEL_FILE, TOKENIZER_FILE, Embedder
 
     started = time.perf_counter()
     if not (source / "config.json").is_file() or not (source / TOKENIZER_FILE).is_file():

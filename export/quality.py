@@ -91,7 +91,7 @@ def artifact_logits(path: Path, windows: list[list[int]], threads: int | None = 
                     progress: bool = True) -> Iterable[np.ndarray]:
     """Logits of every position of each window, through the runtime backend that will run the artifact
     (a GGUF file: llama.cpp; an ONNX folder: onnxruntime-genai)."""
-    from slmforge.runtime.backend import load_backend
+    from slmforge.runtime.generate.backend import load_backend
     from tqdm import tqdm
 
     backend = load_backend(path, n_ctx=max(len(w) for w in windows), threads=threads)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.export.embedder import embedded_embedder
-from slmforge.runtime.embedder import TOKENIZER_FILE, token_counter
-from slmforge.runtime.gold_chunks import CorpusChunk, corpus_chunks, gold_chunks, split_documents
+from slmforge.runtime.index.embedder import TOKENIZER_FILE, token_counter
+from slmforge.runtime.index.gold_chunks import CorpusChunk, corpus_chunks, gold_chunks, split_documents
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir, atomic_write_text

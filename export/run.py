@@ -355,7 +355,7 @@ def export_summary(artifacts: list[ExportedArtifact]) -> str | None:
 def _prior_embedder(prior: PriorExport | None, tmp: Path, source: Path | None) -> EmbedderInfo | None:
     """The earlier export's device embedder, when it was exported from the same encoder."""
     from slmforge.export.embedder import embedded_embedder
-    from slmforge.runtime.embedder import EMBEDDER_CONFIG
+    from slmforge.runtime.index.embedder import EMBEDDER_CONFIG
 
     info = prior.embedder() if prior else None
     if info is None or info.quant != "int8":

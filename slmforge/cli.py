@@ -20,28 +20,28 @@ from slmforge.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("slmforge.commands.demo:demo", "Run the shipped recipe end to end on the embedded defaults."),
     "pipeline": ("slmforge.commands.pipeline:pipeline", "Run every stage of a recipe, skipping what is up to date."),
-    "base": ("slmforge.trainer.cli_base:base", "Import a base model (embedded SmolLM2-135M, a GGUF or an HF folder)."),
+    "base": ("slmforge.trainer.base.cli:base", "Import a base model (embedded SmolLM2-135M, a GGUF or an HF folder)."),
     "profiles": ("slmforge.commands.profiles:profiles", "List and show device profiles."),
-    "data": ("slmforge.trainer.cli_data:data", "Prepare documents; build SFT and preference data."),
-    "train": ("slmforge.trainer.cli_train:train", "Continual pretraining, SFT, preference alignment."),
-    "merge": ("slmforge.trainer.cli_merge:merge", "Merge checkpoints from a mergekit-style YAML."),
-    "compress": ("slmforge.trainer.cli_compress:compress", "Depth-prune a model by measured block importance."),
-    "distill": ("slmforge.trainer.cli_distill:distill", "Distill a teacher into a (pruned) student."),
+    "data": ("slmforge.trainer.data.cli:data", "Prepare documents; build SFT and preference data."),
+    "train": ("slmforge.trainer.train.cli:train", "Continual pretraining, SFT, preference alignment."),
+    "merge": ("slmforge.trainer.merge.cli:merge", "Merge checkpoints from a mergekit-style YAML."),
+    "compress": ("slmforge.trainer.shrink.cli_compress:compress", "Depth-prune a model by measured block importance."),
+    "distill": ("slmforge.trainer.shrink.cli_distill:distill", "Distill a teacher into a (pruned) student."),
     "export": ("slmforge.export.cli:export", "Compile a checkpoint to GGUF/ONNX that fits a device profile."),
-    "bundle": ("slmforge.runtime.cli_bundle:bundle", "Package model, embedder and RAG index for a device."),
-    "index": ("slmforge.runtime.cli_index:index", "Add, remove and inspect documents in a bundle's index."),
-    "run": ("slmforge.runtime.cli_run:run", "Answer one question from a bundle, with citations."),
-    "chat": ("slmforge.runtime.cli_run:chat", "Multi-turn chat with a bundle."),
-    "serve": ("slmforge.runtime.cli_serve:serve", "Serve a bundle over an OpenAI-compatible HTTP API."),
-    "telemetry": ("slmforge.runtime.cli_telemetry:telemetry", "Report latency, memory and drift from telemetry."),
-    "feedback": ("slmforge.runtime.cli_feedback:feedback", "Export user feedback as training data."),
+    "bundle": ("slmforge.runtime.bundle.cli:bundle", "Package model, embedder and RAG index for a device."),
+    "index": ("slmforge.runtime.index.cli:index", "Add, remove and inspect documents in a bundle's index."),
+    "run": ("slmforge.runtime.answer.cli:run", "Answer one question from a bundle, with citations."),
+    "chat": ("slmforge.runtime.answer.cli:chat", "Multi-turn chat with a bundle."),
+    "serve": ("slmforge.runtime.serve.cli:serve", "Serve a bundle over an OpenAI-compatible HTTP API."),
+    "telemetry": ("slmforge.runtime.telemetry.cli:telemetry", "Report latency, memory and drift from telemetry."),
+    "feedback": ("slmforge.runtime.telemetry.cli_feedback:feedback", "Export user feedback as training data."),
     "bench": ("slmforge.bench.cli:bench", "Benchmark bundles across device profiles; build reports."),
     "eval": ("slmforge.bench.cli_eval:eval_cmd", "Compare bundles with a baseline on held-out questions (RAG, citations)."),
 }
 # Sub-verbs that live with the code they drive rather than with their group (the layering keeps
 # trainer/ free of runtime imports, yet `data rag` reads best next to `data qa`).
 SUBCOMMANDS: dict[str, dict[str, str]] = {
-    "data": {"rag": "slmforge.runtime.cli_rag:rag"},
+    "data": {"rag": "slmforge.runtime.answer.cli_rag:rag"},
     "train": {"retriever": "slmforge.export.cli_retriever:retriever"},  # needs the runtime's chunker and torch
 }
 

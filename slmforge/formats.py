@@ -2,7 +2,7 @@
 
 Each format says which fields mark it, what is wrong with a malformed record, and, for the chat
 formats, the conversation it stands for. Training methods accept some of them
-(``trainer/datasets.ACCEPTS``: SFT takes every chat format); QA files (``slmforge/qa_records.py``)
+(``trainer/data/datasets.ACCEPTS``: SFT takes every chat format); QA files (``slmforge/qa_records.py``)
 read any chat format as its last question and answer. A new format is one row of ``FORMATS``.
 """
 

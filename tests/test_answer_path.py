@@ -6,8 +6,8 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import pytest
-from slmforge.runtime.answer import Answer, retrieval_summary
-from slmforge.runtime.result_stream import ResultStream
+from slmforge.runtime.answer.types import Answer, retrieval_summary
+from slmforge.runtime.generate.result_stream import ResultStream
 
 
 def _words(closed: list[str]) -> Generator[str, None, int]:

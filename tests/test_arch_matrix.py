@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from slmforge.export.gguf_writer import write_gguf
-from slmforge.trainer.tiny import TINY_SHAPES, build_tiny_arch_checkpoint
 
 from slmforge.architectures import ARCHITECTURES, for_config, for_gguf, supported_names
 from slmforge.errors import UserError
+from tests.tiny_checkpoint import TINY_SHAPES, build_tiny_arch_checkpoint
 
 F32_TOLERANCE = 5e-3
 F16_TOLERANCE = 3e-2
@@ -36,7 +36,7 @@ TEXTS = [
 
 def _imported(hf_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Tiny checkpoint -> `base import` of its HF folder (what a user with that model does first)."""
-    from slmforge.trainer.base_import import import_base
+    from slmforge.trainer.base.importer import import_base
 
     monkeypatch.setenv("SLMFORGE_CACHE", str(tmp_path / "cache"))
     source = build_tiny_arch_checkpoint(tmp_path / "hf", hf_name, seed=1)

@@ -390,7 +390,7 @@ def test_bench_run_path_imports_without_torch():
         "for m in ('cli', 'campaign', 'run_bundle', 'measure', 'quality', 'emulate', 'records', 'report', 'plots',\n"
         "          'dev.runtime_overhead', 'metrics', 'evaluate', 'eval_report', 'cli_eval'):\n"
         "    importlib.import_module('slmforge.bench.' + m)\n"
-        "importlib.import_module('slmforge.runtime.engine')\n"
+        "importlib.import_module('slmforge.runtime.answer.engine')\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]\n"
         "sys.exit(1 if bad else 0)\n"
     )
@@ -401,8 +401,8 @@ def test_bench_run_path_imports_without_torch():
 def test_faq_hit_at_k_uses_the_bundles_own_index(tmp_path: Path):
     import numpy as np
     from slmforge.bench.quality import faq_questions, faq_retrieval
-    from slmforge.runtime.chunking import Chunk
-    from slmforge.runtime.index import DocumentRecord, RagIndex
+    from slmforge.runtime.index.chunking import Chunk
+    from slmforge.runtime.index.store import DocumentRecord, RagIndex
 
     chunks = [Chunk("Use shutil.copyfile.", "faq/library.rst", ("Library FAQ", "How do I copy a file?"), 0, 20, 5),
               Chunk("With del.", "faq/library.rst", ("Library FAQ", "How do I delete a file?"), 21, 30, 3),

@@ -61,7 +61,7 @@ def test_runtime_overhead_reports_ratios(real_gguf: Path, tmp_path: Path):
     assert loop["ratio"] == pytest.approx(loop["ours_tok_s"] / loop["bare_tok_s"], rel=0.01)
     prof = result["gguf_profile"]
     assert 0 < prof["llama_decode_s"] <= prof["total_s"] and 0 <= prof["outside_decode_share"] < 1
-    assert "backend_llamacpp.py" in prof["top_functions"] or "llama.py" in prof["top_functions"]
+    assert "runtime/generate/llamacpp.py" in prof["top_functions"] or "llama.py" in prof["top_functions"]
 
 
 def test_runtime_process_term_of_the_fit_check_covers_the_measured_process(tmp_path_factory: pytest.TempPathFactory):

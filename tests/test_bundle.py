@@ -8,9 +8,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from slmforge.runtime.bundle import open_bundle
-from slmforge.runtime.bundle_build import build_bundle
-from slmforge.runtime.modelfile import render_modelfile
+from slmforge.runtime.bundle.build import build_bundle
+from slmforge.runtime.bundle.modelfile import render_modelfile
+from slmforge.runtime.bundle.reader import open_bundle
 
 from slmforge.errors import UserError
 from tests.conftest import run_cli
@@ -62,7 +62,7 @@ def test_modelfile_reproduces_chatml():
 
 
 def test_modelfile_reproduces_gemma_turns():
-    from slmforge.trainer.gguf_tokenizer_repair import GEMMA_TURN_TEMPLATE
+    from slmforge.trainer.base.gguf_tokenizer_repair import GEMMA_TURN_TEMPLATE
 
     text = render_modelfile("model-Q8_0.gguf", GEMMA_TURN_TEMPLATE, "Cite sources.", {"n_ctx": 2048})
     assert 'PARAMETER stop "<end_of_turn>"' in text and 'PARAMETER stop "<start_of_turn>"' in text
@@ -167,8 +167,8 @@ def test_index_from_reuses_an_index_of_the_same_vectors(built, tmp_path: Path, c
     import json
     import shutil
 
-    from slmforge.runtime import indexing
-    from slmforge.runtime.index import RagIndex
+    from slmforge.runtime.index import sync as indexing
+    from slmforge.runtime.index.store import RagIndex
 
     folder, _ = built
     export = tmp_path / "export2"
@@ -184,7 +184,7 @@ def test_index_from_reuses_an_index_of_the_same_vectors(built, tmp_path: Path, c
         embedder.embed = lambda texts: (embedded.extend(texts), real_embed(texts))[1]
         return original(index, embedder, *args, **kwargs)
 
-    monkeypatch.setattr("slmforge.runtime.bundle_build.sync_documents", counting)
+    monkeypatch.setattr("slmforge.runtime.bundle.build.sync_documents", counting)
     second = build_bundle(export, [folder.parent / "docs"], tmp_path / "b2", progress=False,
                           index_from=folder).path
     assert embedded == []  # every document was already in the copied index
@@ -266,7 +266,7 @@ def test_tar_link_chains_are_resolved_in_the_archive(tmp_path: Path, monkeypatch
 
 
 def test_links_inside_the_bundle_still_unpack(tmp_path: Path, monkeypatch):
-    from slmforge.runtime.bundle_tar import unpack_bundle_tar
+    from slmforge.runtime.bundle.tar import unpack_bundle_tar
 
     path = tmp_path / "ok.tar"
     with tarfile.open(path, "w") as tar:
@@ -315,7 +315,7 @@ def test_tar_member_declaring_a_huge_size_is_refused_from_its_header(tmp_path: P
 
 def test_unpacking_stops_at_the_budget_while_writing():
     """The header check can be wrong (sparse members); the copy itself counts bytes too."""
-    from slmforge.runtime.bundle_tar import copy_capped
+    from slmforge.runtime.bundle.tar import copy_capped
 
     out = io.BytesIO()
     with pytest.raises(UserError, match="unpacks past the size limit"):
@@ -410,8 +410,8 @@ def test_read_only_opens_roll_back_a_hot_journal(built, tmp_path: Path):
 
 
 def test_hot_journal_in_a_read_only_folder_says_how_to_recover(built, tmp_path: Path, monkeypatch):
-    from slmforge.runtime import sqlite
-    from slmforge.runtime.index import RagIndex
+    from slmforge.runtime.index import sqlite
+    from slmforge.runtime.index.store import RagIndex
 
     bundle = copy_bundle(built[0], tmp_path / "b")
     _kill_a_writer_mid_transaction(bundle / "rag.db")
@@ -421,7 +421,7 @@ def test_hot_journal_in_a_read_only_folder_says_how_to_recover(built, tmp_path: 
 
 
 def test_embedder_model_file_outside_its_folder_is_refused(built, tmp_path: Path):
-    from slmforge.runtime.embedder import Embedder
+    from slmforge.runtime.index.embedder import Embedder
 
     mine = copy_bundle(built[0], tmp_path / "mine")
     config = mine / "embedder" / "embedder.json"
@@ -432,7 +432,7 @@ def test_embedder_model_file_outside_its_folder_is_refused(built, tmp_path: Path
 
 def test_genai_config_file_names_outside_the_model_folder_are_refused(tmp_path: Path):
     pytest.importorskip("onnxruntime_genai")
-    from slmforge.runtime.backend_onnx import OnnxGenaiBackend
+    from slmforge.runtime.generate.onnx_genai import OnnxGenaiBackend
 
     folder = tmp_path / "onnx-int4"
     folder.mkdir()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from slmforge.runtime.backend import GenerationResult, StreamTimer
-from slmforge.runtime.context_budget import PromptPlan
-from slmforge.runtime.engine import Engine, answer_path
-from slmforge.runtime.index import Hit
-from slmforge.runtime.result_stream import ResultStream
+from slmforge.runtime.answer.context_budget import PromptPlan
+from slmforge.runtime.answer.engine import Engine, answer_path
+from slmforge.runtime.generate.backend import GenerationResult, StreamTimer
+from slmforge.runtime.generate.result_stream import ResultStream
+from slmforge.runtime.index.store import Hit
 
 from slmforge.rag_prompt import cites_missing_passage
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from slmforge.trainer.compress import block_similarity, compress, drop_blocks
-from slmforge.trainer.distill import DistillOptions, distill, kd_loss
-from slmforge.trainer.tiny import build_tiny_checkpoint
+from slmforge.trainer.shrink.compress import block_similarity, compress, drop_blocks
+from slmforge.trainer.shrink.distill import DistillOptions, distill, kd_loss
 
 from slmforge.errors import UserError
 from slmforge.manifest import read_manifest
 from tests.conftest import CORPUS, run_cli
+from tests.tiny_checkpoint import build_tiny_checkpoint
 
 IDENTITY_BLOCK = 2
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from slmforge.trainer.datasets import load_records
-from slmforge.trainer.pairs import mismatched_answers, model_answers, pick, run_pairs
+from slmforge.trainer.data.datasets import load_records
+from slmforge.trainer.data.pairs import mismatched_answers, model_answers, pick, run_pairs
 
 from slmforge.cli import main
 from slmforge.errors import UserError
@@ -84,7 +84,7 @@ def test_pairs_errors(tmp_path, qa_file):
 
 @pytest.mark.integration
 def test_real_model_rejected_answers(tmp_path, real_base, corpus_dir):
-    from slmforge.trainer.qa import build_qa
+    from slmforge.trainer.data.qa.build import build_qa
 
     build_qa([corpus_dir / "faq" / "library.rst"], tmp_path / "qa.jsonl", heldout_fraction=0)
     stats = run_pairs(tmp_path / "qa.jsonl", tmp_path / "prefs.jsonl", model=real_base, limit=4,

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from slmforge.trainer.pii import CLASSES, redact
-from slmforge.trainer.prepare import PrepareOptions, prepare, split_by_document, split_pieces
-from slmforge.trainer.textclean import html_to_text, rest_to_text
+from slmforge.trainer.data.pii import CLASSES, redact
+from slmforge.trainer.data.prepare import PrepareOptions, prepare, split_by_document, split_pieces
+from slmforge.trainer.data.textclean import html_to_text, rest_to_text
 
 from slmforge.cli import main
 from slmforge.errors import UserError

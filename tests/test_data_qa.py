@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from slmforge.trainer.faq import extract_pairs
-from slmforge.trainer.qa import build_qa
+from slmforge.trainer.data.qa.build import build_qa
+from slmforge.trainer.data.qa.faq import extract_pairs
 
 from slmforge.cli import main
 from slmforge.errors import UserError

@@ -50,9 +50,9 @@ def test_heldout_errors_are_one_line(tmp_path):
 
 def test_every_stage_reads_heldout_text_through_one_function():
     readers = {importlib.import_module(m).load_heldout_texts
-               for m in ("slmforge.export.run", "slmforge.bench.run_bundle", "slmforge.trainer.train_sft")}
+               for m in ("slmforge.export.run", "slmforge.bench.run_bundle", "slmforge.trainer.train.sft")}
     assert readers == {heldout.load_heldout_texts}
-    for module in ("slmforge.bench.quality", "slmforge.export.quality", "slmforge.trainer.perplexity"):
+    for module in ("slmforge.bench.quality", "slmforge.export.quality", "slmforge.trainer.train.perplexity"):
         own = [name for name in ("load_heldout", "load_heldout_texts", "load_texts", "_jsonl")
                if hasattr(importlib.import_module(module), name)]
         assert own == [], module
@@ -80,7 +80,7 @@ def test_sft_and_qa_read_alpaca_the_same_way():
     row = {"instruction": " Name a list method. ", "input": "mutating", "output": "append"}
     assert detect_format(row) == "alpaca"
     assert record_from_json("x", row).question == alpaca_prompt(row) == "Name a list method.\n\nmutating"
-    datasets = pytest.importorskip("slmforge.trainer.datasets")
+    datasets = pytest.importorskip("slmforge.trainer.data.datasets")
     assert datasets.to_messages("alpaca", row)[0]["content"] == alpaca_prompt(row)
 
 
@@ -102,7 +102,7 @@ def test_every_chat_format_row_is_read_by_sft_and_by_qa_alike(tmp_path, fmt):
     row = CHAT_SAMPLES[fmt]
     rec = record_from_json("x", row)
     assert (rec.question, rec.answer) == ("Q?", "A.")
-    datasets = pytest.importorskip("slmforge.trainer.datasets")
+    datasets = pytest.importorskip("slmforge.trainer.data.datasets")
     got_fmt, records = datasets.load_records(write_jsonl(tmp_path / "d.jsonl", [row, row]), "sft")
     assert got_fmt == fmt
     assert datasets.to_messages(fmt, records[0])[-2:] == [{"role": "user", "content": "Q?"},

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slmforge.runtime.bundle import open_bundle
-from slmforge.runtime.embed_child import embed_in_child
-from slmforge.runtime.embedder import Embedder
+from slmforge.runtime.answer.embed_child import embed_in_child
+from slmforge.runtime.bundle.reader import open_bundle
+from slmforge.runtime.index.embedder import Embedder
 
 from slmforge.errors import UserError
 from tests.serve_helpers import tiny_bundle_path
@@ -35,8 +35,8 @@ def test_a_broken_embedder_is_one_line(tmp_path: Path):
 def test_one_shot_answer_never_maps_onnxruntime(tiny_bundle: Path):
     code = f"""
 import sys
-from slmforge.runtime.bundle import open_bundle
-from slmforge.runtime.engine import Engine
+from slmforge.runtime.bundle.reader import open_bundle
+from slmforge.runtime.answer.engine import Engine
 with Engine(open_bundle({str(tiny_bundle)!r}), threads=1, one_shot=True) as engine:
     answer = engine.answer("How do I copy a file?", k=2, max_tokens=4)
 assert answer.citations, answer

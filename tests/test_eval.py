@@ -131,7 +131,7 @@ def tiny_bundles(tiny_checkpoint: Path, corpus_dir: Path, tmp_path_factory: pyte
     """A tiny random model that really generates, bundled with a tiny embedder over a few real documents;
     and a bundle whose embedder has other weights (never loaded: eval refuses it first)."""
     from slmforge.export.gguf_writer import write_gguf
-    from slmforge.runtime.bundle_build import build_bundle
+    from slmforge.runtime.bundle.build import build_bundle
 
     tmp = tmp_path_factory.mktemp("eval")
     docs = small_corpus(corpus_dir, tmp / "docs")

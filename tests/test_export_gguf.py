@@ -79,7 +79,7 @@ def test_backend_logits_match_transformers_and_feed_the_gate(tiny_checkpoint: Pa
     """``Backend.logits`` is every position's next-token logits, the ones export's gate compares."""
     import torch
     from slmforge.export.quality import artifact_logits
-    from slmforge.runtime.backend import load_backend
+    from slmforge.runtime.generate.backend import load_backend
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)

@@ -133,7 +133,7 @@ def test_onnx_backend_streams_the_reference_tokens_and_stops_at_eos(real_base: P
     """The runtime's ONNX generation path (chat template, tokenizer, streaming, EOS) on the fp32 export:
     the same prompt ids as transformers' chat template, the same 16 greedy tokens as the raw generator
     loop, and a short answer that ends by itself at <|im_end|> without showing it."""
-    from slmforge.runtime.backend_onnx import OnnxGenaiBackend
+    from slmforge.runtime.generate.onnx_genai import OnnxGenaiBackend
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(real_base)
@@ -156,7 +156,7 @@ def test_backend_logits_agree_between_gguf_and_onnx(real_base: Path, real_f16: P
                                                     corpus_dir: Path):
     """``Backend.logits`` of the two runtimes on the same ids: the same model (F16 GGUF vs fp32 ONNX), so the
     same next-token choices and the same held-out perplexity."""
-    from slmforge.runtime.backend import load_backend
+    from slmforge.runtime.generate.backend import load_backend
     from transformers import AutoTokenizer
 
     from slmforge.perplexity import perplexity, window_nll
@@ -205,7 +205,7 @@ def test_embedder_export_passes_its_gate_and_is_cached(tmp_path: Path, monkeypat
     import json
 
     from slmforge.export import embedder as embedder_export
-    from slmforge.runtime.embedder import Embedder
+    from slmforge.runtime.index.embedder import Embedder
 
     from slmforge.fileio import sha256_file
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from slmforge.runtime.feedback import export_feedback, parse_rating, record_feedback
-from slmforge.runtime.telemetry import TelemetryStore, telemetry_path
+from slmforge.runtime.telemetry.feedback import export_feedback, parse_rating, record_feedback
+from slmforge.runtime.telemetry.store import TelemetryStore, telemetry_path
 
 from slmforge.errors import UserError
 from tests.conftest import run_cli
@@ -60,7 +60,7 @@ def test_dpo_export_pairs_corrections_and_liked_over_disliked(tmp_path):
 
 
 def test_exports_are_accepted_by_the_trainer_loader(tmp_path):
-    datasets = pytest.importorskip("slmforge.trainer.datasets")
+    datasets = pytest.importorskip("slmforge.trainer.data.datasets")
     store = _store(tmp_path)
     export_feedback(store, "kto", tmp_path / "kto.jsonl")
     export_feedback(store, "dpo", tmp_path / "dpo.jsonl")
@@ -98,7 +98,7 @@ def test_dpo_without_pairs_says_to_use_kto(tmp_path):
 @pytest.mark.integration
 def test_kto_export_trains_with_align(tmp_path, tiny_checkpoint):
     """The exported file is real training data: `slmforge train align --method kto` runs on it."""
-    pytest.importorskip("slmforge.trainer.train_align", reason="train align (trainer engineer) not landed yet")
+    pytest.importorskip("slmforge.trainer.train.align", reason="train align (trainer engineer) not landed yet")
     store = _store(tmp_path)
     data = tmp_path / "kto.jsonl"
     export_feedback(store, "kto", data)
@@ -112,7 +112,7 @@ def test_kto_export_trains_with_align(tmp_path, tiny_checkpoint):
 
 
 def test_chat_good_and_bad_commands_store_ratings(tmp_path):
-    from slmforge.runtime.feedback import rate_from_chat
+    from slmforge.runtime.telemetry.feedback import rate_from_chat
 
     bundle = tmp_path / "b"
     bundle.mkdir()

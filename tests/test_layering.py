@@ -31,6 +31,35 @@ LAYERS: dict[str, frozenset[str]] = {
 }
 
 
+# Inside trainer/ and runtime/: sub-package -> the sibling sub-packages it may import (docs/ARCHITECTURE.md,
+# "Sub-packages"). A module belongs to the sub-package of its first two name parts below `slmforge`
+# (trainer/data/qa/ is part of trainer/data); the pipeline's flow runs down the trainer rows, and in the
+# runtime the retrieval and generation layers reach only the bundle format, while nothing but the answer
+# service reaches into serve.
+SUB_PACKAGES: dict[str, frozenset[str]] = {
+    "slmforge.trainer.base": frozenset(),
+    "slmforge.trainer.data": frozenset(),
+    "slmforge.trainer.train": frozenset({"slmforge.trainer.data"}),
+    "slmforge.trainer.shrink": frozenset({"slmforge.trainer.train"}),
+    "slmforge.trainer.merge": frozenset(),
+    "slmforge.runtime.bundle": frozenset({"slmforge.runtime.index", "slmforge.runtime.answer"}),
+    "slmforge.runtime.index": frozenset({"slmforge.runtime.bundle"}),
+    "slmforge.runtime.generate": frozenset({"slmforge.runtime.bundle"}),
+    "slmforge.runtime.answer": frozenset(
+        {"slmforge.runtime.bundle", "slmforge.runtime.index", "slmforge.runtime.generate",
+         "slmforge.runtime.telemetry", "slmforge.runtime.serve"}
+    ),
+    "slmforge.runtime.telemetry": frozenset(
+        {"slmforge.runtime.bundle", "slmforge.runtime.index", "slmforge.runtime.answer"}
+    ),
+    "slmforge.runtime.serve": frozenset(
+        {"slmforge.runtime.bundle", "slmforge.runtime.index", "slmforge.runtime.generate",
+         "slmforge.runtime.answer", "slmforge.runtime.telemetry"}
+    ),
+}
+SPLIT_PACKAGES = ("slmforge.trainer", "slmforge.runtime")  # hold sub-packages only, no flat modules
+
+
 def layer_of(module: str, layers: dict[str, frozenset[str]]) -> str | None:
     """The table row a dotted name belongs to; None for modules that are not ours."""
     owners = [name for name in layers if module == name or module.startswith(name + ".")]
@@ -102,13 +131,69 @@ def test_every_import_follows_the_layering_table():
     assert layer_violations(package_folders(), LAYERS) == []
 
 
-def test_the_test_fixture_module_is_imported_by_tests_only():
-    """trainer/tiny.py builds the tests' random checkpoints; shipped code takes nothing from it."""
-    users = [module for package, folder in package_folders().items()
+def test_shipped_code_imports_nothing_of_the_test_suite():
+    """tests/tiny_checkpoint.py builds the tests' random checkpoints; shipped code takes nothing from tests/."""
+    users = [f"{module} imports {name}" for package, folder in package_folders().items()
              for module, path, is_package in modules_under(package, folder)
-             if any(name == "slmforge.trainer.tiny" or name.startswith("slmforge.trainer.tiny.")
-                    for _, name in imported_names(module, path.read_text(), is_package))]
+             for _, name in imported_names(module, path.read_text(), is_package)
+             if name == "tests" or name.startswith("tests.")]
     assert users == []
+
+
+def sub_package_of(module: str) -> str | None:
+    """`slmforge.runtime.index.store` -> `slmforge.runtime.index`; None outside trainer/ and runtime/ sub-packages."""
+    parts = module.split(".")
+    return ".".join(parts[:3]) if len(parts) >= 4 and ".".join(parts[:2]) in SPLIT_PACKAGES else None
+
+
+def sub_package_violations(folders: dict[str, Path]) -> list[str]:
+    """Every import from one sub-package of trainer/ or runtime/ into a sibling that SUB_PACKAGES does not allow."""
+    found = []
+    for package in SPLIT_PACKAGES:
+        for module, path, is_package in modules_under(package, folders[package]):
+            own = sub_package_of(module if not is_package else module + ".__init__")
+            if own is None:
+                continue
+            for line, name in imported_names(module, path.read_text(), is_package):
+                target = sub_package_of(name + ".x") if name.count(".") == 2 else sub_package_of(name)
+                if target and target != own and target not in SUB_PACKAGES.get(own, frozenset()):
+                    found.append(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{line}: "
+                                 f"{module} imports {name} ({own} -> {target} is not in the sub-package table)")
+    return found
+
+
+def test_every_import_between_sub_packages_follows_their_table():
+    assert sub_package_violations(package_folders()) == []
+
+
+def test_trainer_and_runtime_hold_sub_packages_only():
+    """A new module goes into the sub-package of its job; every sub-package has a row in SUB_PACKAGES."""
+    folders = package_folders()
+    flat = [str(path.relative_to(REPO)) for package in SPLIT_PACKAGES for path in sorted(folders[package].glob("*.py"))
+            if path.name != "__init__.py"]
+    assert flat == []
+    found = {f"{package}.{path.parent.name}" for package in SPLIT_PACKAGES
+             for path in folders[package].glob("*/__init__.py")}
+    assert found == set(SUB_PACKAGES)
+
+
+def test_a_sibling_import_against_the_sub_package_table_fails(tmp_path: Path):
+    """runtime/index reaching into runtime/serve (two ways) is caught; reaching into the bundle format is not."""
+    runtime = tmp_path / "runtime"
+    for sub in ("index", "serve", "bundle"):
+        (runtime / sub).mkdir(parents=True)
+        (runtime / sub / "__init__.py").write_text("")
+    (runtime / "__init__.py").write_text("")
+    (runtime / "index" / "store.py").write_text(
+        "from slmforge.runtime.bundle.reader import resolve_inside\n"
+        "from slmforge.runtime.serve.api import create_app\n"
+        "def later():\n"
+        "    from slmforge.runtime.serve import gate\n"
+    )
+    (tmp_path / "trainer").mkdir()
+    found = sub_package_violations({"slmforge.trainer": tmp_path / "trainer", "slmforge.runtime": runtime})
+    assert len(found) == 2, found
+    assert all("slmforge.runtime.index -> slmforge.runtime.serve" in line for line in found)
 
 
 def test_a_module_against_the_table_fails(tmp_path: Path):
@@ -120,7 +205,7 @@ def test_a_module_against_the_table_fails(tmp_path: Path):
     (runtime / "bad.py").write_text(
         "import importlib\n"
         "def lazily():\n"
-        "    from slmforge.trainer.tiny import build_tiny_checkpoint\n"
+        "    from slmforge.trainer.train.sft import build_examples\n"
         "    from ..export import run\n"
         "    return importlib.import_module('slmforge.export.quality')\n"
     )
@@ -158,6 +243,16 @@ def _documented_table() -> dict[str, frozenset[str]]:
 
 def test_architecture_doc_states_the_same_table():
     assert _documented_table() == LAYERS
+
+
+def test_architecture_doc_states_the_same_sub_package_table():
+    text = ARCHITECTURE.read_text()
+    section = text.split("\n## Sub-packages", 1)[1].split("\n## ", 1)[0]
+    table = {}
+    for row in (line for line in section.splitlines() if line.startswith("| `")):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        table[re.findall(r"`([^`]+)`", cells[0])[0]] = frozenset(re.findall(r"`([^`]+)`", cells[1]))
+    assert table == SUB_PACKAGES
 
 
 def test_pyproject_lists_every_sub_package():

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from slmforge.runtime import llama_probe
-from slmforge.runtime.bundle_build import build_bundle
+from slmforge.runtime.bundle.build import build_bundle
+from slmforge.runtime.generate import llama_probe
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir
@@ -107,10 +107,10 @@ def test_a_stage_cleans_up_after_a_killed_run(tmp_path: Path, corpus_dir: Path):
     out = tmp_path / "b"
     code = ("import os, signal, sys\n"
             "from pathlib import Path\n"
-            "import slmforge.runtime.indexing as indexing\n"
-            "from slmforge.runtime.bundle_build import build_bundle\n"
+            "import slmforge.runtime.index.sync as indexing\n"
+            "from slmforge.runtime.bundle.build import build_bundle\n"
             "def die(*a, **k): os.kill(os.getpid(), signal.SIGKILL)\n"
-            "import slmforge.runtime.bundle_build as bb\n"
+            "import slmforge.runtime.bundle.build as bb\n"
             "bb.sync_documents = die\n"
             "build_bundle(Path(sys.argv[1]), [Path(sys.argv[2])], Path(sys.argv[3]), progress=False)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(export), str(docs), str(out)], check=False,

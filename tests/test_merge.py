@@ -10,14 +10,14 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from slmforge.trainer.merge import merge_from_config
-from slmforge.trainer.merge_config import Condition, evaluate, layer_position, load_merge_config
-from slmforge.trainer.merge_methods import Param
-from slmforge.trainer.tiny import build_tiny_checkpoint
+from slmforge.trainer.merge.config import Condition, evaluate, layer_position, load_merge_config
+from slmforge.trainer.merge.engine import merge_from_config
+from slmforge.trainer.merge.methods import Param
 
 from slmforge.errors import UserError
 from slmforge.manifest import read_manifest
 from tests.conftest import run_cli
+from tests.tiny_checkpoint import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_chatml_option_renders_as_mergekits_chatml() -> None:
     from importlib import resources
 
     from jinja2.sandbox import ImmutableSandboxedEnvironment
-    from slmforge.trainer.merge import choose_chat_template
+    from slmforge.trainer.merge.engine import choose_chat_template
 
     pytest.importorskip("mergekit")
     theirs = (resources.files("mergekit._data.chat_templates") / "chatml.jinja").read_text()

@@ -17,8 +17,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from slmforge.trainer.merge import merge_from_config
-from slmforge.trainer.tiny import build_tiny_checkpoint
+from slmforge.trainer.merge.engine import merge_from_config
+
+from tests.tiny_checkpoint import build_tiny_checkpoint
 
 pytest.importorskip("mergekit")
 

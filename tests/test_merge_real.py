@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from slmforge.trainer.safetensors_stream import checkpoint_tensors, read_tensor
+from slmforge.trainer.merge.safetensors_stream import checkpoint_tensors, read_tensor
 
 pytestmark = pytest.mark.integration
 
 
 def test_real_model_merged_with_itself_at_weight_one_is_identical(real_base: Path, tmp_path: Path) -> None:
     """linear, weight 1.0 on the model and on itself (a second path to the same folder): bit-identical."""
-    from slmforge.trainer.merge import merge_from_config
+    from slmforge.trainer.merge.engine import merge_from_config
 
     recipe = tmp_path / "self.yaml"
     recipe.write_text(yaml.safe_dump({"merge_method": "linear", "dtype": "float32", "models": [
@@ -34,7 +34,7 @@ def test_real_model_merged_with_itself_at_weight_one_is_identical(real_base: Pat
 
 def test_real_model_pruned_to_twenty_blocks_loads_and_answers(real_base: Path, corpus_dir: Path, tmp_path: Path) -> None:
     """Scores on real domain text (one short window: the CPU is shared), drop 10 blocks, generate."""
-    from slmforge.trainer.compress import compress
+    from slmforge.trainer.shrink.compress import compress
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     text = (corpus_dir / "faq" / "programming.rst")

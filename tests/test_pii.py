@@ -7,7 +7,7 @@ import json
 
 import pytest
 from slmforge.bench.dev.pii_quality import DOCS, load_sample, score, technical_changes
-from slmforge.trainer.pii import CLASSES, DEFAULT_CLASSES, iban_ok, luhn_ok, parse_classes, redact
+from slmforge.trainer.data.pii import CLASSES, DEFAULT_CLASSES, iban_ok, luhn_ok, parse_classes, redact
 
 from slmforge.errors import UserError
 from tests.test_data_prepare import PARA, _cli

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from slmforge.runtime.bundle import open_bundle
-from slmforge.runtime.engine import Engine, answer_path
+from slmforge.runtime.answer.engine import Engine, answer_path
+from slmforge.runtime.bundle.reader import open_bundle
 
 from tests.serve_helpers import tiny_bundle_path
 

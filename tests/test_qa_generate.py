@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from slmforge.trainer.qa import GenerateOptions, build_qa
-from slmforge.trainer.qa_generate import generate_pairs
-from slmforge.trainer.qa_questions import heading_question, verb_of
-from slmforge.trainer.qa_teacher import parse_reply
+from slmforge.trainer.data.qa.build import GenerateOptions, build_qa
+from slmforge.trainer.data.qa.generate import generate_pairs
+from slmforge.trainer.data.qa.questions import heading_question, verb_of
+from slmforge.trainer.data.qa.teacher import parse_reply
 
 from slmforge.cli import main
 

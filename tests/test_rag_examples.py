@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from slmforge.runtime.bundle import open_bundle
-from slmforge.runtime.bundle_build import build_bundle
-from slmforge.runtime.engine import Engine
+from slmforge.runtime.answer.engine import Engine
+from slmforge.runtime.bundle.build import build_bundle
+from slmforge.runtime.bundle.reader import open_bundle
 
 from slmforge.qa_records import QARecord, chunk_matches, in_section, read_qa, same_document
 from slmforge.rag_prompt import DEFAULT_SYSTEM_PROMPT, NOT_IN_DOCUMENTS

@@ -62,7 +62,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _gold_rank(embed, docs: Path, record: QARecord, count_tokens) -> int:
-    from slmforge.runtime.gold_chunks import corpus_chunks, gold_chunk
+    from slmforge.runtime.index.gold_chunks import corpus_chunks, gold_chunk
 
     chunks = corpus_chunks([docs], count_tokens)
     gold = gold_chunk(record, chunks)
@@ -76,7 +76,7 @@ def _gold_rank(embed, docs: Path, record: QARecord, count_tokens) -> int:
 def test_training_moves_a_held_out_pair_up(tuned: dict):
     from sentence_transformers import SentenceTransformer
     from slmforge.export.embedder import embedded_embedder
-    from slmforge.runtime.embedder import token_counter
+    from slmforge.runtime.index.embedder import token_counter
 
     m = tuned["manifest"]
     assert m.stage == "retriever" and m.params["heldout_documents"] == [f"people/{HELD}.rst"]
@@ -95,7 +95,7 @@ def test_training_moves_a_held_out_pair_up(tuned: dict):
 @pytest.mark.integration
 def test_the_tuned_embedder_passes_the_export_gate_and_names_itself(tuned: dict, tmp_path: Path):
     from slmforge.export.embedder import export_embedder
-    from slmforge.runtime.embedder import Embedder
+    from slmforge.runtime.index.embedder import Embedder
 
     info = export_embedder(tmp_path / "embedder", source=tuned["ckpt"], check_docs=tuned["docs"])
     config = json.loads((tmp_path / "embedder" / "embedder.json").read_text())
@@ -122,7 +122,7 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path: Path):
 
 
 def test_split_holds_out_whole_documents_per_folder():
-    from slmforge.runtime.gold_chunks import split_documents
+    from slmforge.runtime.index.gold_chunks import split_documents
 
     names = [f"docs/faq/{i}.rst" for i in range(8)] + [f"docs/library/{i}.rst" for i in range(4)]
     held = split_documents(names, 0.25, seed=0, always=["faq/3.rst"])
@@ -132,8 +132,8 @@ def test_split_holds_out_whole_documents_per_folder():
 
 
 def test_gold_chunk_is_the_section_chunk_holding_the_answer(tmp_path: Path):
-    from slmforge.runtime.chunking import word_count
-    from slmforge.runtime.gold_chunks import corpus_chunks, gold_chunk
+    from slmforge.runtime.index.chunking import word_count
+    from slmforge.runtime.index.gold_chunks import corpus_chunks, gold_chunk
 
     docs, train, _ = _corpus(tmp_path)
     chunks = corpus_chunks([docs], word_count)
@@ -143,7 +143,7 @@ def test_gold_chunk_is_the_section_chunk_holding_the_answer(tmp_path: Path):
 
 
 def test_a_bundle_whose_index_and_embedder_disagree_is_refused(tmp_path: Path):
-    from slmforge.runtime.bundle import open_bundle, write_manifest
+    from slmforge.runtime.bundle.reader import open_bundle, write_manifest
 
     from tests.serve_helpers import build_tiny_bundle
 

@@ -6,7 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from slmforge.runtime.chunking import chunk_text, decode_document, split_sections, word_count
+from slmforge.runtime.index.chunking import chunk_text, decode_document, split_sections, word_count
 
 from slmforge.errors import UserError
 

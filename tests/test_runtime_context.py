@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from slmforge.runtime.chat_template import render_chat
-from slmforge.runtime.context_budget import plan_prompt
-from slmforge.runtime.index import Hit
+from slmforge.runtime.answer.context_budget import plan_prompt
+from slmforge.runtime.generate.chat_template import render_chat
+from slmforge.runtime.index.store import Hit
 
 from slmforge.errors import UserError
 
@@ -88,7 +88,7 @@ def test_no_context_budget_is_todays_behaviour():
 
 
 def test_a_profile_tunes_the_fast_path_and_never_the_legacy_one():
-    from slmforge.runtime.engine import FAST_MAX_N_CTX, answer_path
+    from slmforge.runtime.answer.engine import FAST_MAX_N_CTX, answer_path
 
     default, zero = answer_path(legacy=False), answer_path(legacy=False, profile_name="raspberry-pi-zero-2w")
     assert zero.llama.n_ubatch == 128 and default.llama.n_ubatch == 256

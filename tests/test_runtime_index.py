@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slmforge.runtime.embedder import Embedder
-from slmforge.runtime.index import RagIndex, fts_query
-from slmforge.runtime.indexing import sync_documents
-from slmforge.runtime.sqlite import connect
+from slmforge.runtime.index.embedder import Embedder
+from slmforge.runtime.index.sqlite import connect
+from slmforge.runtime.index.store import RagIndex, fts_query
+from slmforge.runtime.index.sync import sync_documents
 
 from tests.runtime_fixtures import build_tiny_embedder, fake_model_export, small_corpus
 
@@ -81,8 +81,8 @@ def test_vector_modes_agree_with_exact(index: RagIndex, tiny_embedder: Embedder)
 
 def test_bit_scan_sees_writes_from_this_and_other_connections(tmp_path: Path):
     """The in-memory bits are reloaded after our own writes and after another process's commit."""
-    from slmforge.runtime.chunking import Chunk
-    from slmforge.runtime.index import DocumentRecord
+    from slmforge.runtime.index.chunking import Chunk
+    from slmforge.runtime.index.store import DocumentRecord
 
     rng = np.random.default_rng(0)
 
@@ -152,8 +152,8 @@ def test_incremental_sync(tmp_path: Path, tiny_embedder: Embedder, corpus_dir: P
 
 
 def test_kill_9_during_index_add_then_rerun(tmp_path: Path, corpus_dir: Path, tiny_embedder: Embedder):
-    from slmforge.runtime.bundle import open_bundle
-    from slmforge.runtime.bundle_build import build_bundle
+    from slmforge.runtime.bundle.build import build_bundle
+    from slmforge.runtime.bundle.reader import open_bundle
 
     from slmforge.errors import UserError
 
@@ -197,7 +197,7 @@ def test_kill_9_during_index_add_then_rerun(tmp_path: Path, corpus_dir: Path, ti
 
 def test_popcount_matches_python_with_and_without_numpy_2(monkeypatch: pytest.MonkeyPatch):
     """numpy ≥ 2 counts bits natively; the byte table keeps numpy 1.26 (the base install's floor) working."""
-    from slmforge.runtime import bitscan
+    from slmforge.runtime.index import bitscan
 
     words = np.random.default_rng(0).integers(0, 2**63, (64, 6), dtype=np.uint64)
     expected = [sum(int(w).bit_count() for w in row) for row in words]

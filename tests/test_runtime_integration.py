@@ -37,7 +37,7 @@ def real_embedder() -> Path:
 
 @pytest.fixture(scope="session")
 def real_bundle(real_embedder: Path, corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slmforge.runtime.bundle_build import build_bundle
+    from slmforge.runtime.bundle.build import build_bundle
 
     key = sha256_path(real_embedder)[:8] + sha256_path(corpus_dir)[:8]
     out = _cache() / f"bundle-python-docs-{key}"
@@ -61,8 +61,8 @@ def test_run_json_answers_with_citations(real_bundle: Path, corpus_dir: Path):
 
 
 def test_generation_stops_at_eos(real_bundle: Path):
-    from slmforge.runtime.bundle import open_bundle
-    from slmforge.runtime.engine import Engine
+    from slmforge.runtime.answer.engine import Engine
+    from slmforge.runtime.bundle.reader import open_bundle
 
     with Engine(open_bundle(real_bundle)) as engine:
         a = engine.answer("Reply with just the word: yes", use_rag=False, max_tokens=200)
@@ -76,8 +76,8 @@ def test_generation_stops_at_eos(real_bundle: Path):
 
 def test_repeat_penalty_stops_greedy_loops(real_bundle: Path):
     """Greedy 135M decoding loops ('* `assert`' 120 times) without the bundle's default penalty (1.1)."""
-    from slmforge.runtime.bundle import open_bundle
-    from slmforge.runtime.engine import DEFAULT_REPEAT_PENALTY, Engine
+    from slmforge.runtime.answer.engine import DEFAULT_REPEAT_PENALTY, Engine
+    from slmforge.runtime.bundle.reader import open_bundle
 
     def distinct(text: str) -> float:
         ids = engine.backend.tokenize(text)

@@ -174,10 +174,10 @@ def test_drift_session_is_flagged_and_reported(real_bundle, tmp_path):
 def test_report_flags_drift_on_real_retrieval_scores(real_bundle, tmp_path):
     """The report's drift verdict on real retrieval (real embedder, real index), without generation."""
     import numpy as np
-    from slmforge.runtime.bundle import open_bundle
-    from slmforge.runtime.embedder import Embedder
-    from slmforge.runtime.index import RagIndex
-    from slmforge.runtime.telemetry import TelemetryStore
+    from slmforge.runtime.bundle.reader import open_bundle
+    from slmforge.runtime.index.embedder import Embedder
+    from slmforge.runtime.index.store import RagIndex
+    from slmforge.runtime.telemetry.store import TelemetryStore
 
     bundle = open_bundle(real_bundle, verify=False)
     embedder = Embedder(bundle.embedder_dir)

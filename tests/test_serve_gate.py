@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from slmforge.runtime.server_gate import GenerationGate, Overloaded
+from slmforge.runtime.serve.gate import GenerationGate, Overloaded
 
 
 def test_one_runs_queue_waits_rest_refused():

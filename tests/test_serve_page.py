@@ -44,7 +44,7 @@ def page_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prebuilt = os.environ.get("SLMFORGE_PAGE_BUNDLE")
     if prebuilt:
         return Path(prebuilt)
-    from slmforge.runtime.bundle_build import build_bundle
+    from slmforge.runtime.bundle.build import build_bundle
 
     root = tmp_path_factory.mktemp("page")
     docs = small_corpus(CORPUS, root / "docs")
@@ -119,7 +119,7 @@ def _ask(driver, question: str | None, via_script: bool = False):
 
 
 def _rows(db: Path) -> tuple[list[dict], list[dict]]:
-    from slmforge.runtime.telemetry import TelemetryStore
+    from slmforge.runtime.telemetry.store import TelemetryStore
 
     store = TelemetryStore(db, readonly=True)
     try:
@@ -166,7 +166,7 @@ def test_page_asks_streams_cites_rates_and_survives_bad_input(served, browser, p
     sources[0].click()
     panel = _wait(driver, lambda d: d.find_element(By.ID, "passage") if d.find_element(By.ID, "passage").is_displayed()
                   and d.find_element(By.ID, "passage").get_attribute("data-chunk") else False, 30, "no passage")
-    from slmforge.runtime.index import RagIndex
+    from slmforge.runtime.index.store import RagIndex
 
     with RagIndex(page_bundle / "rag.db", readonly=True) as index:
         expected = index.passage(chunk_id)

@@ -10,8 +10,8 @@ import sqlite3
 import httpx
 import pytest
 from slmforge.bench.dev.load_test import half_open_connections
-from slmforge.runtime.api_error import ApiError
-from slmforge.runtime.request_body import parse_json_object
+from slmforge.runtime.serve.api_error import ApiError
+from slmforge.runtime.serve.request_body import parse_json_object
 
 from tests.serve_helpers import serving, tiny_bundle_path
 

@@ -30,7 +30,7 @@ def test_summary_is_read_from_a_folder_manifest_or_beside_an_output_file(tmp_pat
 def test_answer_and_bench_lines_come_from_their_verbs_modules(tmp_path: Path):
     answer = tmp_path / "answer.json"
     answer.write_text(json.dumps({"answer": "Use  shutil.copyfile\n[1]", "citations": [{}, {}]}))
-    assert verb_summary("slmforge.runtime.cli_run:answer_line")(answer) == "2 citations: Use shutil.copyfile [1]"
+    assert verb_summary("slmforge.runtime.answer.cli:answer_line")(answer) == "2 citations: Use shutil.copyfile [1]"
     results = tmp_path / "results.jsonl"
     row = {"mode": "measured", "bundle": {"name": "pi"},
            "metrics": {"tg128_tok_s": {"value": 41.25}, "pp512_tok_s": {"value": 300.4}, "qa_token_f1": {"value": 0.5}}}

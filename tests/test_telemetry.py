@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import pytest
-from slmforge.runtime.answer_cache import AnswerCache, normalize_question
-from slmforge.runtime.drift import IndexReference, answer_support, drift_report, split_sentences
-from slmforge.runtime.telemetry import TelemetryStore, measure_resources, telemetry_path
+from slmforge.runtime.answer.cache import AnswerCache, normalize_question
+from slmforge.runtime.telemetry.drift import IndexReference, answer_support, drift_report, split_sentences
+from slmforge.runtime.telemetry.store import TelemetryStore, measure_resources, telemetry_path
 
 
 def test_store_uses_wal_and_otel_names_and_drops_text_by_default(tmp_path):
@@ -173,7 +173,12 @@ def test_cache_is_bounded():
 
 
 def test_escalation_policy_and_offline_endpoint():
-    from slmforge.runtime.escalate import EscalationError, EscalationPolicy, Escalator, context_messages
+    from slmforge.runtime.answer.escalate import (
+        EscalationError,
+        EscalationPolicy,
+        Escalator,
+        context_messages,
+    )
 
     policy = EscalationPolicy(min_top1=0.35, min_support=0.3)
     assert policy.reason(0.2, 0.1) and "low confidence" in policy.reason(0.2, 0.1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from slmforge.trainer.train_common import TrainOptions, work_dir_for
+from slmforge.trainer.train.common import TrainOptions, work_dir_for
 
 from slmforge.cli import main
 
@@ -95,7 +95,7 @@ def test_kto_needs_a_batch_of_two(tiny_checkpoint, tmp_path, capsys):
 def test_killed_run_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
     """SIGKILL after step 4's checkpoint, --resume, and compare with an uninterrupted run (same seed)."""
     from safetensors.torch import load_file
-    from slmforge.trainer.train_pretrain import train_pretrain
+    from slmforge.trainer.train.pretrain import train_pretrain
 
     data = write(tmp_path / "corpus.jsonl", [json.dumps({"text": DOC * n}) for n in range(1, 7)])
     flags = {"max_steps": 24, "batch_size": 2, "seq_len": 32, "save_every": 4, "eval_tokens": 0, "lr": 1e-3, "seed": 3}
@@ -119,8 +119,9 @@ def test_killed_run_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
 def test_killed_distill_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
     """distill resumes as the train verbs do: SIGKILL after step 4's checkpoint, --resume, same weights and history."""
     from safetensors.torch import load_file
-    from slmforge.trainer.distill import DistillOptions, distill
-    from slmforge.trainer.tiny import build_tiny_checkpoint
+    from slmforge.trainer.shrink.distill import DistillOptions, distill
+
+    from tests.tiny_checkpoint import build_tiny_checkpoint
 
     data = write(tmp_path / "ds" / "train.jsonl", [json.dumps({"text": DOC * n}) for n in range(1, 7)]).parent
     write(data / "heldout.jsonl", [json.dumps({"text": DOC * 2})])

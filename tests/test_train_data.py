@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
-from slmforge.trainer.datasets import load_records, to_kto, to_messages
-from slmforge.trainer.perplexity import perplexity
+from slmforge.trainer.data.datasets import load_records, to_kto, to_messages
+from slmforge.trainer.train.perplexity import perplexity
 
 from slmforge.errors import UserError
 from slmforge.heldout import load_heldout_texts, text_dataset_files

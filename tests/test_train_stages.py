@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from slmforge.trainer.train_common import TrainOptions, work_dir_for
+from slmforge.trainer.train.common import TrainOptions, work_dir_for
 
 from tests.conftest import run_cli
 
@@ -67,7 +67,7 @@ def changed(a: Path, b: Path) -> bool:
 # --------------------------------------------------------------------------- packing and masks
 
 def test_cpt_blocks_are_full_and_cover_the_stream_in_order(tiny_checkpoint):
-    from slmforge.trainer.train_pretrain import pack_blocks
+    from slmforge.trainer.train.pretrain import pack_blocks
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
@@ -78,7 +78,7 @@ def test_cpt_blocks_are_full_and_cover_the_stream_in_order(tiny_checkpoint):
 
 
 def test_sft_learns_only_assistant_tokens_and_the_closing_eos(tiny_checkpoint):
-    from slmforge.trainer.train_sft import IGNORE, tokenize_conversation
+    from slmforge.trainer.train.sft import IGNORE, tokenize_conversation
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
@@ -92,8 +92,8 @@ def test_sft_learns_only_assistant_tokens_and_the_closing_eos(tiny_checkpoint):
 
 
 def test_packed_examples_do_not_attend_to_each_other(tiny_checkpoint):
-    from slmforge.trainer.train_common import load_model_and_tokenizer
-    from slmforge.trainer.train_sft import PackedCollator, pack_examples
+    from slmforge.trainer.train.common import load_model_and_tokenizer
+    from slmforge.trainer.train.sft import PackedCollator, pack_examples
 
     model = load_model_and_tokenizer(tiny_checkpoint)[0].eval()
     assert model.config.use_cache is False  # with a KV cache transformers would ignore the packing
@@ -112,7 +112,7 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_checkpoint):
 
 def packed_batch() -> dict[str, torch.Tensor]:
     """Two packed SFT-like rows (3 examples + a padding 'example'), labels on the second half of each."""
-    from slmforge.trainer.train_sft import PackedCollator, pack_examples
+    from slmforge.trainer.train.sft import PackedCollator, pack_examples
 
     examples = []
     for n, first in ((14, 5), (9, 40), (20, 60)):
@@ -129,8 +129,8 @@ def loss_and_grads(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 
 
 def test_packed_attention_gives_transformers_numbers_per_example(tiny_checkpoint):
-    from slmforge.trainer.packed_attention import NAME, packed_attention
-    from slmforge.trainer.train_common import load_model_and_tokenizer
+    from slmforge.trainer.train.common import load_model_and_tokenizer
+    from slmforge.trainer.train.packed_attention import NAME, packed_attention
 
     model = load_model_and_tokenizer(tiny_checkpoint)[0]
     full = {k: v for k, v in packed_batch().items() if k in ("input_ids", "labels", "position_ids")}
@@ -146,8 +146,8 @@ def test_packed_attention_gives_transformers_numbers_per_example(tiny_checkpoint
 
 
 def test_sft_batches_project_only_trained_positions_onto_the_vocabulary(tiny_checkpoint):
-    from slmforge.trainer.packed_attention import packed_attention
-    from slmforge.trainer.train_common import load_model_and_tokenizer
+    from slmforge.trainer.train.common import load_model_and_tokenizer
+    from slmforge.trainer.train.packed_attention import packed_attention
 
     model = load_model_and_tokenizer(tiny_checkpoint)[0]
     batch = packed_batch()
@@ -165,9 +165,9 @@ def test_sft_batches_project_only_trained_positions_onto_the_vocabulary(tiny_che
 
 def test_one_row_per_step_trains_what_seq_len_rows_train_without_their_padding(tiny_checkpoint):
     """step_layout's budget row: same loss and gradients as the same examples in padded seq_len rows."""
-    from slmforge.trainer.packed_attention import packed_attention
-    from slmforge.trainer.train_common import load_model_and_tokenizer
-    from slmforge.trainer.train_sft import PackedCollator, pack_examples, step_layout
+    from slmforge.trainer.train.common import load_model_and_tokenizer
+    from slmforge.trainer.train.packed_attention import packed_attention
+    from slmforge.trainer.train.sft import PackedCollator, pack_examples, step_layout
 
     assert step_layout(24, 3, per_example_attention=True) == (72, 1)
     assert step_layout(24, 3, per_example_attention=False) == (24, 3)
@@ -186,8 +186,8 @@ def test_one_row_per_step_trains_what_seq_len_rows_train_without_their_padding(t
 
 
 def test_packed_attention_leaves_padded_batches_to_the_padding_mask(tiny_checkpoint):
-    from slmforge.trainer.packed_attention import packed_attention
-    from slmforge.trainer.train_common import load_model_and_tokenizer
+    from slmforge.trainer.train.common import load_model_and_tokenizer
+    from slmforge.trainer.train.packed_attention import packed_attention
 
     model = load_model_and_tokenizer(tiny_checkpoint)[0].eval()
     ids = torch.tensor([[0, 0, 0, 5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17]])
@@ -201,7 +201,7 @@ def test_packed_attention_leaves_padded_batches_to_the_padding_mask(tiny_checkpo
 
 
 def test_an_examples_last_token_predicts_nothing_even_before_a_trained_first_token():
-    from slmforge.trainer.train_sft import PackedCollator, pack_examples
+    from slmforge.trainer.train.sft import PackedCollator, pack_examples
 
     a, b = list(range(5, 12)), list(range(20, 26))
     rows = pack_examples([(a, [-100] * 3 + a[3:]), (b, b)], row_len=16)  # b is trained from its first token on
@@ -212,9 +212,9 @@ def test_an_examples_last_token_predicts_nothing_even_before_a_trained_first_tok
 
 def test_a_trainer_step_on_trained_logits_only_equals_the_full_logits_step(tiny_checkpoint, tmp_path):
     """Through the HF Trainer and a LoRA wrapper: the loss scaling (num_items_in_batch) and the weights after a step."""
-    from slmforge.trainer.packed_attention import packed_attention
-    from slmforge.trainer.train_common import load_model_and_tokenizer, wrap_lora
-    from slmforge.trainer.train_sft import PackedCollator, build_trainer, pack_examples
+    from slmforge.trainer.train.common import load_model_and_tokenizer, wrap_lora
+    from slmforge.trainer.train.packed_attention import packed_attention
+    from slmforge.trainer.train.sft import PackedCollator, build_trainer, pack_examples
 
     examples = [(list(range(f, f + n)), [-100] * (n // 2) + list(range(f + n // 2, f + n)))
                 for f, n in ((5, 14), (40, 9), (60, 20), (90, 11))]
@@ -240,9 +240,9 @@ def test_a_trainer_step_on_trained_logits_only_equals_the_full_logits_step(tiny_
 
 
 def test_cpt_documents_in_a_block_do_not_attend_to_each_other(tiny_checkpoint):
-    from slmforge.trainer.packed_attention import packed_attention
-    from slmforge.trainer.train_common import load_model_and_tokenizer
-    from slmforge.trainer.train_pretrain import BlockCollator
+    from slmforge.trainer.train.common import load_model_and_tokenizer
+    from slmforge.trainer.train.packed_attention import packed_attention
+    from slmforge.trainer.train.pretrain import BlockCollator
 
     model, tok = load_model_and_tokenizer(tiny_checkpoint)
     eos = tok.eos_token_id
@@ -260,7 +260,7 @@ def test_cpt_documents_in_a_block_do_not_attend_to_each_other(tiny_checkpoint):
 # --------------------------------------------------------------------------- stages end to end
 
 def test_pretrain_lora_merges_and_records_ppl_and_lineage(tiny_checkpoint, data, tmp_path):
-    from slmforge.trainer.train_pretrain import train_pretrain
+    from slmforge.trainer.train.pretrain import train_pretrain
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "cpt"
@@ -278,7 +278,7 @@ def test_pretrain_lora_merges_and_records_ppl_and_lineage(tiny_checkpoint, data,
 
 
 def test_full_finetune_changes_every_trained_tensor(tiny_checkpoint, data, tmp_path):
-    from slmforge.trainer.train_pretrain import train_pretrain
+    from slmforge.trainer.train.pretrain import train_pretrain
 
     out = tmp_path / "full"
     train_pretrain(opts(tiny_checkpoint, data["ds"], out, full=True, eval_tokens=0))
@@ -289,7 +289,7 @@ def test_full_finetune_changes_every_trained_tensor(tiny_checkpoint, data, tmp_p
 
 @pytest.mark.parametrize("fmt", ["qa", "alpaca"])
 def test_sft_on_each_format(tiny_checkpoint, data, tmp_path, fmt):
-    from slmforge.trainer.train_sft import train_sft
+    from slmforge.trainer.train.sft import train_sft
 
     out = tmp_path / "sft"
     metrics = train_sft(opts(tiny_checkpoint, data[fmt], out, seq_len=64, keep_adapter=(fmt == "alpaca")))
@@ -307,7 +307,7 @@ def test_sft_on_each_format(tiny_checkpoint, data, tmp_path, fmt):
 
 def test_sft_eval_examples_caps_the_heldout_answer_loss(tiny_checkpoint, tmp_path):
     """--eval-examples measures fewer held-out answers; the held-out split (so the training set) is unchanged."""
-    from slmforge.trainer.train_sft import train_sft
+    from slmforge.trainer.train.sft import train_sft
 
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"{q} (variant {i})", "input": "", "output": a}) + "\n"
@@ -323,7 +323,7 @@ def test_sft_eval_examples_caps_the_heldout_answer_loss(tiny_checkpoint, tmp_pat
 
 @pytest.mark.parametrize("method,key", [("dpo", "prefs"), ("ipo", "prefs"), ("kto", "kto"), ("orpo", "prefs")])
 def test_align_methods_train_and_measure_the_margin(tiny_checkpoint, data, tmp_path, method, key):
-    from slmforge.trainer.train_align import train_align
+    from slmforge.trainer.train.align import train_align
 
     out = tmp_path / method
     extra = {"method": method, "beta": 0.1, "loss_type": None, "heldout_fraction": 0.34}
@@ -337,7 +337,7 @@ def test_align_methods_train_and_measure_the_margin(tiny_checkpoint, data, tmp_p
 
 
 def test_reward_accuracy_counts_pairs_whose_implicit_reward_prefers_chosen():
-    from slmforge.trainer.train_align import margin_metrics
+    from slmforge.trainer.train.align import margin_metrics
 
     # (chosen, rejected) log-probs before and after: pair 1 moved toward chosen, pair 2 away; raw margins stay < 0
     m = margin_metrics([(-50.0, -10.0), (-40.0, -12.0)], [(-48.0, -11.0), (-41.0, -11.0)], beta=0.1)

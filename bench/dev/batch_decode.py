@@ -21,8 +21,8 @@ from typing import Any
 
 from slmforge.bench.dev.load_test import QUESTIONS
 from slmforge.bench.plots import pyplot
-from slmforge.runtime.backend import load_backend
-from slmforge.runtime.backend_batched import BatchedLlamaBackend
+from slmforge.runtime.generate.backend import load_backend
+from slmforge.runtime.generate.batched import BatchedLlamaBackend
 from tqdm import tqdm
 
 from slmforge.fileio import atomic_write_bytes, atomic_write_json

@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 from slmforge.bench.measure import PP_TOKENS, TG_TOKENS, LlamaCppProbe, random_tokens
-from slmforge.runtime.backend_llamacpp import LEGACY_SETTINGS, LlamaSettings, open_llama
+from slmforge.runtime.generate.llamacpp import LEGACY_SETTINGS, LlamaSettings, open_llama
 from tqdm import tqdm
 
 from slmforge.fileio import atomic_write_json
@@ -31,7 +31,7 @@ from slmforge.output import format_table
 
 def variants(threads: int) -> dict[str, LlamaSettings]:
     """One knob changed at a time from today's settings, then the combination the runtime now uses."""
-    from slmforge.runtime.backend_llamacpp import FAST_SETTINGS
+    from slmforge.runtime.generate.llamacpp import FAST_SETTINGS
 
     base = replace(LEGACY_SETTINGS, threads=threads)
     out = {
@@ -115,7 +115,7 @@ def plot(rows: list[dict[str, Any]], png: Path) -> None:
               show_default=True)
 def main(gguf: Path, threads: int | None, knobs: bool, repeats: int, quants: tuple[str, ...], out: Path) -> None:
     """Time llama.cpp's knobs against today's runtime settings, one variant at a time."""
-    from slmforge.runtime.backend import default_threads
+    from slmforge.runtime.generate.backend import default_threads
 
     threads = threads or default_threads()
     base = replace(LEGACY_SETTINGS, threads=threads)

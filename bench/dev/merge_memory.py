@@ -32,19 +32,19 @@ merged = {k: (v + sd_b[k]) / 2 for k, v in a.state_dict().items()}
 a.load_state_dict(merged)
 a.save_pretrained(sys.argv[3])
 """
-FLOOR = "import torch, slmforge.trainer.merge, slmforge.trainer.merge_config\n"  # what every merge process pays
+FLOOR = "import torch, slmforge.trainer.merge.engine, slmforge.trainer.merge.config\n"  # what every merge process pays
 
 
 def make_perturbed_copy(src: Path, dst: Path, scale: float = 0.02, seed: int = 0) -> Path:
     """A second 'fine-tuned' parent: every float tensor plus Gaussian noise at ``scale`` × its std."""
     import torch
-    from slmforge.trainer.safetensors_stream import StreamingWriter, checkpoint_tensors, read_tensor
+    from slmforge.trainer.merge.safetensors_stream import StreamingWriter, checkpoint_tensors, read_tensor
 
     if (dst / "model.safetensors").is_file():
         return dst
     dst.mkdir(parents=True, exist_ok=True)
     infos = checkpoint_tensors(src)
-    from slmforge.trainer.safetensors_stream import DTYPES
+    from slmforge.trainer.merge.safetensors_stream import DTYPES
 
     writer = StreamingWriter(dst / "model.safetensors", [(n, DTYPES[i.dtype], i.shape) for n, i in infos.items()])
     gen = torch.Generator().manual_seed(seed)
@@ -81,7 +81,7 @@ def main(out: Path, model: Path | None, other: Path | None, work: Path, skip_nai
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     if model is None:
-        from slmforge.trainer.base_import import import_base
+        from slmforge.trainer.base.importer import import_base
 
         model = import_base(None, out=None).checkpoint
     other_kind = "given"

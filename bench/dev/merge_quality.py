@@ -30,8 +30,8 @@ def score(checkpoint: Path, texts: list[str], qa: list[tuple[str, str]], ppl_tok
           max_new_tokens: int) -> dict[str, Any]:
     """Perplexity, reference-answer loss and answer F1 (mean and per question) of one HF checkpoint."""
     import torch
-    from slmforge.trainer.perplexity import perplexity
-    from slmforge.trainer.train_sft import assistant_loss, tokenize_conversation
+    from slmforge.trainer.train.perplexity import perplexity
+    from slmforge.trainer.train.sft import assistant_loss, tokenize_conversation
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from slmforge.trainer.pii import CLASSES, DEFAULT_CLASSES, PLACEHOLDERS, redact
+from slmforge.trainer.data.pii import CLASSES, DEFAULT_CLASSES, PLACEHOLDERS, redact
 
 from slmforge.assets import example_docs
 from slmforge.datafiles import iter_jsonl
@@ -63,8 +63,8 @@ def technical_changes(docs: Path, classes: frozenset[str] | tuple[str, ...]) -> 
     """What ``redact`` would change in the documents under ``docs`` (cleaned as `data prepare` cleans them)."""
     import re
 
-    from slmforge.trainer.ingest import collect_files, read_documents
-    from slmforge.trainer.textclean import to_plain_text
+    from slmforge.trainer.data.ingest import collect_files, read_documents
+    from slmforge.trainer.data.textclean import to_plain_text
 
     files, _ = collect_files([docs])
     counts: Counter[str] = Counter()

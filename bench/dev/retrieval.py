@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from slmforge.runtime.bundle import open_bundle
-from slmforge.runtime.chunking import Chunk
-from slmforge.runtime.embedder import Embedder
-from slmforge.runtime.index import DocumentRecord, RagIndex
+from slmforge.runtime.bundle.reader import open_bundle
+from slmforge.runtime.index.chunking import Chunk
+from slmforge.runtime.index.embedder import Embedder
+from slmforge.runtime.index.store import DocumentRecord, RagIndex
 from tqdm import tqdm
 
 from slmforge.fileio import atomic_write_json

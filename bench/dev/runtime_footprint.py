@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.export import fit
-from slmforge.runtime.bundle import open_bundle
+from slmforge.runtime.bundle.reader import open_bundle
 
 from slmforge.fileio import atomic_write_json
 from slmforge.output import format_table
@@ -83,7 +83,7 @@ def measure(bundle_path: Path, legacy: bool = False, threads: int | None = None)
     m = bundle.manifest
     if m.model.get("format") != "gguf":
         raise SystemExit(f"error: {bundle_path}: only GGUF bundles are measured here (the generator term is llama.cpp's)")
-    from slmforge.runtime.engine import answer_path
+    from slmforge.runtime.answer.engine import answer_path
 
     path = answer_path(legacy)
     n_ctx = int(m.generation["n_ctx"])

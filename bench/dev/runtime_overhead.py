@@ -167,7 +167,7 @@ def profile_ours(backend: Any, n: int, top: int = 12) -> dict[str, Any]:
 
 def measure_overhead(gguf: Path, onnx: Path | None, threads: int, tokens: int, repeats: int,
                      profile: bool) -> dict[str, Any]:
-    from slmforge.runtime.backend import load_backend
+    from slmforge.runtime.generate.backend import load_backend
 
     out: dict[str, Any] = {"gguf": str(gguf), "onnx": str(onnx) if onnx else None, "threads": threads,
                            "tokens": tokens, "repeats": repeats, "prompt_chars": len(PROMPT)}
@@ -214,7 +214,7 @@ def measure_overhead(gguf: Path, onnx: Path | None, threads: int, tokens: int, r
 def main(gguf: Path, onnx: Path | None, threads: int | None, tokens: int, repeats: int, profile: bool,
          out: Path | None) -> None:
     """Our prefill and decode tok/s vs. bare llama-cpp-python (and ONNX vs GGUF), from one run."""
-    from slmforge.runtime.backend import default_threads
+    from slmforge.runtime.generate.backend import default_threads
 
     try:
         result = measure_overhead(gguf, onnx, threads or default_threads(), tokens, repeats, profile)

@@ -29,17 +29,17 @@ from typing import Any
 
 import click
 import torch
-from slmforge.trainer.datasets import load_records, to_messages
-from slmforge.trainer.packed_attention import packed_attention
-from slmforge.trainer.train_common import (
+from slmforge.trainer.data.datasets import load_records, to_messages
+from slmforge.trainer.train.common import (
     IGNORE,
     TrainOptions,
     load_model_and_tokenizer,
     training_arguments,
     wrap_lora,
 )
-from slmforge.trainer.train_pretrain import BlockCollator, BlockDataset, pack_blocks
-from slmforge.trainer.train_sft import PackedCollator, RowDataset, build_examples, pack_examples, step_layout
+from slmforge.trainer.train.packed_attention import packed_attention
+from slmforge.trainer.train.pretrain import BlockCollator, BlockDataset, pack_blocks
+from slmforge.trainer.train.sft import PackedCollator, RowDataset, build_examples, pack_examples, step_layout
 
 from slmforge.heldout import text_dataset_files
 
@@ -217,7 +217,7 @@ def main(model: Path | None, data: Path, qa: Path, examples: int, documents: int
     from transformers import AutoTokenizer
 
     if model is None:
-        from slmforge.trainer.base_import import import_base
+        from slmforge.trainer.base.importer import import_base
 
         model = import_base(None, out=None).checkpoint
     tokenizer = AutoTokenizer.from_pretrained(model)

@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 from slmforge.bench.measure import time_to_first_delta
-from slmforge.runtime.bundle import open_bundle
-from slmforge.runtime.engine import Engine, answer_path
+from slmforge.runtime.answer.engine import Engine, answer_path
+from slmforge.runtime.bundle.reader import open_bundle
 from tqdm import tqdm
 
 from slmforge.fileio import atomic_write_json

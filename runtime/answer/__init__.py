@@ -1,0 +1,1 @@
+"""The answer path: question -> retrieval -> prompt -> generation -> cited, routed answer."""

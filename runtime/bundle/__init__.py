@@ -1,0 +1,1 @@
+"""The bundle format: build one, open and verify one (folder or .tar)."""

@@ -1,0 +1,1 @@
+"""Generation: one Backend over llama.cpp (GGUF) and onnxruntime-genai (ONNX)."""

@@ -1,0 +1,1 @@
+"""Retrieval: rag.db (sqlite-vec + FTS5), chunking, the on-device embedder."""

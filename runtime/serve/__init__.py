@@ -1,0 +1,1 @@
+"""`serve`: the OpenAI-compatible HTTP API and the chat/status page."""

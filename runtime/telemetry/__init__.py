@@ -1,0 +1,1 @@
+"""On-device telemetry, drift and feedback, and the reports made from them."""

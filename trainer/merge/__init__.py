@@ -1,0 +1,1 @@
+"""`merge`: mergekit-style recipes streamed tensor by tensor into a new checkpoint."""

@@ -1,0 +1,1 @@
+"""Smaller models: depth pruning by block importance (`compress`), logit distillation."""

@@ -1,0 +1,1 @@
+"""Training stages (CPT, SFT, alignment) on one skeleton: a new stage is a module here."""
