@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from slmforge.runtime.backend import load_backend
-from slmforge.runtime.backend_batched import BatchedLlamaBackend, batched, profile_parallel
-from slmforge.runtime.backend_llamacpp import LlamaCppBackend, kv_type_for
+from slmforge.runtime.generate.backend import load_backend
+from slmforge.runtime.generate.batched import BatchedLlamaBackend, batched, profile_parallel
+from slmforge.runtime.generate.llamacpp import LlamaCppBackend, kv_type_for
 
 from slmforge.errors import UserError
 from slmforge.profiles import HOST_PARALLEL

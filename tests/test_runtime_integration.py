@@ -87,7 +87,9 @@ def test_repeat_penalty_stops_greedy_loops(real_bundle: Path):
     with Engine(open_bundle(real_bundle)) as engine:
         looping = engine.answer(question, use_rag=False, max_tokens=128, sampling={"repeat_penalty": 1.0}).answer
         default = engine.answer(question, use_rag=False, max_tokens=128).answer
-        assert distinct(looping) < 0.2 and distinct(default) > 0.3, (looping, default)  # measured 0.10 vs 0.38
+        # measured: 0.10 without the penalty on both answer paths; with it 0.38 (legacy: f16 KV cache) and
+        # 0.26 (fast path: flash attention + q8_0 KV cache, whose greedy path differs)
+        assert distinct(looping) < 0.2 and distinct(default) > 2 * distinct(looping), (looping, default)
     assert DEFAULT_REPEAT_PENALTY == 1.1
 
 

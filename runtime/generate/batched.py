@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from slmforge.runtime.backend import GenerationResult, StopCheck, StreamTimer, check_prompt_fits
-from slmforge.runtime.batch_scheduler import BatchScheduler, Sampling
-from slmforge.runtime.result_stream import ResultStream
+from slmforge.runtime.generate.backend import GenerationResult, StopCheck, StreamTimer, check_prompt_fits
+from slmforge.runtime.generate.batch_scheduler import BatchScheduler, Sampling
+from slmforge.runtime.generate.result_stream import ResultStream
 
 from slmforge.errors import UserError
 
 if TYPE_CHECKING:
     import numpy as np
-    from slmforge.runtime.backend_llamacpp import LlamaCppBackend
+    from slmforge.runtime.generate.llamacpp import LlamaCppBackend
 
 
 def profile_parallel(profile_name: str | None) -> int:
@@ -42,7 +42,7 @@ def batched(backend: Any, parallel: int, explicit: bool) -> tuple[Any, int]:
     (a refusal when the user asked for more with ``--parallel``, silence when only the profile did)."""
     if parallel <= 1:
         return backend, 1
-    from slmforge.runtime.backend_llamacpp import LlamaCppBackend
+    from slmforge.runtime.generate.llamacpp import LlamaCppBackend
 
     if not isinstance(backend, LlamaCppBackend):
         if explicit:
