@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from slmforge.runtime.generate.backend import load_backend
+from slmforge.runtime.generate.batch_scheduler import Sampling
 from slmforge.runtime.generate.batched import BatchedLlamaBackend, batched, profile_parallel
 from slmforge.runtime.generate.llamacpp import LlamaCppBackend, kv_type_for
 
@@ -170,3 +171,43 @@ def test_a_stop_check_ends_a_batched_answer_like_a_lone_one_and_frees_it(single:
     assert alone.finish_reason == "stop" and alone.completion_tokens < 40
     assert (got.text, got.finish_reason) == (alone.text, alone.finish_reason)
     assert freed
+
+
+SYSTEM = "You answer questions about Python from the passages given. Cite them."
+
+
+def _with_system(backend: LlamaCppBackend, system: str, question: str) -> str:
+    return backend.render_chat([{"role": "system", "content": system}, {"role": "user", "content": question}])
+
+
+def test_kept_prefix_gives_the_same_greedy_tokens_and_never_leaks(single: LlamaCppBackend):
+    """The batched context keeps the fixed prefix like the lone backend: prompts that start with it copy its KV
+    cells and decode only the rest. Each answer must still equal its lone decode: prompts that share the whole
+    prefix, one whose system prompt leaves it half-way (part of the cells copied, the rest removed), and ones that
+    do not start with it at all; slots are reused, so a stale or foreign cell in a copy would change an answer."""
+    head = _with_system(single, SYSTEM, "\x00")
+    prefix = head[: head.index("\x00")]
+    prompts = [_with_system(single, SYSTEM, q) for q in QUESTIONS[:4]]
+    diverging = _with_system(single, SYSTEM[:30] + " Never cite.", QUESTIONS[4])
+    outside = [_prompts(single)[5], "plain text that is not a chat at all: " + QUESTIONS[0]]
+    every = prompts + [diverging] + outside
+    alone = [single.generate(p, max_tokens=30, repeat_penalty=2.0) for p in every]
+    together = BatchedLlamaBackend(single, parallel=3)
+    try:
+        kept = together.keep_prefix(prefix)
+        got = _all_at_once(together, every, max_tokens=30, repeat_penalty=2.0)
+        shared = {p: together.scheduler.submit(single.tokenize(p), 1, Sampling()) for p in (prompts[0], diverging,
+                                                                                       outside[1])}
+        for job in shared.values():
+            list(job.stream())
+        stats = together.stats()
+        freed = _kv_free(together)
+    finally:
+        together.scheduler.close()
+    assert kept == len(single.tokenize(prefix)) > 10
+    assert [g.text for g in got] == [a.text for a in alone]
+    assert len({a.text for a in alone}) >= 4  # different prompts, different answers: a mix-up would show
+    assert shared[prompts[0]].reused == kept  # the whole prefix copied, not decoded
+    assert 0 < shared[diverging].reused < kept  # copied up to where the system prompt differs
+    assert shared[outside[1]].reused <= 1  # at most a BOS in common
+    assert stats["reused_tokens"] >= 5 * kept and freed

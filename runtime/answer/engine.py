@@ -132,15 +132,21 @@ class Engine:
                 self.bundle.model_path, n_ctx=self._n_ctx_asked, threads=self.threads,
                 chat_template=self.bundle.manifest.chat_template, llama_settings=self.path.llama,
             )
-            keep = getattr(self._backend, "keep_prefix", None)
-            if keep is not None and self.path.keep_prefix and not self.one_shot:
-                keep(self.fixed_prefix())
+            self._keep_prefix()
         return self._backend
 
     @backend.setter
     def backend(self, backend: Backend) -> None:
-        """``serve --parallel`` puts the batched backend over the loaded model in its place."""
-        self._backend = backend
+        """``serve --parallel`` puts the batched backend over the loaded model in its place (it keeps the
+        prefix in its own context too)."""
+        if backend is not self._backend:
+            self._backend = backend
+            self._keep_prefix()
+
+    def _keep_prefix(self) -> None:
+        keep = getattr(self._backend, "keep_prefix", None)
+        if keep is not None and self.path.keep_prefix and not self.one_shot:
+            keep(self.fixed_prefix())
 
     def fixed_prefix(self) -> str:
         """The prompt text every question starts with: the template's head and the system prompt.

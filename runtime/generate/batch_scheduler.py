@@ -8,6 +8,15 @@ sequences still reading their prompt (chunked to the batch size), and decodes it
 sequence samples from its own row with its own llama.cpp sampler chain (built as llama-cpp-python's
 ``Llama.generate`` builds it, so a greedy answer is the same token for token as decoding it alone).
 A finished, cancelled or failed sequence frees its slot and removes its KV cells at once.
+
+The kept prefix (``keep_prefix``: system prompt and template head, the same text the lone backend keeps)
+lives in one more sequence, ``parallel``, prefilled once. An admitted sequence whose prompt starts with
+it gets a copy of its KV cells (``llama_memory_seq_cp``) and decodes only the rest. Each sequence has its
+own KV stream (``kv_unified`` off), and in this llama.cpp a copy between streams copies the whole source
+stream's buffer at the next decode (``llama_kv_cache::seq_cp``: only whole ranges, ``p0 = p1 = -1``; the
+destination's cells are reset first), so the copy never carries another user's cells: the prefix stream
+holds the prefix only. Cells past the shared tokens are then removed (``seq_rm``) when the prompt diverges
+from the prefix inside it.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ class Job:
     finish_reason: Literal["stop", "length"] = "length"
     error: BaseException | None = None
     prefill_ms: float | None = None
+    reused: int = 0  # prompt tokens copied from the kept prefix instead of decoded
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def stream(self) -> Iterator[int]:
@@ -77,8 +87,18 @@ class _Slot:
     prefill_started: float | None = None
 
 
+def shared_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` have in common."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class BatchScheduler:
-    """Owns a llama.cpp context with ``parallel`` sequences over an already loaded model."""
+    """Owns a llama.cpp context with ``parallel`` sequences (and one for the kept prefix) over a loaded model."""
 
     def __init__(self, llm: Any, parallel: int, n_ctx_per_seq: int, threads: int, n_batch: int = 512) -> None:
         import llama_cpp
@@ -93,9 +113,10 @@ class BatchScheduler:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)  # same numerics as one sequence
-        params.n_ctx = parallel * n_ctx_per_seq
+        self.prefix_seq = parallel  # the kept prefix's sequence (and KV stream), after the answers' ones
+        params.n_ctx = (parallel + 1) * n_ctx_per_seq
         params.n_batch = params.n_ubatch = self.n_batch
-        params.n_seq_max = parallel
+        params.n_seq_max = parallel + 1
         params.n_threads = params.n_threads_batch = threads
         params.kv_unified = False  # one KV stream per sequence: attention never scans other users' cells
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
@@ -107,6 +128,10 @@ class BatchScheduler:
         self._slots: dict[int, _Slot] = {}
         self._wake = threading.Condition()
         self._closed = False
+        self._prefix: list[int] = []  # tokens in the prefix sequence's KV cells
+        self._prefix_wanted: list[int] | None = None
+        self._prefix_done = threading.Event()
+        self.reused_tokens = 0  # prompt tokens copied from the kept prefix (for the status figures)
         self.steps = 0
         self.decoded_tokens = 0  # generated tokens decoded in batched steps (for the status figures)
         self.busy_s = 0.0
@@ -127,9 +152,23 @@ class BatchScheduler:
             self._wake.notify()
         return job
 
+    def keep_prefix(self, tokens: list[int]) -> int:
+        """Prefill ``tokens`` once into the prefix sequence; later prompts that start with them copy its cells.
+        Waits until it is in the cache (a server calls this at start, before the first request)."""
+        tokens = list(tokens)[: self.n_ctx_per_seq - 1]
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the batch scheduler is closed")
+            self._prefix_done.clear()
+            self._prefix_wanted = tokens
+            self._wake.notify()
+        self._prefix_done.wait()
+        return len(self._prefix)
+
     def stats(self) -> dict[str, Any]:
         with self._wake:
             return {"parallel": self.parallel, "active": len(self._slots), "waiting": len(self._pending),
+                    "kept_prefix": len(self._prefix), "reused_tokens": self.reused_tokens,
                     "steps": self.steps, "decoded_tokens": self.decoded_tokens, "busy_s": round(self.busy_s, 3),
                     "decode_tok_s": round(self.decoded_tokens / self.busy_s, 2) if self.busy_s else None}
 
@@ -150,14 +189,19 @@ class BatchScheduler:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._pending and not self._slots:
+                while not self._closed and not self._pending and not self._slots and self._prefix_wanted is None:
                     self._wake.wait()
                 if self._closed:
                     break
+                wanted, self._prefix_wanted = self._prefix_wanted, None
+            if wanted is not None:
+                self._prefill_prefix(wanted)
+            with self._wake:
                 self._admit()
             self._drop_cancelled()
             if self._slots:
                 self._step()
+        self._prefix_done.set()  # nobody waits for a prefix of a closed scheduler
         for slot in list(self._slots.values()):
             self._finish(slot, error=RuntimeError("the server stopped before this answer ended"))
         with self._wake:
@@ -175,7 +219,42 @@ class BatchScheduler:
                 job.tokens.put(END)
                 continue
             seq = free.pop(0)
-            self._slots[seq] = _Slot(seq=seq, job=job, sampler=self._sampler(job.sampling))
+            slot = _Slot(seq=seq, job=job, sampler=self._sampler(job.sampling))
+            self._reuse_prefix(slot)
+            self._slots[seq] = slot
+
+    def _prefill_prefix(self, tokens: list[int]) -> None:
+        """Decode ``tokens`` into the prefix sequence (no logits), in batches of ``n_batch``."""
+        lib, batch = self._lib, self._batch
+        lib.llama_memory_seq_rm(self._memory, self.prefix_seq, -1, -1)
+        self._prefix = []
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start:start + self.n_batch]
+            for i, token in enumerate(part):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
+                batch.seq_id[i][0] = self.prefix_seq
+                batch.logits[i] = False
+            batch.n_tokens = len(part)
+            if lib.llama_decode(self._ctx, batch) != 0:  # no kept prefix then: every prompt is decoded whole
+                lib.llama_memory_seq_rm(self._memory, self.prefix_seq, -1, -1)
+                break
+        else:
+            self._prefix = list(tokens)
+        self._prefix_done.set()
+
+    def _reuse_prefix(self, slot: _Slot) -> None:
+        """Give ``slot`` the kept prefix's cells for the tokens its prompt shares with it (at least one
+        prompt token is left to decode: its logits give the first answer token)."""
+        shared = min(shared_length(slot.job.prompt, self._prefix), len(slot.job.prompt) - 1)
+        if shared <= 0:
+            return
+        lib = self._lib
+        lib.llama_memory_seq_cp(self._memory, self.prefix_seq, slot.seq, -1, -1)  # whole stream (see above)
+        if shared < len(self._prefix):
+            lib.llama_memory_seq_rm(self._memory, slot.seq, shared, -1)
+        slot.fed = slot.pos = shared
+        slot.job.reused = shared
+        self.reused_tokens += shared
 
     def _drop_cancelled(self) -> None:
         for slot in [s for s in self._slots.values() if s.job.cancelled.is_set()]:

@@ -70,6 +70,11 @@ class BatchedLlamaBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.single.tokenize(text)
 
+    def keep_prefix(self, text: str) -> int:
+        """Prefill ``text`` once in the batched context: every answer whose prompt starts with it copies
+        those KV cells and decodes only the rest (the lone backend's ``keep_prefix``, for N sequences)."""
+        return self.scheduler.keep_prefix(self.tokenize(text))
+
     def render_chat(self, messages: list[dict]) -> str:
         return self.single.render_chat(messages)
 
