@@ -165,7 +165,7 @@ def _cpu_isa() -> list[str]:
 
 
 # `serve --parallel` on the machine itself (and for a custom profile that is not on the device): four answers
-# at a time, as the laptop profile; docs/serve-parallel.md has the figures behind it
+# at a time, as the laptop profile; docs/runtime-tuning.md ("Several users at once") has the figures behind it
 HOST_PARALLEL = 4
 
 

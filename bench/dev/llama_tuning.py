@@ -3,7 +3,7 @@
 Every variant is timed against the runtime's settings of today (``LEGACY_SETTINGS``) in alternating
 repeats (baseline, variant, baseline, …) on the same GGUF and threads, so a loaded machine slows both
 alike; the table reports each variant as a ratio to its own baseline, beside the absolute tok/s.
-Knobs: threads, ``n_batch``/``n_ubatch``, flash attention, KV cache type, mmap vs. load, and the quant
+Knobs: threads, ``n_threads_batch``, ``n_batch``/``n_ubatch``, flash attention, KV cache type, mmap vs. load, and the quant
 itself (``--quant Q4_0 Q4_K_M`` requantizes the GGUF with llama.cpp into a temp folder: speed only,
 the quality gate judges real exports).
 
@@ -36,12 +36,15 @@ def variants(threads: int) -> dict[str, LlamaSettings]:
     base = replace(LEGACY_SETTINGS, threads=threads)
     out = {
         "threads 1": replace(base, threads=1),
+        f"n_threads_batch 1 (decode {threads})": replace(base, threads_batch=1),
+        "n_batch 256 (n_ubatch 256)": replace(base, n_batch=256, n_ubatch=256),
         "n_ubatch 128": replace(base, n_ubatch=128),
         "n_ubatch 256": replace(base, n_ubatch=256),
         "flash attention": replace(base, flash_attn=True),
         "flash attention + KV q8_0": replace(base, flash_attn=True, kv_type="q8_0"),
         "no mmap (load)": replace(base, use_mmap=False),
-        "runtime now (FAST_SETTINGS)": replace(FAST_SETTINGS, threads=threads),
+        f"fast path (flash attention {'on' if FAST_SETTINGS.flash_attn else 'off'}, n_ubatch {FAST_SETTINGS.n_ubatch}, "
+        f"KV {FAST_SETTINGS.kv_type})": replace(FAST_SETTINGS, threads=threads),
     }
     return out
 

@@ -49,7 +49,8 @@ def one(engine: Engine, question: str) -> dict[str, Any]:
 
 def measure(bundle_path: Path, questions: list[str], threads: int | None) -> dict[str, Any]:
     bundle = open_bundle(bundle_path)
-    engines = {name: Engine(bundle, threads=threads, path=answer_path(legacy=name == "legacy"))
+    engines = {name: Engine(bundle, threads=threads,  # the fast path as the bundle runs it: its profile applied
+                            path=answer_path(legacy=name == "legacy", profile_name=bundle.manifest.profile))
                for name in ("legacy", "fast")}
     try:
         for engine in engines.values():  # warm-up: first-call costs (page faults, thread start) out of the figures

@@ -135,6 +135,9 @@ class BatchScheduler:
         self.steps = 0
         self.decoded_tokens = 0  # generated tokens decoded in batched steps (for the status figures)
         self.busy_s = 0.0
+        self.prompt_tokens = 0  # prompt tokens decoded (the kept prefix's copies not counted)
+        self.decode_only_tokens = 0  # generated tokens decoded in steps that held no prompt tokens ...
+        self.decode_only_s = 0.0  # ... and the time those steps took: the batched decode rate alone
         self._thread = threading.Thread(target=self._run, name="slmforge-batch", daemon=True)
         self._thread.start()
 
@@ -170,7 +173,9 @@ class BatchScheduler:
             return {"parallel": self.parallel, "active": len(self._slots), "waiting": len(self._pending),
                     "kept_prefix": len(self._prefix), "reused_tokens": self.reused_tokens,
                     "steps": self.steps, "decoded_tokens": self.decoded_tokens, "busy_s": round(self.busy_s, 3),
-                    "decode_tok_s": round(self.decoded_tokens / self.busy_s, 2) if self.busy_s else None}
+                    "decode_tok_s": round(self.decoded_tokens / self.busy_s, 2) if self.busy_s else None,
+                    "prompt_tokens": self.prompt_tokens, "decode_only_tokens": self.decode_only_tokens,
+                    "decode_only_s": round(self.decode_only_s, 3)}
 
     def close(self) -> None:
         with self._wake:
@@ -299,10 +304,14 @@ class BatchScheduler:
                 self._finish(slot, error=error)
             return
         elapsed = time.perf_counter() - started
+        self.prompt_tokens += n - len(generating)
         if generating:
             self.steps += 1
             self.decoded_tokens += len(generating)
             self.busy_s += elapsed
+            if n == len(generating):
+                self.decode_only_tokens += n
+                self.decode_only_s += elapsed
         for index, slot in outputs:
             if slot.next_token is not None:
                 slot.pos += 1

@@ -34,9 +34,10 @@ KV_TYPES = ("f16", "q8_0")
 class LlamaSettings:
     """How llama.cpp runs a GGUF: the knobs bench/dev/llama_tuning.py times (docs/runtime-tuning.md).
 
-    ``threads`` 0 means the caller's (or the host's) choice."""
+    ``threads`` 0 means the caller's (or the host's) choice; ``threads_batch`` 0 means the same as ``threads``."""
 
     threads: int = 0
+    threads_batch: int = 0
     n_batch: int = 512
     n_ubatch: int = 512
     flash_attn: bool = False
@@ -46,10 +47,12 @@ class LlamaSettings:
 
 # The runtime before issue #18 (kept so the same run can compare: ``--legacy-runtime``).
 LEGACY_SETTINGS = LlamaSettings()
-# What the runtime uses now: flash attention (no n_ctx × n_ubatch score matrix: smaller compute buffer),
-# a q8_0 KV cache (half of f16; needs flash attention for V), a 256-token physical batch (half the compute
-# buffer; a RAG prompt after the kept prefix is ~300 tokens), mmap'd weights (docs/runtime-tuning.md).
-FAST_SETTINGS = LlamaSettings(flash_attn=True, kv_type="q8_0", n_ubatch=256)
+# What the runtime uses now: flash attention (no n_ctx × n_ubatch score matrix: smaller compute buffer;
+# prefill ×1.15, decode ×1.04 here), a 256-token physical batch (half the compute buffer; prefill ×1.05),
+# mmap'd weights, and an f16 KV cache: a q8_0 one halves the cache (12 MB at 1,024 positions on SmolLM2-135M)
+# but cost prefill ×0.79 beside flash attention in the same run, so only a profile short of memory asks for it
+# (``runtime: {kv_type: q8_0}``). Figures: docs/runtime-tuning.md, bench/results/llama_tuning.json.
+FAST_SETTINGS = LlamaSettings(flash_attn=True, kv_type="f16", n_ubatch=256)
 
 
 QUANT_KV_BLOCK = 32  # a q8_0 block: llama.cpp refuses a quantized KV cache whose head size it does not divide
@@ -82,7 +85,7 @@ def open_llama(model_path: Path, settings: LlamaSettings, n_ctx: int, **extra: A
     n_batch = min(settings.n_batch, n_ctx)
     return llama_cpp.Llama(
         model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(settings.n_ubatch, n_batch),
-        n_threads=threads, n_threads_batch=threads, flash_attn=settings.flash_attn, type_k=kv, type_v=kv,
+        n_threads=threads, n_threads_batch=settings.threads_batch or threads, flash_attn=settings.flash_attn, type_k=kv, type_v=kv,
         use_mmap=settings.use_mmap, verbose=False, **extra,
     )
 
