@@ -158,6 +158,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     counts = over["status_counts"]
     bars = axes[2].bar(list(counts), list(counts.values()), color="tab:gray")
     axes[2].bar_label(bars, fontsize=8)
+    axes[2].set_yscale("log")  # a few answered beside thousands refused
     axes[2].set_xlabel("HTTP status")
     axes[2].set_title(f"{over['clients']} clients for {over['duration_s']:.0f} s: {over['server_errors_5xx']} errors, "
                       f"{result['telemetry']['lost_rows']} telemetry rows lost", fontsize=9)

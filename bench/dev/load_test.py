@@ -192,6 +192,7 @@ def run_load(url: str, clients: int, requests: int, max_tokens: int, baseline_n:
         "status_counts": {str(k): v for k, v in sorted(codes.items())},
         "server_errors_5xx": sum(v for k, v in codes.items() if k >= 500 and k != 503),
         "refused_429_503": codes.get(429, 0) + codes.get(503, 0),
+        "refused_without_retry_after": sum(1 for code, _, h in results if code in (429, 503) and not h.get("Retry-After")),
         "connection_failures": codes.get(0, 0),
         "routes": dict(Counter(h.get("route", "") for code, _, h in results if code == 200)),
         "latency_answered": loaded, "latency_baseline_unloaded": base,
