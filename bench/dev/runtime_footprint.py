@@ -8,7 +8,7 @@ onnxruntime session, SQLite and the CLI. Minus the embedder's file it is the bas
 ``fit.RUNTIME_BASE_BYTES`` must cover. ``rss_over_files`` is the whole peak ÷ (model file + embedder
 file), issue #18's figure; ``--legacy`` measures today's path too (``run --legacy-runtime``), in the same run.
 The KV term is the window and cache type each path really runs (the fast path caps n_ctx and keeps
-a q8_0 cache: 34 bytes per 32 values).
+a q8_0 cache where the profile asks for one: 34 bytes per 32 values; f16 otherwise).
 
     python -m slmforge.bench.dev.runtime_footprint BUNDLE... [--legacy] [--out bench/results/runtime_footprint.json]
 """
