@@ -135,6 +135,8 @@ def retrieval_cmd(qa_files: tuple[Path, ...], docs: tuple[Path, ...], embedders:
         for pair, diffs in table["vs_baseline"].items():
             click.echo(f"  {pair}: " + ", ".join(f"{k} {d['mean']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]"
                                                  for k, d in diffs.items()))
+    click.echo("\nNAME+bm25 is the search as bundled: BM25 fusion weight "
+               + ", ".join(f"{n} {w}" for n, w in report["bm25_weight_as_bundled"].items()))
     speed = report["embed_speed"]["embedders"]
     click.echo("\nembedding speed (same run): " + ", ".join(f"{n} {s['ms_per_chunk_median']} ms/chunk" for n, s in speed.items()))
     click.echo(f"wrote {out / 'retrieval.json'} and {out / 'retrieval.png'}")

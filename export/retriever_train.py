@@ -7,13 +7,17 @@ other chunk of a batch is a negative (duplicates kept out of a batch), plus one 
 per question mined from all chunks of the documents with the untrained encoder. Whole
 documents are held out (every document a held-out QA file names, plus a seeded share of the
 rest per folder) and written to ``heldout.jsonl``, so the benchmark never asks about a
-document the embedder was trained on.
+document the embedder was trained on. A second seeded share of whole documents is kept for
+validation: after training, the index's hybrid search with the tuned embedder is run on their
+questions for each BM25 fusion weight of a small grid, and the weight with the best hit@4 is
+written to ``slmforge.json``; the export carries it to the bundle's index.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +25,17 @@ from typing import Any
 
 from slmforge.export.embedder import embedded_embedder
 from slmforge.runtime.index.embedder import TOKENIZER_FILE, token_counter
-from slmforge.runtime.index.gold_chunks import CorpusChunk, corpus_chunks, gold_chunks, split_documents
+from slmforge.runtime.index.gold_chunks import (
+    METRICS,
+    CorpusChunk,
+    corpus_chunks,
+    gold_chunks,
+    index_chunks,
+    rank_scores,
+    ranked_keys,
+    split_documents,
+)
+from slmforge.runtime.index.store import DEFAULTS, RagIndex
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir, atomic_write_text
@@ -30,6 +44,9 @@ from slmforge.qa_records import QARecord
 
 HELDOUT_FILE = "heldout.jsonl"
 PAIRS_FILE = "pairs.jsonl"
+VALIDATION_FILE = "validation.jsonl"
+# BM25 fusion weights tried on the validation questions: 0 is the embedder alone, the index default is included.
+FUSION_GRID: tuple[float, ...] = tuple(sorted({0.0, 0.25, 0.5, float(DEFAULTS["bm25_weight"])}))
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,7 @@ class RetrieverOptions:
     mine_depth: int = 20
     mine_margin: float = 0.05  # a negative must score below 0.95 × the positive's score: no near-duplicates
     heldout_fraction: float = 0.25
+    validation_fraction: float = 0.2  # of the documents left after the held-out ones, per folder
     seed: int = 0
 
 
@@ -94,7 +112,10 @@ def train_retriever(
     gold_chunks(kept_out, chunks, ", ".join(map(str, heldout_files or [])))  # a held-out record must be askable too
     held = split_documents({c.source for c in chunks}, opts.heldout_fraction, opts.seed,
                            always={r.source for r in kept_out if r.source})
-    train = [(r, c) for r, c in pairs if c.source not in held]
+    # another seed, so validation documents are not simply the next ones in the held-out ranking
+    validation_docs = split_documents({c.source for c in chunks} - held, opts.validation_fraction, opts.seed + 1)
+    train = [(r, c) for r, c in pairs if c.source not in held | validation_docs]
+    validation = [(r, c) for r, c in pairs if c.source in validation_docs]
     heldout = [r for r, c in pairs if c.source in held] + kept_out
     if not train:
         raise UserError(f"{where}: every pair lies in a held-out document; pass QA pairs of more documents "
@@ -104,30 +125,35 @@ def train_retriever(
 
     torch.manual_seed(opts.seed)
     model = SentenceTransformer(str(base), device="cpu")
-    # Negatives come only from the training documents: a held-out chunk must not shape the embedder.
-    corpus = [c.embedding_text for c in chunks if c.source not in held]
+    # Negatives come only from the training documents: a held-out or validation chunk must not shape the embedder.
+    corpus = [c.embedding_text for c in chunks if c.source not in held | validation_docs]
     data = _mine(model, [(r.question, c.embedding_text) for r, c in train], corpus, opts)
     with atomic_dir(Path(out)) as tmp:
         history = _fit(model, data, tmp, opts)
+        fusion = choose_fusion(model, docs, validation, token_counter(base / TOKENIZER_FILE))
         model.save(str(tmp))
         for leftover in ("checkpoints", "runs", "README.md"):
             target = tmp / leftover
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
         atomic_write_text(tmp / HELDOUT_FILE, "".join(json.dumps(r.record()) + "\n" for r in heldout))
         atomic_write_text(tmp / PAIRS_FILE, "".join(json.dumps(row) + "\n" for row in data.to_list()))
+        atomic_write_text(tmp / VALIDATION_FILE, "".join(json.dumps(r.record()) + "\n" for r, _ in validation))
         manifest = ArtifactManifest(
             kind="checkpoint", stage="retriever", seed=opts.seed,
             inputs=[input_ref("base", base), *(input_ref("data", f) for f in qa_files),
                     *(input_ref("heldout", f) for f in heldout_files or []), *(input_ref("docs", d) for d in docs)],
             params={**asdict(opts), "loss": "MultipleNegativesRankingLoss", "batch_sampler": "no_duplicates",
-                    "heldout_documents": sorted(held)},
+                    "heldout_documents": sorted(held), "validation_documents": sorted(validation_docs),
+                    "fusion_grid": list(FUSION_GRID)},
             metrics={"pairs": len(pairs), "train_pairs": len(train), "training_rows": len(data),
                      "hard_negatives": "negative" in data.column_names,
                      "heldout_pairs": len(heldout), "train_documents": len({c.source for _, c in train}),
-                     "heldout_documents": len(held), "chunks": len(chunks), **history},
+                     "heldout_documents": len(held), "chunks": len(chunks), **history, **fusion},
             duration_s=round(time.perf_counter() - started, 1),
             summary=f"embedder tuned on {len(train)} pairs of {len({c.source for _, c in train})} documents; "
-                    f"{len(held)} documents held out ({len(heldout)} questions)",
+                    f"{len(held)} documents held out ({len(heldout)} questions); "
+                    + (f"BM25 weight {fusion['bm25_weight']} chosen on {len(validation)} validation questions"
+                       if fusion else "no validation documents: the index's default BM25 weight"),
         )
         manifest.write(tmp)
     return manifest
@@ -154,3 +180,51 @@ def _fit(model: Any, data: Any, scratch: Path, opts: RetrieverOptions) -> dict[s
             "last_logged_loss": round(float(losses[-1]), 4) if losses else None,
             "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 1)}
 
+
+
+class _TorchEmbedder:
+    """The tuned encoder in the shape ``sync_documents`` embeds with (before any ONNX export)."""
+
+    def __init__(self, model: Any, count_tokens: Any) -> None:
+        self.model, self.count_tokens = model, count_tokens
+        self.dim = int(model.get_sentence_embedding_dimension())
+
+    def embed(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
+                                 show_progress_bar=False).astype(np.float32)
+
+
+def choose_fusion(model: Any, docs: list[Path], validation: list[tuple[QARecord, CorpusChunk]],
+                  count_tokens: Any) -> dict[str, Any]:
+    """The BM25 fusion weight of ``FUSION_GRID`` whose hybrid search, with the tuned encoder over an index
+    of all documents built as ``bundle`` builds it, gives the validation questions the best hit@4 (ties:
+    nDCG@10, then the index default). ``{}`` when there are no validation questions."""
+    from slmforge.runtime.index.sync import sync_documents
+
+    if not validation:
+        return {}
+    embedder = _TorchEmbedder(model, count_tokens)
+    with tempfile.TemporaryDirectory(prefix="retriever-validation-") as scratch, \
+            RagIndex.create(Path(scratch) / "rag.db", dim=embedder.dim, embedder="validation") as index:
+        sync_documents(index, embedder, list(docs), progress=False)  # type: ignore[arg-type]
+        questions = [r.question for r, _ in validation]
+        return fusion_by_weight(index, embedder.embed(questions), questions, [c.key for _, c in validation])
+
+
+def fusion_by_weight(index: RagIndex, vectors: Any, questions: list[str], gold: list[tuple[str, int]],
+                     grid: tuple[float, ...] = FUSION_GRID) -> dict[str, Any]:
+    """hit@1/hit@4/MRR/nDCG@10 of the index's hybrid search for each BM25 weight, and the chosen weight."""
+    chunks = index_chunks(index)
+    table: dict[str, dict[str, float]] = {}
+    for weight in grid:
+        lists = ranked_keys(index, chunks, vectors, questions, {"bm25_weight": weight})
+        scores = [rank_scores(keys.index(g) + 1 if g in keys else None) for keys, g in zip(lists, gold)]
+        table[str(weight)] = {m: round(sum(s[m] for s in scores) / len(scores), 4) for m in METRICS}
+    default = float(DEFAULTS["bm25_weight"])
+    best = max(grid, key=lambda w: (table[str(w)]["hit@4"], table[str(w)]["ndcg@10"], w == default))
+    return {"bm25_weight": best, "validation": {"questions": len(questions), "selected_by": "hit@4, then nDCG@10",
+                                                "by_bm25_weight": table}}

@@ -354,7 +354,7 @@ def export_summary(artifacts: list[ExportedArtifact]) -> str | None:
 
 def _prior_embedder(prior: PriorExport | None, tmp: Path, source: Path | None) -> EmbedderInfo | None:
     """The earlier export's device embedder, when it was exported from the same encoder."""
-    from slmforge.export.embedder import embedded_embedder
+    from slmforge.export.embedder import embedded_embedder, with_fusion
     from slmforge.runtime.index.embedder import EMBEDDER_CONFIG
 
     info = prior.embedder() if prior else None
@@ -365,7 +365,8 @@ def _prior_embedder(prior: PriorExport | None, tmp: Path, source: Path | None) -
     if config.get("source_sha256") != sha256_path(source or embedded_embedder()):
         return None
     link_or_copy(src, tmp / "embedder")
-    return info.model_copy(update={"path": "embedder"})
+    # the weights match, but the BM25 weight is the checkpoint's record now (the earlier export may predate it)
+    return with_fusion(tmp / "embedder", source or embedded_embedder()).model_copy(update={"path": "embedder"})
 
 
 def _count_parameters(model: Path) -> int:

@@ -126,6 +126,9 @@ class EmbedderInfo(BaseModel):
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
     quant: str = "int8"
+    bm25_weight: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False,
+        description="BM25 fusion weight 'train retriever' chose on validation questions; None: the index default")
 
 
 class ExportManifest(BaseModel):

@@ -56,7 +56,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("retriever")
     docs, train, held = _corpus(root)
     qa, heldout = _write(root / "qa.jsonl", train), _write(root / "qa.heldout.jsonl", held)
-    opts = RetrieverOptions(epochs=4, batch_size=9, lr=1e-4, heldout_fraction=0.0)
+    opts = RetrieverOptions(epochs=4, batch_size=9, lr=1e-4, heldout_fraction=0.0, validation_fraction=0.0)
     manifest = train_retriever([qa], [docs], root / "ckpt", [heldout], None, opts)
     return {"root": root, "docs": docs, "held": held, "ckpt": root / "ckpt", "manifest": manifest}
 
@@ -104,6 +104,29 @@ def test_the_tuned_embedder_passes_the_export_gate_and_names_itself(tuned: dict,
     device = Embedder(tmp_path / "embedder")
     ranks = [_gold_rank(device.embed, tuned["docs"], r, device.count_tokens) for r in tuned["held"]]
     assert max(ranks) <= 2, ranks  # the int8 device embedder keeps what training taught
+
+
+@pytest.mark.integration
+def test_validation_documents_are_kept_out_and_choose_the_fusion_weight(tmp_path: Path):
+    """A share of whole documents, apart from the held-out ones, is neither trained on nor tested on: its
+    questions choose the BM25 weight, which slmforge.json records with the figures behind it."""
+    from slmforge.export.retriever_train import FUSION_GRID, RetrieverOptions, train_retriever
+
+    docs, train, held = _corpus(tmp_path)
+    qa, heldout = _write(tmp_path / "qa.jsonl", train), _write(tmp_path / "qa.heldout.jsonl", held)
+    opts = RetrieverOptions(epochs=1, batch_size=9, heldout_fraction=0.0, validation_fraction=0.3)
+    m = train_retriever([qa], [docs], tmp_path / "ckpt", [heldout], None, opts)
+    validation = m.params["validation_documents"]
+    assert len(validation) == 3 and f"people/{HELD}.rst" not in validation, validation
+    assert m.metrics["train_pairs"] == 18 and m.metrics["validation"]["questions"] == 9
+    assert m.metrics["bm25_weight"] in FUSION_GRID
+    assert set(m.metrics["validation"]["by_bm25_weight"]) == {str(w) for w in FUSION_GRID}
+    pairs = (tmp_path / "ckpt" / "pairs.jsonl").read_text()
+    for doc in validation:  # no positive and no negative from a validation document
+        assert f"{Path(doc).stem.capitalize()} keeps" not in pairs
+    asked = [json.loads(line)["source"] for line in (tmp_path / "ckpt" / "validation.jsonl").read_text().splitlines()]
+    assert sorted(set(asked)) == validation
+    assert not set(validation) & {json.loads(x)["source"] for x in (tmp_path / "ckpt" / "heldout.jsonl").open()}
 
 
 def test_bad_inputs_are_one_line_and_exit_2(tmp_path: Path):

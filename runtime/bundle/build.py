@@ -22,7 +22,7 @@ from slmforge.runtime.bundle.modelfile import render_modelfile
 from slmforge.runtime.bundle.reader import RAG_DB, write_manifest
 from slmforge.runtime.index.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP
 from slmforge.runtime.index.embedder import MODEL_FILE, TOKENIZER_FILE, Embedder, read_embedder_info
-from slmforge.runtime.index.store import INDEX_VERSION, RagIndex
+from slmforge.runtime.index.store import DEFAULTS, INDEX_VERSION, RagIndex, embedder_settings
 from slmforge.runtime.index.sync import SyncReport, sync_documents
 
 from slmforge.errors import UserError
@@ -138,12 +138,11 @@ def build_bundle(
             _copy_artifact(export_dir / export.embedder.path, tmp / EMBEDDER_DIR, None)
             embedder_info = read_embedder_info(tmp / EMBEDDER_DIR)
             embedder = Embedder(tmp / EMBEDDER_DIR)
-            settings = index_settings or {}
+            settings = search_settings(embedder_info, index_settings)
             if index_from is not None and _reusable_index(Path(index_from), tmp / EMBEDDER_DIR, chunk_tokens, overlap):
                 shutil.copyfile(Path(index_from) / RAG_DB, tmp / RAG_DB)
                 index = RagIndex(tmp / RAG_DB)
-                if settings:
-                    index.set_settings(**settings)
+                index.set_settings(**{**{k: DEFAULTS[k] for k in SEARCH_KEYS}, **settings})
             else:
                 index = RagIndex.create(tmp / RAG_DB, dim=embedder.dim, embedder=embedder_info.name, **settings)
             try:
@@ -183,6 +182,15 @@ def build_bundle(
         if tar:
             shutil.rmtree(build_target.parent, ignore_errors=True)
     return BundleResult(out, manifest, report, round(time.perf_counter() - started, 2))
+
+
+SEARCH_KEYS = ("vector_mode", "vec_weight", "bm25_weight")  # what 'bundle' sets; a reused index is reset to them
+
+
+def search_settings(embedder_info: EmbedderInfo, given: dict[str, Any] | None) -> dict[str, Any]:
+    """The index's search settings: what the command line gave, else what the embedder comes with (the
+    BM25 weight 'train retriever' chose on validation questions), else the index's ``DEFAULTS``."""
+    return {**embedder_settings(embedder_info), **{k: v for k, v in (given or {}).items() if v is not None}}
 
 
 def _reusable_index(bundle_dir: Path, embedder_dir: Path, chunk_tokens: int, overlap: int) -> bool:

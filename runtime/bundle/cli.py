@@ -26,15 +26,18 @@ from slmforge.output import emit_json, json_option
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True, help="Overlap between chunks.")
 @click.option("--vector-mode", type=click.Choice(list(VECTOR_MODES)), default=DEFAULTS["vector_mode"],
               show_default=True, help="First pass of vector search (bitscan: in-memory Hamming scan of the bit vectors), re-scored exactly.")
-@click.option("--vec-weight", type=float, default=1.0, show_default=True, help="Weight of vector ranks in fusion.")
-@click.option("--bm25-weight", type=float, default=1.0, show_default=True, help="Weight of BM25 ranks in fusion.")
+@click.option("--vec-weight", type=float, default=None,
+              help=f"Weight of vector ranks in fusion (default {DEFAULTS['vec_weight']}).")
+@click.option("--bm25-weight", type=float, default=None,
+              help="Weight of BM25 ranks in fusion (default: the one 'train retriever' chose for a tuned embedder, "
+                   f"else {DEFAULTS['bm25_weight']}).")
 @click.option("--index-from", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Start from another bundle's rag.db when it used the same embedder and chunking "
                    "(unchanged documents are not embedded again).")
 @json_option
 def bundle(export_dir: Path, docs: tuple[Path, ...], out: Path, tar: bool, system_prompt: str | None,
            quant: str | None, n_ctx: int | None, chunk_tokens: int, overlap: int, vector_mode: str,
-           vec_weight: float, bm25_weight: float, index_from: Path | None, as_json: bool) -> None:
+           vec_weight: float | None, bm25_weight: float | None, index_from: Path | None, as_json: bool) -> None:
     """Package model, embedder and RAG index for a device."""
     from slmforge.runtime.bundle.build import build_bundle
 

@@ -10,11 +10,13 @@ the passages it will search.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from slmforge.runtime.index.chunking import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_OVERLAP,
@@ -22,12 +24,15 @@ from slmforge.runtime.index.chunking import (
     chunk_text,
     decode_document,
 )
+from slmforge.runtime.index.store import RagIndex
 from slmforge.runtime.index.sync import scan
 
 from slmforge.errors import UserError
 from slmforge.qa_records import QARecord, in_section, same_document
 
 _WORD = re.compile(r"[a-z0-9_]{3,}")
+DEPTH = 10  # ranks looked at: nDCG@10, MRR@10
+METRICS = ("hit@1", "hit@4", "mrr", "ndcg@10")
 
 
 @dataclass(frozen=True)
@@ -112,3 +117,23 @@ def split_documents(sources: Iterable[str], fraction: float, seed: int = 0,
                 break
             held.add(name)
     return held
+
+
+def index_chunks(index: RagIndex) -> dict[int, CorpusChunk]:
+    """Every chunk of an index by chunk_id, as ``corpus_chunks`` names them (so gold keys match)."""
+    rows = index.conn.execute("SELECT chunk_id, source, heading, text, char_start FROM chunks ORDER BY chunk_id")
+    return {cid: CorpusChunk(src, head, text, start, f"{head}\n\n{text}") for cid, src, head, text, start in rows}
+
+
+def ranked_keys(index: RagIndex, chunks: dict[int, CorpusChunk], vectors: np.ndarray, questions: list[str],
+                weights: dict[str, float]) -> list[list[tuple[str, int]]]:
+    """The keys of the ``DEPTH`` chunks the index's hybrid search returns for each question, best first."""
+    return [[chunks[h.chunk_id].key for h in index.search(v, q, k=DEPTH, **weights)] for v, q in zip(vectors, questions)]
+
+
+def rank_scores(rank: int | None) -> dict[str, float]:
+    """hit@1, hit@4, reciprocal rank and nDCG@10 of one question with one relevant chunk at ``rank`` (1-based)."""
+    if rank is None or rank > DEPTH:
+        return dict.fromkeys(METRICS, 0.0)
+    return {"hit@1": float(rank <= 1), "hit@4": float(rank <= 4), "mrr": 1.0 / rank,
+            "ndcg@10": 1.0 / math.log2(rank + 1)}

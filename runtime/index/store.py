@@ -10,6 +10,7 @@ written in its own transaction, so an interrupted update leaves whole documents.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 import threading
 import time
@@ -37,6 +38,27 @@ DEFAULTS: dict[str, Any] = {
     "fusion_depth": 20,
 }
 _WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def setting_value(key: str, value: Any) -> Any:
+    """One search setting, parsed and checked, from wherever it comes (CLI, embedder.json, rag.db's meta):
+    a negative or NaN weight would silently reorder every answer's passages, so it is refused here, once."""
+    if key not in DEFAULTS:
+        raise UserError(f"unknown index setting '{key}'; known: {sorted(DEFAULTS)}")
+    if key == "vector_mode":
+        if value not in VECTOR_MODES:
+            raise UserError(f"vector mode '{value}' is not one of {', '.join(VECTOR_MODES)}")
+        return str(value)
+    kind = type(DEFAULTS[key])
+    try:
+        parsed = kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"index setting {key}={value!r} is not a number") from None
+    if isinstance(parsed, float) and not (math.isfinite(parsed) and parsed >= 0):
+        raise UserError(f"index setting {key}={value!r} must be a finite number >= 0")
+    if isinstance(parsed, int) and parsed < 1:
+        raise UserError(f"index setting {key}={value!r} must be a whole number >= 1")
+    return parsed
 
 
 @dataclass
@@ -98,6 +120,13 @@ def _f32(vec: np.ndarray) -> bytes:
     return np.ascontiguousarray(vec, dtype=np.float32).tobytes()
 
 
+def embedder_settings(info: Any) -> dict[str, Any]:
+    """The search settings an embedder comes with: the BM25 weight ``train retriever`` chose on its
+    validation questions (a stock embedder has none, and its index keeps ``DEFAULTS``)."""
+    weight = getattr(info, "bm25_weight", None)
+    return {} if weight is None else {"bm25_weight": setting_value("bm25_weight", weight)}
+
+
 class RagIndex:
     """Open (or with ``create``) a rag.db; ``search`` may be called from several threads (``serve --parallel``
     answers several questions at once): one search runs at a time, so the bit scan reloads consistently."""
@@ -116,7 +145,10 @@ class RagIndex:
             raise UserError(f"{self.path}: index version {meta.get('version')} is not {INDEX_VERSION}; rebuild the bundle")
         self.dim = int(meta["dim"])
         self.embedder = meta.get("embedder", "")
-        self.settings = {k: type(v)(meta[k]) if k in meta else v for k, v in DEFAULTS.items()}
+        try:
+            self.settings = {k: setting_value(k, meta[k]) if k in meta else v for k, v in DEFAULTS.items()}
+        except UserError as exc:
+            raise UserError(f"{self.path}: {exc}; rebuild the bundle") from None
         self.bitscan = BitScan(self.conn)
         self._search_lock = threading.Lock()
 
@@ -137,9 +169,7 @@ class RagIndex:
         unknown = set(settings) - set(DEFAULTS)
         if unknown:
             raise UserError(f"unknown index settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        merged = {**DEFAULTS, **settings}
-        if merged["vector_mode"] not in VECTOR_MODES:
-            raise UserError(f"vector mode '{merged['vector_mode']}' is not one of {', '.join(VECTOR_MODES)}")
+        merged = {**DEFAULTS, **{k: setting_value(k, v) for k, v in settings.items()}}
         conn = connect(path)
         with conn:
             conn.executescript(
@@ -166,14 +196,10 @@ class RagIndex:
         return cls(path)
 
     def set_settings(self, **settings: Any) -> None:
-        for key, value in settings.items():
-            if key not in DEFAULTS:
-                raise UserError(f"unknown index setting '{key}'; known: {sorted(DEFAULTS)}")
-            if key == "vector_mode" and value not in VECTOR_MODES:
-                raise UserError(f"vector mode '{value}' is not one of {', '.join(VECTOR_MODES)}")
-            self.settings[key] = type(DEFAULTS[key])(value)
+        checked = {key: setting_value(key, value) for key, value in settings.items()}
+        self.settings.update(checked)
         with self.conn:
-            self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in settings.items()])
+            self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in checked.items()])
 
     # -- writing --------------------------------------------------------------------------------------
 
