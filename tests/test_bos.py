@@ -80,8 +80,8 @@ def test_cpt_texts_and_perplexity_windows_start_with_bos(ckpts):
 def test_the_exported_gguf_adds_bos_exactly_when_training_does(ckpts, tmp_path):
     """llama.cpp's prompt (``tokenize(add_bos=True)``, the runtime's call) begins as SFT's examples do."""
     from llama_cpp import Llama
-
     from slmforge.export.gguf_writer import write_gguf
+
     from slmforge.hf_tokens import bos_id
 
     for name, path in ckpts.items():
