@@ -93,3 +93,14 @@ def test_the_exported_gguf_adds_bos_exactly_when_training_does(ckpts, tmp_path):
             llm.close()
         want = bos_id(_tok(path))
         assert (first == want) if want is not None else (first == _tok(path)("a file")["input_ids"][0])
+
+
+def test_pairs_prompt_the_model_with_bos_when_it_wants_one(ckpts):
+    """DPO's rejected answers are generated from the prompt the runtime gives: BOS first for a model that wants it."""
+    from slmforge.trainer.data.pairs import _prompt_text
+
+    tok = _tok(ckpts["bos"])
+    ids = tok(_prompt_text(tok, "How do I copy a file?"), add_special_tokens=False)["input_ids"]
+    assert ids[0] == tok.convert_tokens_to_ids(BOS) and ids.count(ids[0]) == 1
+    plain = _tok(ckpts["plain"])
+    assert not _prompt_text(plain, "How do I copy a file?").startswith(BOS)
