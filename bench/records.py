@@ -128,6 +128,8 @@ class BundleInfo(BaseModel):
     model_bytes: int
     model_sha256: str | None = None
     built_for_profile: str | None = None
+    base_model: str | None = None  # the imported base model's name: reports set models side by side
+    gate: dict[str, Any] | None = None  # export's quality gate for this file: gate, ppl_ratio, kl_mean, top1_agreement
 
 
 class BenchRecord(BaseModel):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slmforge.bench.models import models_json, models_markdown, pick, plot_models
 from slmforge.bench.records import METRICS, SCHEMA_VERSION, LoadedRecord, Metric, fmt, read_records
 from slmforge.bench.summary import (
     EVAL_FIGURES,
@@ -26,6 +27,8 @@ from slmforge.bench.summary import (
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
+
+MODELS_PNG = "models_by_profile.png"
 
 # Detail tables of records measured on a device; projections for emulated profiles get their own table.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -62,6 +65,10 @@ class Row:
     valid: bool
     gaps: list[str]
     sha256: str | None = None  # of the model file: bundles that share it are one row in the summary
+    base_model: str | None = None  # the bundle's imported base model (bench/models.py sets models side by side)
+    built_for: str | None = None  # the profile the bundle was exported for
+    model_bytes: int | None = None
+    gate: dict[str, Any] | None = None  # export's quality gate on the file
 
     @property
     def key(self) -> str:
@@ -104,7 +111,11 @@ def to_row(rec: LoadedRecord) -> Row:
     return Row(device=device, bundle=str(bundle.get("name", "unknown bundle")),
                fmt_quant=f"{bundle.get('format', '?')} {bundle.get('quant', '?')}", mode=mode,
                threads=raw.get("threads", "?"), metrics=metrics, source=rec.source, valid=rec.valid, gaps=gaps,
-               sha256=str(bundle["model_sha256"]) if bundle.get("model_sha256") else None)
+               sha256=str(bundle["model_sha256"]) if bundle.get("model_sha256") else None,
+               base_model=str(bundle["base_model"]) if bundle.get("base_model") else None,
+               built_for=str(bundle["built_for_profile"]) if bundle.get("built_for_profile") else None,
+               model_bytes=bundle["model_bytes"] if isinstance(bundle.get("model_bytes"), int) else None,
+               gate=bundle["gate"] if isinstance(bundle.get("gate"), dict) else None)
 
 
 def _cell(row: Row, name: str) -> str:
@@ -156,6 +167,14 @@ def build_markdown(rows: list[Row], records: list[LoadedRecord], plots: list[str
               "quality figures come from the bench records"
               + (" and from `slmforge eval` (eval F1, citation accuracy)." if eval_figures else ".")), "",
              summary_markdown(groups, eval_given=bool(eval_figures)), ""]
+    side_by_side = models_markdown(pick(rows))
+    if side_by_side:
+        parts += ["## Base models side by side, per profile", "",
+                  ("Each model's bundle built for the profile (or, where export refused the profile, the model's "
+                   "smallest bundle, hatched in the plot) emulated on it: decode projected from the host's by memory "
+                   "bandwidth, the host-measured peak RSS against the profile's app memory, export's quality gate on "
+                   "that file (perplexity ratio to the float32 source, mean KL, top-1 agreement), and the bench's "
+                   "perplexity, FAQ hit@k and QA F1 of the bundle."), "", side_by_side, ""]
     if measured_rows:
         parts += ["## Measured on the device", ""]
         for title, names in TABLES.items():
@@ -214,6 +233,8 @@ def build_report(results: list[Path], out: Path, eval_file: Path | None = None) 
     problems += [f"{r.source}: {p}" for r in records if not r.raw for p in r.problems]
     with atomic_dir(out) as tmp:
         plots = draw_all(groups, tmp)
+        if plot_models(pick(rows), tmp / MODELS_PNG):
+            plots.append(MODELS_PNG)
         atomic_write_text(tmp / "report.md", build_markdown(rows, records, plots, groups, eval_figures, unmatched))
         atomic_write_json(tmp / "report.json", {
             "schema_version": SCHEMA_VERSION,
@@ -222,6 +243,7 @@ def build_report(results: list[Path], out: Path, eval_file: Path | None = None) 
             "eval": None if eval_file is None else {"path": str(eval_file), "systems": eval_figures,
                                                    "unmatched": unmatched},
             "summary": summary_json(groups),
+            "models_by_profile": models_json(pick(rows)),
             "rows": [{"device": r.device, "bundle": r.bundle, "format": r.fmt_quant, "mode": r.mode,
                       "threads": r.threads, "valid": r.valid, "source": r.source, "model_sha256": r.sha256,
                       "metrics": {k: (m.model_dump(mode="json") if m else None) for k, m in r.metrics.items()},

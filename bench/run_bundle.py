@@ -60,6 +60,9 @@ class BundleResult:
     threads: int = 0
 
 
+GATE_FIELDS = ("gate", "ppl_ratio", "kl_mean", "top1_agreement")  # from the bundle manifest's model entry
+
+
 def describe(path: Path, bundle: Any | None) -> BundleInfo:
     """Name, format, quant, size and hash of the model, from the bundle manifest (or the file name)."""
     if bundle is not None:
@@ -68,15 +71,19 @@ def describe(path: Path, bundle: Any | None) -> BundleInfo:
         entry = next((f for f in bundle.manifest.files if f.path == model["path"]), None)
         fmt, quant, sha = model.get("format", "?"), str(model.get("quant", "?")), entry.sha256 if entry else None
         built_for = bundle.manifest.profile
+        base_model = model.get("base_model")
+        gate = {k: model.get(k) for k in GATE_FIELDS if model.get(k) is not None} or None
     else:
         model_path = path
         fmt = "gguf" if path.suffix == ".gguf" else "onnx"
         found = _QUANT.search(path.name)
         quant, sha, built_for = (found.group(1) if found else "unknown"), None, None
+        base_model, gate = None, None
     size = (model_path.stat().st_size if model_path.is_file()
             else sum(p.stat().st_size for p in model_path.rglob("*") if p.is_file()))
     return BundleInfo(path=str(path.resolve()), name=path.name, format=fmt, quant=quant, model_bytes=size,
-                      model_sha256=sha, built_for_profile=built_for)
+                      model_sha256=sha, built_for_profile=built_for,
+                      base_model=str(base_model) if base_model else None, gate=gate)
 
 
 class _Steps:

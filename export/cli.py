@@ -33,9 +33,10 @@ HEADERS = ["format", "quant", "size MB", "bits/w", "est. mem MB", "est. tok/s", 
 @click.option("--quant", default=None,
               help="Force one quantization (GGUF: F16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, ...; "
                    "ONNX: fp32, int8, int4). Default: the best that fits the profile.")
-@click.option("--heldout", type=click.Path(path_type=Path), default=None,
-              help="Held-out domain text for the quality gate: dataset folder, .jsonl or text files "
-                   "(default: the shipped Python-docs excerpt).")
+@click.option("--heldout", type=click.Path(path_type=Path), multiple=True,
+              help="Held-out domain text for the quality gate: dataset folder, .jsonl or text files; repeat it "
+                   "and the gate reads them in order until it has --eval-tokens (default: the shipped "
+                   "Python-docs excerpt).")
 @click.option("--eval-tokens", type=click.IntRange(16), default=2048, show_default=True,
               help="Held-out tokens the quality gate scores.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for llama.cpp.")
@@ -47,7 +48,7 @@ HEADERS = ["format", "quant", "size MB", "bits/w", "est. mem MB", "est. tok/s", 
               help="An earlier export folder of the same checkpoint: artifacts it built and gated on the same "
                    "held-out text (and its embedder) are linked instead of rebuilt and re-measured.")
 @json_option
-def export(model: Path, profile_name: str, out: Path, fmt: str | None, quant: str | None, heldout: Path | None,
+def export(model: Path, profile_name: str, out: Path, fmt: str | None, quant: str | None, heldout: tuple[Path, ...],
            eval_tokens: int, threads: int | None, no_embedder: bool, embedder_source: Path | None, reuse: Path | None, as_json: bool) -> None:
     """Compile MODEL to GGUF and/or ONNX for a device profile, with a quality gate.
 
@@ -66,7 +67,7 @@ def export(model: Path, profile_name: str, out: Path, fmt: str | None, quant: st
         raise UserError(f"{model}: no such checkpoint folder")
     profile = load_profile(profile_name)
     formats = {"all": ["gguf", "onnx"], None: [profile.formats[0]]}.get(fmt, [fmt])
-    opts = ExportOptions(formats=formats, quant=quant, heldout=heldout, eval_tokens=eval_tokens, threads=threads,
+    opts = ExportOptions(formats=formats, quant=quant, heldout=list(heldout), eval_tokens=eval_tokens, threads=threads,
                          embedder=not no_embedder, embedder_source=embedder_source, progress=not as_json,
                          reuse=reuse)
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from slmforge.errors import UserError
+from slmforge.hf_tokens import text_ids
 from slmforge.perplexity import perplexity, token_stream
 from slmforge.perplexity import token_windows as cut_windows
 from slmforge.profiles import QualityBounds
@@ -46,16 +47,13 @@ class QualityReport:
 
 
 def token_windows(checkpoint: Path, texts: Iterable[str], window: int, max_tokens: int) -> list[list[int]]:
-    """The source tokenizer's ids for the texts (each followed by EOS, as the trainer and bench measure),
-    cut into windows of ``window`` tokens."""
+    """The source tokenizer's ids for the texts (each starting with BOS when the model wants one and followed
+    by EOS, as the trainer and ``bench run`` measure), cut into windows of ``window`` tokens."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
 
-    def tokenize(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    return cut_windows(token_stream(tokenize, texts, tokenizer.eos_token_id, max_tokens), window)
+    return cut_windows(token_stream(lambda text: text_ids(tokenizer, text), texts, tokenizer.eos_token_id, max_tokens), window)
 
 
 # ---------------------------------------------------------------------------- log-probabilities

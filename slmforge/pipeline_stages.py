@@ -95,6 +95,12 @@ def _heldout_text(b: PlanBuilder) -> list[str]:
     return ["--heldout", str(_data(b) / "heldout.jsonl")] if b.recipe.stages.prepare.enabled else []
 
 
+def _gate_text(b: PlanBuilder) -> list[str]:
+    """Export's ``--heldout``: the held-out split, then the recipe's documents, so the gate gets its
+    ``eval_tokens`` even when the split is small (export/run.py ``heldout_texts``)."""
+    return [*_heldout_text(b), *(a for d in b.docs for a in ("--heldout", str(d)))]
+
+
 def _prepared(b: PlanBuilder) -> list[str]:
     return ["prepare"] if b.recipe.stages.prepare.enabled else []
 
@@ -159,7 +165,7 @@ def _baseline_export(b: PlanBuilder, _: str | None) -> Wiring:
     base, out = b.made["model"][0], b.path("export/base-model")  # eval names it base-model
     args, inputs, after = _embedder_source(b)
     return Wiring(["--model", str(base.path), "--profile", next(iter(b.profiles.values())), "--out", str(out),
-                   *_heldout_text(b), *args], [base.path, *([_data(b)] if _prepared(b) else []), *inputs], out,
+                   *_gate_text(b), *args], [base.path, *([_data(b)] if _prepared(b) else []), *b.docs, *inputs], out,
                   [base.stage, *_prepared(b), *after])
 
 
@@ -259,8 +265,8 @@ def _export(b: PlanBuilder, profile: str | None) -> Wiring:
     # Later profiles link what the first export built and measured when they pick the same quant.
     reuse = ["--reuse", str(b.path(f"export/{first}"))] if profile != first else []
     args, inputs, after = _embedder_source(b)
-    return Wiring(["--model", str(model.path), "--profile", b.profiles[profile], "--out", str(out), *_heldout_text(b),
-                   *reuse, *args], [model.path, *([_data(b)] if _prepared(b) else []), *inputs], out,
+    return Wiring(["--model", str(model.path), "--profile", b.profiles[profile], "--out", str(out), *_gate_text(b),
+                   *reuse, *args], [model.path, *([_data(b)] if _prepared(b) else []), *b.docs, *inputs], out,
                   [model.stage, *_prepared(b), *([f"export:{first}"] if reuse else []), *after])
 
 

@@ -483,3 +483,46 @@ def test_merge_quality_scores_parents_and_merge(tiny_checkpoint: Path, tmp_path:
                  "--qa", str(tmp_path / "qa.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "none.jsonl" in err[0]
+
+
+def test_report_sets_base_models_side_by_side_per_profile(tmp_path: Path):
+    """Two base models, each with a Pi 5 bundle and a phone bundle, emulated on both and on the Pi Zero 2 W
+    (for which neither has a bundle): one row per (profile, model) with that profile's file, its gate, and
+    the smallest file's shortfall on the Pi Zero; one model alone gives no such section."""
+    lines = []
+    files = {("SmolLM2-135M", "raspberry-pi-5-8gb"): ("Q8_0", 145_000_000, 400.0, 50.0),
+             ("SmolLM2-135M", "android-midrange-8gb"): ("Q4_K_M", 105_000_000, 360.0, 70.0),
+             ("gemma-3-270m", "raspberry-pi-5-8gb"): ("Q8_0", 291_000_000, 600.0, 30.0),
+             ("gemma-3-270m", "android-midrange-8gb"): ("Q3_K_M", 242_000_000, 560.0, 40.0)}
+    for (model, built_for), (quant, size, rss, tg) in files.items():
+        bundle = BundleInfo(path=f"/b/{model}/{built_for}", name=built_for, format="gguf", quant=quant, model_bytes=size,
+                            model_sha256=(model + built_for).encode().hex()[:64].ljust(64, "0"), built_for_profile=built_for,
+                            base_model=model, gate={"gate": "pass", "ppl_ratio": 1.01, "kl_mean": 0.02, "top1_agreement": 0.9})
+        host = make_record(quant=quant, metrics=host_metrics(tg=tg, rss_mb=rss))
+        lines.append(host.model_copy(update={"bundle": bundle}).model_dump(mode="json"))
+        for profile in ("raspberry-pi-5-8gb", "android-midrange-8gb", "raspberry-pi-zero-2w"):
+            metrics, emulation, notes = emulate(load_profile(profile), host.metrics, steady_bandwidth(21.0), size, 2, "gguf")
+            emulated = make_record(mode="emulated", emulation=emulation, metrics=metrics, notes=notes, profile=profile)
+            lines.append(emulated.model_copy(update={"bundle": bundle}).model_dump(mode="json"))
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = build_report([results], tmp_path / "rep")
+    assert "models_by_profile.png" in summary["files"]
+    assert (tmp_path / "rep" / "models_by_profile.png").read_bytes()[:8] == PNG_MAGIC
+    md = (tmp_path / "rep" / "report.md").read_text()
+    table = md.split("## Base models side by side, per profile")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")][1:]
+    cells = {(r[0], r[1]): r for r in rows}
+    assert len(rows) == 6  # 3 profiles × 2 models
+    assert cells[("android-midrange-8gb", "gemma-3-270m")][2].startswith("gguf Q3_K_M (242.0 MB)")
+    assert cells[("raspberry-pi-5-8gb", "SmolLM2-135M")][2].startswith("gguf Q8_0 (145.0 MB)")
+    zero = cells[("raspberry-pi-zero-2w", "gemma-3-270m")]
+    assert "no bundle" in zero[2] and "Q3_K_M" in zero[2]  # the smallest file stands in
+    assert "does not fit: 260 MB short" in zero[5]  # 560 MB peak against 300 MB
+    assert zero[6].startswith("pass: ppl ×1.0100, KL 0.020, top-1 0.900")
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert {(e["profile"], e["base_model"]) for e in report["models_by_profile"]} == set(cells)
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps(line) + "\n" for line in lines if line["bundle"]["base_model"] == "SmolLM2-135M"))
+    build_report([one], tmp_path / "rep1")
+    assert "side by side" not in (tmp_path / "rep1" / "report.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,18 @@ def test_footprint_policy_refuses_when_no_quant_passes_the_gate():
 
     with pytest.raises(UserError, match="both fits profile 'android-midrange-8gb' and passes its quality gate"):
         pick(list(sizes), nominal, build, lambda c: None, SMOLLM2, "gguf", profile, fails)
+
+
+def test_gate_tops_a_short_heldout_split_up_from_the_next_source(tiny_checkpoint: Path, corpus_dir: Path, tmp_path: Path):
+    """A 2-piece held-out split alone gives the gate a few hundred tokens; the documents named after it fill
+    the gate's eval_tokens, and the reuse key names both sources (an export on the split alone is not reused)."""
+    from slmforge.export.run import ExportOptions, heldout_texts
+
+    split = tmp_path / "heldout.jsonl"
+    split.write_text(json.dumps({"text": "How do I copy a file? Use shutil.copy()."}) + "\n")
+    alone, alone_key = heldout_texts(ExportOptions(formats=["gguf"], heldout=[split], eval_tokens=512))
+    both, key = heldout_texts(ExportOptions(formats=["gguf"], heldout=[split, corpus_dir / "faq"], eval_tokens=512))
+    assert both[: len(alone)] == alone and len(both) > len(alone)
+    assert sum(map(len, quality.token_windows(tiny_checkpoint, alone, 512, 512))) < 64
+    assert sum(map(len, quality.token_windows(tiny_checkpoint, both, 512, 512))) == 512
+    assert key["sha256"] != alone_key["sha256"] and str(corpus_dir / "faq") in key["path"]

@@ -196,6 +196,9 @@ def test_shipped_demo_recipes_plan_every_stage(recipe: str, tmp_path: Path):
     assert all("--index-from" in c and "bundles/base-model" in c for n, c in command.items() if n.startswith("bundle:")
                and n != "bundle:baseline")
     assert "bundles/raspberry-pi-5-8gb" in command["eval"] and "--baseline" in command["eval"]
+    # the gate reads the held-out split, then the recipe's documents, until it has its eval_tokens
+    for name in (n for n in command if n.startswith("export:")):
+        assert command[name].count("--heldout") == 2 and "data/heldout.jsonl --heldout" in command[name], name
     bench = next(s["command"] for s in plan["stages"] if s["name"] == "bench")
     assert "--heldout" in bench and "qa.heldout.jsonl" in bench  # quality measured next to speed
     timed = [b for b in ("raspberry-pi-5-8gb", "android-midrange-8gb", "laptop-x86-16gb") if f"bundles/{b}" in bench]

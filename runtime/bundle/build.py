@@ -7,6 +7,7 @@ temporary name and renamed at the end; optionally packed into one ``.tar``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -101,6 +102,20 @@ def _profile_context(name: str) -> int | None:
         return None
 
 
+def base_model_name(lineage: list[dict[str, Any]]) -> str | None:
+    """The imported base model's name (its checkpoint's ``slmforge.json``), so a bench report can set
+    bundles of different models side by side; None when the lineage has no readable base import."""
+    base = next((step for step in lineage if step.get("stage") == "base-import"), None)
+    if base is None or not base.get("path"):
+        return None
+    try:
+        params = json.loads((Path(base["path"]) / "slmforge.json").read_text(encoding="utf-8")).get("params", {})
+    except (OSError, ValueError, AttributeError):
+        return Path(base["path"]).name
+    name = params.get("name") if isinstance(params, dict) else None
+    return str(name) if name else Path(base["path"]).name
+
+
 def build_bundle(
     export_dir: Path,
     docs: list[Path],
@@ -162,7 +177,8 @@ def build_bundle(
                 model={"format": artifact.format, "quant": artifact.quant, "path": model_rel,
                        "size_bytes": artifact.size_bytes, "sha256": artifact.sha256,
                        "bits_per_weight": artifact.bits_per_weight, "gate": artifact.gate,
-                       "ppl_ratio": artifact.ppl_ratio},
+                       "ppl_ratio": artifact.ppl_ratio, "kl_mean": artifact.kl_mean,
+                       "top1_agreement": artifact.top1_agreement, "base_model": base_model_name(export.lineage)},
                 embedder=EmbedderInfo.model_validate({**embedder_info.model_dump(), "path": EMBEDDER_DIR}),
                 chat_template=export.chat_template,
                 system_prompt=system_prompt,

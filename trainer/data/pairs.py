@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_json, atomic_write_text, sibling
+from slmforge.hf_tokens import bos_id
 from slmforge.manifest import ArtifactManifest, input_ref, lineage_of
 
 
@@ -64,10 +65,15 @@ def mismatched_answers(answers: list[str], seed: int) -> list[str]:
 
 
 def _prompt_text(tokenizer: Any, question: str) -> str:
+    """The question as the model is prompted at run time: its chat turn, BOS first when it wants one."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                              add_generation_prompt=True)
-    return f"Question: {question}\nAnswer:"
+    else:
+        text = f"Question: {question}\nAnswer:"
+    if bos_id(tokenizer) is not None and not text.startswith(tokenizer.bos_token):
+        text = tokenizer.bos_token + text  # tokenized with add_special_tokens=False: the marker becomes BOS
+    return text
 
 
 def idle_cores() -> int:

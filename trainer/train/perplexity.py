@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from slmforge.hf_tokens import text_ids
 from slmforge.perplexity import perplexity as perplexity_of
 from slmforge.perplexity import token_stream, token_windows
 
@@ -18,10 +19,7 @@ def perplexity(model: Any, tokenizer: Any, texts: list[str], seq_len: int = 512,
     """exp(mean NLL per predicted token) over non-overlapping ``seq_len`` windows; no grad."""
     import torch
 
-    def tokenize(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    windows = token_windows(token_stream(tokenize, texts, tokenizer.eos_token_id, max_tokens), seq_len)
+    windows = token_windows(token_stream(lambda text: text_ids(tokenizer, text), texts, tokenizer.eos_token_id, max_tokens), seq_len)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

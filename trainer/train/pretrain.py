@@ -27,6 +27,7 @@ from slmforge.trainer.train.packed_attention import packed_attention
 
 from slmforge.errors import UserError
 from slmforge.heldout import split_heldout
+from slmforge.hf_tokens import text_ids
 from slmforge.manifest import InputRef, input_ref
 
 
@@ -60,10 +61,11 @@ class BlockCollator:
 
 
 def pack_blocks(tokenizer: Any, texts: list[str], seq_len: int) -> list[list[int]]:
-    """One EOS-separated token stream cut into full blocks; a corpus shorter than a block is one block."""
+    """One EOS-separated token stream (each text starting with BOS when the model wants one) cut into full
+    blocks; a corpus shorter than a block is one block."""
     stream: list[int] = []
     for text in texts:
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        stream.extend(text_ids(tokenizer, text))  # BOS first when the model wants it, as at run time
         stream.append(tokenizer.eos_token_id)
     if len(stream) < 2:
         raise UserError("the training text gives fewer than 2 tokens; nothing to learn from")

@@ -30,6 +30,7 @@ from slmforge.trainer.train.packed_attention import packed_attention, supports_p
 
 from slmforge.errors import UserError
 from slmforge.heldout import load_heldout_texts
+from slmforge.hf_tokens import with_bos
 
 HELDOUT_FRACTION = 0.1
 
@@ -39,7 +40,8 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: b
 
 
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with labels = IGNORE everywhere except assistant text and its EOS."""
+    """(input_ids, labels) with labels = IGNORE everywhere except assistant text and its EOS; BOS first when
+    the model wants one (``slmforge.hf_tokens``), as llama.cpp puts it before the prompt at run time."""
     if not tokenizer.chat_template:
         raise UserError("the model's tokenizer has no chat template; SFT needs one (tokenizer_config.json "
                         "or chat_template.jinja)")
@@ -68,7 +70,7 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tup
             piece_labels = [IGNORE] * len(piece)
         ids += piece
         labels += piece_labels
-    return ids, labels
+    return with_bos(tokenizer, done, ids, labels, IGNORE)  # the runtime's prompt starts with BOS when the model wants it
 
 
 def pack_examples(examples: list[tuple[list[int], list[int]]], row_len: int) -> list[dict[str, list[int]]]:
