@@ -118,8 +118,9 @@ def train_retriever(
     validation = [(r, c) for r, c in pairs if c.source in validation_docs]
     heldout = [r for r, c in pairs if c.source in held] + kept_out
     if not train:
-        raise UserError(f"{where}: every pair lies in a held-out document; pass QA pairs of more documents "
-                        f"or a smaller --heldout-fraction than {opts.heldout_fraction}")
+        raise UserError(f"{where}: every pair lies in a held-out or validation document; pass QA pairs of more "
+                        f"documents or a smaller --heldout-fraction ({opts.heldout_fraction}) or "
+                        f"--validation-fraction ({opts.validation_fraction})")
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -181,13 +182,13 @@ def _fit(model: Any, data: Any, scratch: Path, opts: RetrieverOptions) -> dict[s
             "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 1)}
 
 
-
 class _TorchEmbedder:
     """The tuned encoder in the shape ``sync_documents`` embeds with (before any ONNX export)."""
 
     def __init__(self, model: Any, count_tokens: Any) -> None:
         self.model, self.count_tokens = model, count_tokens
-        self.dim = int(model.get_sentence_embedding_dimension())
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
 
     def embed(self, texts: list[str]) -> Any:
         import numpy as np
