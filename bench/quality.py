@@ -28,10 +28,11 @@ PPL_WINDOW = 512
 
 def perplexity(backend: Backend, texts: list[str], max_tokens: int = 2048, window: int = PPL_WINDOW) -> Metric:
     """exp(mean NLL per predicted token) over non-overlapping windows of the backend's own tokens
-    (each text followed by EOS), with the logits of the bundle's own backend."""
+    (each text followed by EOS, each window starting with BOS when the model wants it), with the logits of
+    the bundle's own backend."""
     ids = token_stream(backend.tokenize, texts, getattr(backend, "eos_id", None), max_tokens)
     try:
-        windows = token_windows(ids, window)
+        windows = token_windows(ids, window, getattr(backend, "bos_id", None))
     except UserError:
         return unknown("ppl", "held-out text is shorter than two tokens", "skipped")
     nll = [window_nll(backend.logits(w), w) for w in tqdm(windows, desc="perplexity", unit="win", file=sys.stderr,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from slmforge.errors import UserError
-from slmforge.hf_tokens import text_ids
+from slmforge.hf_tokens import bos_id, text_ids
 from slmforge.perplexity import perplexity, token_stream
 from slmforge.perplexity import token_windows as cut_windows
 from slmforge.profiles import QualityBounds
@@ -48,12 +48,14 @@ class QualityReport:
 
 def token_windows(checkpoint: Path, texts: Iterable[str], window: int, max_tokens: int) -> list[list[int]]:
     """The source tokenizer's ids for the texts (each starting with BOS when the model wants one and followed
-    by EOS, as the trainer and ``bench run`` measure), cut into windows of ``window`` tokens."""
+    by EOS, as the trainer and ``bench run`` measure), cut into windows of ``window`` tokens that each start
+    with BOS for such a model."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
 
-    return cut_windows(token_stream(lambda text: text_ids(tokenizer, text), texts, tokenizer.eos_token_id, max_tokens), window)
+    return cut_windows(token_stream(lambda text: text_ids(tokenizer, text), texts, tokenizer.eos_token_id, max_tokens),
+                       window, bos_id(tokenizer))
 
 
 # ---------------------------------------------------------------------------- log-probabilities

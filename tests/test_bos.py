@@ -104,3 +104,21 @@ def test_pairs_prompt_the_model_with_bos_when_it_wants_one(ckpts):
     assert ids[0] == tok.convert_tokens_to_ids(BOS) and ids.count(ids[0]) == 1
     plain = _tok(ckpts["plain"])
     assert not _prompt_text(plain, "How do I copy a file?").startswith(BOS)
+
+
+def test_every_perplexity_window_starts_with_bos_when_the_model_wants_it(ckpts):
+    """A window cut mid-text is a prompt without BOS; Gemma's second gate window was (ppl 38 against 14.5)."""
+    from slmforge.export.quality import token_windows
+
+    from slmforge.hf_tokens import text_ids
+    from slmforge.perplexity import token_stream
+
+    texts = ["Lists are mutable sequences; tuples are immutable. " * 6] * 3
+    tok = _tok(ckpts["bos"])
+    bos = tok.convert_tokens_to_ids(BOS)
+    windows = token_windows(ckpts["bos"], texts, 16, 200)
+    assert len(windows) > 3 and all(w[0] == bos and len(w) <= 16 for w in windows)
+    stream = token_stream(lambda t: text_ids(tok, t), texts, tok.eos_token_id, 200)
+    # nothing dropped or reordered: only BOS added where a window began mid-text
+    assert [t for w in windows for t in w if t != bos] == [t for t in stream if t != bos]
+    assert all(w[0] != bos for w in token_windows(ckpts["plain"], texts, 16, 200))

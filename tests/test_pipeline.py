@@ -217,7 +217,9 @@ def test_gemma_recipe_plans_every_stage_or_says_how_to_get_the_model(tmp_path: P
         return
     assert proc.returncode == 0, proc.stderr
     planned = [line.split()[0] for line in proc.stdout.splitlines() if "would-run" in line]
-    assert planned[0] == "base" and planned[-1] == "report" and sum(n.startswith("export:") for n in planned) == 4
+    # the baseline and the two profiles whose choices differ (Pi 5: Q8_0, phone: footprint); no DPO or merge
+    assert planned[0] == "base" and planned[-1] == "report" and sum(n.startswith("export:") for n in planned) == 3
+    assert "sft" in planned and "align" not in planned and "merge" not in planned
 
 
 def test_bench_bundles_must_name_exported_profiles(tmp_path: Path):

@@ -121,6 +121,9 @@ class LlamaCppBackend:
         self.bos_token = self._token_text(self._llm.token_bos())
         self.eos_token = self._token_text(self._llm.token_eos())
         self.eos_id: int | None = int(self._llm.token_eos())  # ends each held-out text in a perplexity stream
+        first = self._llm.tokenize(b"a", add_bos=True, special=False)[:1]
+        # starts each perplexity window when the model wants BOS (llama.cpp puts it before every prompt)
+        self.bos_id: int | None = first[0] if first and first[0] == self._llm.token_bos() else None
         self._scorer: Any = None  # the logits_all context of ``logits``
 
     def _token_text(self, token: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slmforge.hf_tokens import text_ids
+from slmforge.hf_tokens import bos_id, text_ids
 from slmforge.perplexity import perplexity as perplexity_of
 from slmforge.perplexity import token_stream, token_windows
 
@@ -19,7 +19,8 @@ def perplexity(model: Any, tokenizer: Any, texts: list[str], seq_len: int = 512,
     """exp(mean NLL per predicted token) over non-overlapping ``seq_len`` windows; no grad."""
     import torch
 
-    windows = token_windows(token_stream(lambda text: text_ids(tokenizer, text), texts, tokenizer.eos_token_id, max_tokens), seq_len)
+    windows = token_windows(token_stream(lambda text: text_ids(tokenizer, text), texts, tokenizer.eos_token_id, max_tokens),
+                            seq_len, bos_id(tokenizer))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
