@@ -142,6 +142,10 @@ def test_disabled_stages_are_honoured_where_later_stages_can_do_without(tmp_path
     assert "--qa" not in plan["bench"] and "--heldout" in plan["bench"]
     plan = _plan(_write(tmp_path, _off("prepare", "qa", "pretrain", "sft", "align", "merge")))
     assert "prepare" not in plan and "qa" not in plan
-    assert all("--heldout" not in argv for name, argv in plan.items() if name.startswith(("export", "bench")))
+    gated = {name: [argv[i + 1] for i, a in enumerate(argv) if a == "--heldout"]
+             for name, argv in plan.items() if name.startswith(("export", "bench"))}
+    # no held-out split without prepare: export's gate reads the recipe's own documents, bench none
+    assert gated and all(texts == ([str(EXAMPLE / "docs" / "faq")] if name.startswith("export") else [])
+                         for name, texts in gated.items()), gated
     plan = _plan(_write(tmp_path, _off("bundle")))
     assert not any(name.startswith(("bundle", "answer", "bench", "report")) for name in plan)
