@@ -119,6 +119,14 @@ def health(url: str) -> dict[str, Any] | None:
 @contextlib.contextmanager
 def start_server(bundle: Path, queue: int, extra: list[str], telemetry: Path | None = None) -> Iterator[str]:
     """`slmforge serve BUNDLE` on a free port until the block ends (telemetry in a temporary folder unless given)."""
+    with server_process(bundle, queue, extra, telemetry) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(bundle: Path, queue: int, extra: list[str],
+                   telemetry: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``start_server``'s URL and the server's process (whose memory a bench reads from /proc)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -134,7 +142,7 @@ def start_server(bundle: Path, queue: int, extra: list[str], telemetry: Path | N
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start: {(workdir / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

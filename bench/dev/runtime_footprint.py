@@ -1,16 +1,18 @@
 """What the on-device runtime process costs besides the model: the term export's fit check adds.
 
-Runs ``slmforge run BUNDLE QUESTION --json`` (what a device user runs) in a child process per
-bundle and takes the child's peak RSS (its VmHWM, recorded at exit), then subtracts what export
-already counts — the model file, the KV cache at the bundle's context and the generator's own
-buffers (``fit.OVERHEAD_BYTES``) — leaving the process: Python, numpy, the embedder's
-onnxruntime session, SQLite and the CLI. Minus the embedder's file it is the base that
-``fit.RUNTIME_BASE_BYTES`` must cover. ``rss_over_files`` is the whole peak ÷ (model file + embedder
-file), issue #18's figure; ``--legacy`` measures today's path too (``run --legacy-runtime``), in the same run.
-The KV term is the window and cache type each path really runs (the fast path caps n_ctx and keeps
-a q8_0 cache where the profile asks for one: 34 bytes per 32 values; f16 otherwise).
+Runs ``slmforge run BUNDLE QUESTION --json`` in a child process per bundle and takes the child's
+peak RSS (its VmHWM, recorded at exit); with ``--serve`` also ``slmforge serve BUNDLE`` answering
+three questions over HTTP (its VmHWM read from /proc while it still runs). ``serve`` is what a device
+keeps running: it holds the embedder's onnxruntime session beside the model, while ``run`` embeds in
+a child that exits before the model loads. From each peak it subtracts what export already counts —
+the model file, the KV cache and the generator's own buffers (``fit.runtime_memory``: the window and
+cache type the fast path runs on the bundle's profile, and for serve the batched context's streams) —
+leaving the process: Python, numpy, onnxruntime, SQLite, the CLI and the HTTP server. Minus the
+embedder's file it is the base that ``fit.RUNTIME_BASE_BYTES`` must cover. ``rss_over_files`` is the
+whole peak ÷ (model file + embedder file), issue #18's figure; ``--legacy`` measures today's path too
+(``run --legacy-runtime``), in the same run.
 
-    python -m slmforge.bench.dev.runtime_footprint BUNDLE... [--legacy] [--out bench/results/runtime_footprint.json]
+    python -m slmforge.bench.dev.runtime_footprint BUNDLE... [--legacy] [--serve] [--out bench/results/runtime_footprint.json]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from slmforge.fileio import atomic_write_json
 from slmforge.output import format_table
 
 QUESTION = "How do I copy a file in Python?"
+SERVE_QUESTIONS = (QUESTION, "How do I delete a file?", "What is a lambda function?")
 MB = 1e6
 
 
@@ -78,28 +81,62 @@ def gguf_config(model: Path) -> dict[str, Any]:
     return config
 
 
-def measure(bundle_path: Path, legacy: bool = False, threads: int | None = None) -> dict[str, Any]:
+def vm_hwm_bytes(pid: int) -> int:
+    """Peak resident bytes of a running process (Linux: VmHWM in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit(f"error: /proc/{pid}/status has no VmHWM (this bench reads Linux's /proc)")
+
+
+def peak_rss_of_serve(bundle_path: Path, threads: int | None) -> int:
+    """Peak resident bytes of ``slmforge serve BUNDLE`` after it answered ``SERVE_QUESTIONS`` (64 tokens each)."""
+    from slmforge.bench.dev.load_test import post_chat, server_process
+
+    extra = ["--no-cache", *(["--threads", str(threads)] if threads else [])]
+    with server_process(bundle_path, queue=4, extra=extra) as (url, proc):
+        for question in SERVE_QUESTIONS:
+            status, _, _ = post_chat(url, question, 64, 900)
+            if status != 200:
+                raise SystemExit(f"error: serve {bundle_path} answered {status} to {question!r}")
+        return vm_hwm_bytes(proc.pid)
+
+
+def measure(bundle_path: Path, legacy: bool = False, threads: int | None = None, serve: bool = False) -> dict[str, Any]:
+    """One bundle's peak RSS in ``run`` (or ``serve``), split into the terms export's fit check adds."""
     bundle = open_bundle(bundle_path)
     m = bundle.manifest
     if m.model.get("format") != "gguf":
         raise SystemExit(f"error: {bundle_path}: only GGUF bundles are measured here (the generator term is llama.cpp's)")
     from slmforge.runtime.answer.engine import answer_path
 
-    path = answer_path(legacy)
+    path = answer_path(legacy, profile_name=m.profile)
     n_ctx = int(m.generation["n_ctx"])
     if path.max_n_ctx:
         n_ctx = min(n_ctx, path.max_n_ctx)
-    kv_bytes_per_value = {"f16": 2, "q8_0": 34 / 32}[path.llama.kv_type]
-    peak = peak_rss_of(["run", str(bundle_path), QUESTION, "--json", *(["--legacy-runtime"] if legacy else []),
-                        *(["--threads", str(threads)] if threads else [])])
     config = gguf_config(bundle.model_path)
-    kv = int(fit.kv_cache_bytes(config, n_ctx, 1) * kv_bytes_per_value)
-    generator = fit.generator_overhead_bytes("gguf", config)
+    from slmforge.runtime.generate.llamacpp import kv_type_for
+
+    kv_type = kv_type_for(bundle.model_path, path.llama.kv_type)
+    streams, contexts = 1, 1
+    if serve:
+        from slmforge.runtime.generate.batched import profile_parallel
+
+        parallel = profile_parallel(m.profile)
+        if parallel > 1:  # fit.runtime_memory: the batched context's N + 1 streams beside the lone one
+            streams, contexts = 1 + parallel + 1, 2
+        peak = peak_rss_of_serve(bundle_path, threads)
+    else:
+        peak = peak_rss_of(["run", str(bundle_path), QUESTION, "--json", *(["--legacy-runtime"] if legacy else []),
+                            *(["--threads", str(threads)] if threads else [])])
+    kv = int(fit.kv_cache_bytes(config, n_ctx, 1) * fit.KV_TYPE_BYTES_PER_VALUE[kv_type]) * streams
+    generator = fit.generator_overhead_bytes("gguf", config) * contexts
     model_bytes = bundle.model_path.stat().st_size
     embedder_bytes = (bundle.embedder_dir / "model.onnx").stat().st_size
     process = peak - model_bytes - kv - generator
-    return {"bundle": str(bundle_path), "path": "legacy" if legacy else "fast", "quant": m.model["quant"],
-            "n_ctx": n_ctx, "peak_rss_mb": round(peak / MB, 1),
+    return {"bundle": str(bundle_path), "profile": m.profile, "command": "serve" if serve else "run",
+            "path": "legacy" if legacy else "fast", "quant": m.model["quant"],
+            "n_ctx": n_ctx, "kv_type": kv_type, "kv_streams": streams, "peak_rss_mb": round(peak / MB, 1),
             "rss_over_files": round(peak / (model_bytes + embedder_bytes), 3),
             "model_file_mb": round(model_bytes / MB, 1), "kv_cache_mb": round(kv / MB, 1),
             "generator_overhead_mb": round(generator / MB, 1), "runtime_process_mb": round(process / MB, 1),
@@ -112,7 +149,7 @@ def plot(rows: list[dict[str, Any]], png: Path) -> None:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10.5, 1.6 + 0.6 * len(rows)))
-    labels = [f"{Path(r['bundle']).name} {r.get('path', '')}" for r in rows]
+    labels = [f"{Path(r['bundle']).name} {r.get('command', 'run')} ({r.get('path', '')})" for r in rows]
     left = [0.0] * len(rows)
     for key, name in (("model_file_mb", "model file"), ("kv_cache_mb", "KV cache (formula)"),
                       ("generator_overhead_mb", "generator buffers (fit)"), ("runtime_process_mb", "the rest")):
@@ -122,7 +159,7 @@ def plot(rows: list[dict[str, Any]], png: Path) -> None:
     for i, r in enumerate(rows):
         ax.text(r["peak_rss_mb"] + 4, i, f"{r['peak_rss_mb']:.0f} MB = {r['rss_over_files']:.2f}× files", va="center")
         ax.plot([1.5 * (r["model_file_mb"] + r["embedder_file_mb"])] * 2, [i - 0.4, i + 0.4], color="black")
-    ax.set_xlabel("peak RSS of `slmforge run`, MB (black line: 1.5 × model + embedder files)")
+    ax.set_xlabel("peak RSS of `slmforge run` / `serve`, MB (black line: 1.5 × model + embedder files)")
     ax.set_xlim(0, max(r["peak_rss_mb"] for r in rows) * 1.45)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     write_png(plt, fig, png)
@@ -133,9 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--legacy", action="store_true", help="also measure `run --legacy-runtime` (today's path)")
     ap.add_argument("--threads", type=int, default=None, help="run's --threads (memory barely depends on it)")
+    ap.add_argument("--serve", action="store_true",
+                    help="also measure `serve` answering 3 questions (the embedder stays in its process)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/runtime_footprint.json"))
     args = ap.parse_args(argv)
     rows = [measure(path, legacy, args.threads) for path in args.bundles for legacy in ([True, False] if args.legacy else [False])]
+    if args.serve:
+        rows += [measure(path, False, args.threads, serve=True) for path in args.bundles]
     print(format_table(list(rows[0]), [list(r.values()) for r in rows]))
     used = fit.RUNTIME_BASE_BYTES / MB
     print(f"fit.RUNTIME_BASE_BYTES = {used:.1f} MB; measured max {max(r['runtime_base_mb'] for r in rows):.1f} MB")

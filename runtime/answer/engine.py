@@ -50,16 +50,23 @@ def answer_path(legacy: bool | None = None, profile_name: str | None = None) -> 
     """The fast path, or today's path when ``legacy`` (default: the ``SLMFORGE_LEGACY_RUNTIME`` variable).
 
     A device profile's ``runtime:`` section overrides the fast path's knobs (its ``max_context`` caps n_ctx)."""
-    from dataclasses import replace
-
-    from slmforge.runtime.generate.llamacpp import FAST_SETTINGS, LEGACY_SETTINGS
+    from slmforge.runtime.generate.llamacpp import LEGACY_SETTINGS
 
     if legacy is None:
         legacy = os.environ.get(LEGACY_ENV, "") not in ("", "0")
     if legacy:
         return AnswerPath("legacy", LEGACY_SETTINGS, None, False, None)
+    return fast_path_for(_device_profile(profile_name))
+
+
+def fast_path_for(profile: Any) -> AnswerPath:
+    """The fast path as it runs on ``profile`` (a ``DeviceProfile``; None: the defaults): export's fit check
+    budgets the same window and KV cache type the runtime will allocate."""
+    from dataclasses import replace
+
+    from slmforge.runtime.generate.llamacpp import FAST_SETTINGS
+
     path = AnswerPath("fast", FAST_SETTINGS, FAST_CONTEXT_TOKENS, True, FAST_MAX_N_CTX, keep_prefix=True)
-    profile = _device_profile(profile_name)
     if profile is None:
         return path
     tuning = profile.runtime.model_dump(exclude_none=True)
