@@ -178,8 +178,8 @@ def test_backend_logits_agree_between_gguf_and_onnx(real_base: Path, real_f16: P
 
 
 def test_pi_zero_refuses_the_full_model_and_a_larger_budget_fits(real_base: Path, tmp_path: Path):
-    """The smallest shipped device: 300 MB must hold the model *and* the runtime process (~150 MB
-    measured), which the 135M model cannot; the refusal says why in one line and leaves nothing."""
+    """The smallest shipped device: 300 MB must hold the model *and* the `serve` process (~225 MB measured
+    with the int8 embedder), which the 135M model cannot; the refusal says why in one line and leaves nothing."""
     from slmforge.export.run import ExportOptions, run_export
 
     from slmforge.errors import UserError
@@ -192,7 +192,7 @@ def test_pi_zero_refuses_the_full_model_and_a_larger_budget_fits(real_base: Path
     message = str(refused.value)
     assert "fits profile 'raspberry-pi-zero-2w'" in message and "runtime process" in message and "\n" not in message
     assert not (tmp_path / "zero").exists() and not list(tmp_path.glob("*.partial*"))
-    roomier = profile.model_copy(update={"app_memory_gb": 0.4})
+    roomier = profile.model_copy(update={"app_memory_gb": 0.46})  # Q6_K (138 MB) fits: est. 453 MB
     manifest = run_export(real_base, roomier, tmp_path / "export", options)
     (art,) = manifest.artifacts
     assert art.est_memory_bytes <= roomier.app_memory_bytes and art.est_decode_tok_s >= roomier.target_decode_tok_s
