@@ -229,19 +229,14 @@ def _gate(candidate: Candidate, reference: Callable[[], quality.Reference], prof
         p = candidate.prior
         report = quality.QualityReport(ppl_source=p.ppl_source, ppl_exported=p.ppl_exported, ppl_ratio=p.ppl_ratio,
                                        kl_mean=p.kl_mean, top1_agreement=p.top1_agreement, tokens=tokens)
-        bound = quality.gate_bound(candidate.quant, profile.quality_gate)
-        passed = report.ppl_ratio <= bound
-        verdict = (f"perplexity ratio {report.ppl_ratio:.4f} {'<=' if passed else '>'} {bound} "
-                   f"(profile '{profile.name}' bound for {quantize.bit_class(candidate.quant)} quants; "
-                   f"measured by {candidate.extra['reused_from']})")
-        return {"report": report, "passed": passed, "verdict": verdict}
+        passed, verdict = quality.judge(report, candidate.quant, profile.quality_gate, f"profile '{profile.name}'")
+        return {"report": report, "passed": passed, "verdict": f"{verdict}; measured by {candidate.extra['reused_from']}"}
     windows = reference().windows
 
     def logits():
         return quality.artifact_logits(candidate.path, windows, opts.threads, opts.progress)
-    report, passed, bound = quality.evaluate(reference(), logits, candidate.quant, profile.quality_gate)
-    verdict = (f"perplexity ratio {report.ppl_ratio:.4f} {'<=' if passed else '>'} {bound} "
-               f"(profile '{profile.name}' bound for {quantize.bit_class(candidate.quant)} quants)")
+    report, passed, verdict = quality.evaluate(reference(), logits, candidate.quant, profile.quality_gate,
+                                               f"profile '{profile.name}'")
     return {"report": report, "passed": passed, "verdict": verdict}
 
 

@@ -26,7 +26,8 @@ class CpuSpec(BaseModel):
 
 
 class QualityBounds(BaseModel):
-    """Largest perplexity ratio (exported / source) the quality gate accepts."""
+    """Largest perplexity ratio (exported / source) the quality gate accepts; the mean KL (source || exported)
+    must stay within ln of the same bound (export/quality.py: kl_bound)."""
 
     model_config = ConfigDict(extra="forbid")
     max_ppl_ratio_low_bit: float = Field(default=1.10, gt=1.0, description="quants of 4 bits or fewer")

@@ -160,11 +160,31 @@ def test_quality_compare_and_gate():
     assert same.ppl_ratio == pytest.approx(1.0, abs=1e-3)
     assert same.kl_mean == pytest.approx(0.0, abs=1e-3) and same.top1_agreement == 1.0
     bounds = QualityBounds()
-    noisy, passed, bound = quality.evaluate(reference, lambda: iter([logits + rng.normal(0, 3, logits.shape)]),
-                                            "Q4_K_M", bounds)
-    assert bound == bounds.max_ppl_ratio_low_bit
+    noisy, passed, verdict = quality.evaluate(reference, lambda: iter([logits + rng.normal(0, 3, logits.shape)]),
+                                              "Q4_K_M", bounds)
     assert noisy.kl_mean > 0.1 and noisy.top1_agreement < 1.0
-    assert passed == (noisy.ppl_ratio <= bound)
+    assert not passed and f"> {np.log(bounds.max_ppl_ratio_low_bit):.4f} (ln 1.1)" in verdict
+
+
+def test_gate_holds_kl_to_the_same_allowance_as_the_perplexity_ratio():
+    """A ratio under 1 cannot pass a quant that moved the distribution (Gemma 3 270M's Q3_K_M did, before)."""
+    bounds = QualityBounds()
+
+    def report(ratio: float, kl: float) -> quality.QualityReport:
+        return quality.QualityReport(ppl_source=15.0, ppl_exported=15.0 * ratio, ppl_ratio=ratio, kl_mean=kl,
+                                     top1_agreement=0.9, tokens=512)
+
+    assert quality.kl_bound(1.10) == pytest.approx(0.0953, abs=1e-4)
+    # measured: Gemma 3 270M Q3_K_M (ratio 0.9165, KL 0.388) fails; its Q4_K_M (KL 0.077) and SmolLM2's (1.0308,
+    # 0.049) pass; SmolLM2 Q8_0 (1.0069, 0.004) passes the 8-bit bounds (1.02, KL 0.0198)
+    passed, verdict = quality.judge(report(0.9165, 0.388), "Q3_K_M", bounds, "profile 'phone'")
+    assert not passed and verdict == ("perplexity ratio 0.9165 <= 1.1 and mean KL 0.3880 > 0.0953 (ln 1.1) "
+                                      "(bounds for low quants of profile 'phone')")
+    assert quality.judge(report(0.93, 0.077), "Q4_K_M", bounds)[0]
+    assert quality.judge(report(1.0308, 0.049), "Q4_K_M", bounds)[0]
+    assert quality.judge(report(1.0069, 0.004), "Q8_0", bounds)[0]
+    assert not quality.judge(report(1.0069, 0.03), "Q8_0", bounds)[0]  # KL over ln 1.02
+    assert not quality.judge(report(1.2, 0.01), "Q4_K_M", bounds)[0]  # the ratio still counts
 
 
 def test_gate_windows_end_each_text_with_eos_like_the_trainer(tiny_checkpoint: Path):
