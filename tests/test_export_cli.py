@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,9 @@ def test_reuse_links_the_same_quant_and_applies_this_profiles_bound(tiny_checkpo
     assert art.reused_from == str(first.resolve())
     assert (second / art.path).stat().st_ino == (first / built.path).stat().st_ino  # linked, not copied
     # the figures are shared, the verdict is this profile's
-    assert f"<= {bound} (profile 'strict'" in art.reason or f"> {bound} (profile 'strict'" in art.reason
-    assert (art.gate, code) == (("pass", 0) if built.ppl_ratio <= bound else ("fail", 3)), err
+    assert f" {bound} and mean KL " in art.reason and "quants of profile 'strict')" in art.reason
+    passes = built.ppl_ratio <= bound and built.kl_mean <= math.log(bound)  # quality.kl_bound: ln of the same bound
+    assert (art.gate, code) == (("pass", 0) if passes else ("fail", 3)), err
 
     monkeypatch.undo()  # another held-out budget: nothing reusable, so the export measures again
     third = tmp_path / "other-budget"
