@@ -130,3 +130,41 @@ def test_not_a_bundle_is_refused(tmp_path: Path):
     qa = write_qa(tmp_path / "qa.jsonl", [COPY])
     proc = run_cli("data", "rag", "--bundle", str(tmp_path), "--qa", str(qa), "--out", str(tmp_path / "o.jsonl"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def _hit(chunk_id: int, source: str, heading: str, text: str):
+    from slmforge.runtime.index.store import Hit
+
+    return Hit(chunk_id=chunk_id, source=source, heading=heading, text=text, score=0.0, vec_score=None, bm25_rank=None)
+
+
+def test_a_passage_that_answers_is_never_the_distractor_of_an_unanswerable_example():
+    """A near-duplicate section (another page saying the same) answers the question: with it in a context labelled
+    "the documents do not cover this", the model learns to refuse answerable questions."""
+    import random
+
+    from slmforge.runtime.answer.rag_examples import ExampleBuilder, RagOptions, answers_anyway
+
+    gold = _hit(1, "docs/faq/library.rst", "Library and Extension FAQ > How do I copy a file?",
+                "The shutil module contains a copyfile() function.")
+    twin = _hit(2, "docs/library/shutil.rst", "shutil > Directory and files operations",
+                "shutil.copyfile(src, dst): the shutil module copies the contents of a file; see the function copy().")
+    other = [_hit(3 + i, "docs/faq/general.rst", f"General FAQ > Q{i}", f"Python {i} was released with new syntax.")
+             for i in range(5)]
+    assert answers_anyway(COPY, twin) and not answers_anyway(COPY, other[0])
+    builder = ExampleBuilder.__new__(ExampleBuilder)
+    builder.opts = RagOptions(k=3, unanswerable_share=1.0)
+    builder.candidates = lambda question: [gold, twin, *other]
+    seen: list[list[int]] = []
+
+    def render(ref, chunks, answer, gold_id):
+        seen.append([h.chunk_id for h in chunks])
+        return {"messages": [{"role": "assistant", "content": answer}]}, True
+
+    builder.render = render
+    example, what = builder.example(COPY, random.Random(0))
+    assert what == "unanswerable_answering_dropped" and seen == [[3, 4, 5]]
+    assert example["messages"][-1]["content"] == NOT_IN_DOCUMENTS
+    # when every other passage answers too, there is no honest unanswerable example to make
+    builder.candidates = lambda question: [gold, twin]
+    assert builder.example(COPY, random.Random(0)) == (None, "dropped_every_passage_answers")
