@@ -130,9 +130,14 @@ def runtime_memory(fmt: str, config: dict[str, Any], profile: DeviceProfile) -> 
     kv_type = path.llama.kv_type
     if kv_type != "f16" and _head_dim(config) % QUANT_KV_BLOCK:
         kv_type = "f16"  # llamacpp.kv_type_for: llama.cpp refuses a quantized cache for such heads
-    batched = profile.parallel > 1
     return RuntimeMemory(int(path.max_n_ctx or profile.max_context), kv_type, KV_TYPE_BYTES_PER_VALUE[kv_type],
-                         1 + (profile.parallel + 1 if batched else 0), 2 if batched else 1)
+                         *serve_streams(profile.parallel))
+
+
+def serve_streams(parallel: int) -> tuple[int, int]:
+    """(KV streams, llama.cpp contexts) of ``serve --parallel N``: the lone context, and for N > 1 a batched one
+    with N + 1 streams (each answer's and the kept prefix's)."""
+    return (1 + parallel + 1, 2) if parallel > 1 else (1, 1)
 
 
 def _head_dim(config: dict[str, Any]) -> int:

@@ -122,9 +122,7 @@ def measure(bundle_path: Path, legacy: bool = False, threads: int | None = None,
     if serve:
         from slmforge.runtime.generate.batched import profile_parallel
 
-        parallel = profile_parallel(m.profile)
-        if parallel > 1:  # fit.runtime_memory: the batched context's N + 1 streams beside the lone one
-            streams, contexts = 1 + parallel + 1, 2
+        streams, contexts = fit.serve_streams(profile_parallel(m.profile))
         peak = peak_rss_of_serve(bundle_path, threads)
     else:
         peak = peak_rss_of(["run", str(bundle_path), QUESTION, "--json", *(["--legacy-runtime"] if legacy else []),
