@@ -154,7 +154,7 @@ def test_a_passage_that_answers_is_never_the_distractor_of_an_unanswerable_examp
     assert answers_anyway(COPY, twin) and not answers_anyway(COPY, other[0])
     builder = ExampleBuilder.__new__(ExampleBuilder)
     builder.opts = RagOptions(k=3, unanswerable_share=1.0)
-    builder.candidates = lambda question: [gold, twin, *other]
+    builder.candidates = lambda question, extra=0: [gold, twin, *other]
     seen: list[list[int]] = []
 
     def render(ref, chunks, answer, gold_id):
@@ -166,5 +166,26 @@ def test_a_passage_that_answers_is_never_the_distractor_of_an_unanswerable_examp
     assert what == "unanswerable_answering_dropped" and seen == [[3, 4, 5]]
     assert example["messages"][-1]["content"] == NOT_IN_DOCUMENTS
     # when every other passage answers too, there is no honest unanswerable example to make
-    builder.candidates = lambda question: [gold, twin]
+    builder.candidates = lambda question, extra=0: [gold, twin]
     assert builder.example(COPY, random.Random(0)) == (None, "dropped_every_passage_answers")
+
+
+def test_an_unanswerable_example_takes_no_passage_from_the_question_s_own_document():
+    """The question's own page, other sections included, is left out of its "not covered" context: neighbouring
+    sections half-answer it, and a model taught to refuse beside them refuses answerable questions."""
+    import random
+
+    from slmforge.runtime.answer.rag_examples import ExampleBuilder, RagOptions
+
+    gold = _hit(1, "docs/faq/library.rst", "Library and Extension FAQ > How do I copy a file?",
+                "The shutil module contains a copyfile() function.")
+    sibling_sections = [_hit(2 + i, "docs/faq/library.rst", f"Library and Extension FAQ > Q{i}",
+                             f"Threads number {i} run one at a time.") for i in range(3)]
+    elsewhere = [_hit(10 + i, "docs/faq/general.rst", f"General FAQ > Q{i}", f"Python {i} was released with new syntax.")
+                 for i in range(4)]
+    builder = ExampleBuilder.__new__(ExampleBuilder)
+    builder.opts = RagOptions(k=3, unanswerable_share=1.0)
+    builder.candidates = lambda question, extra=0: [gold, *sibling_sections, *elsewhere]
+    builder.render = lambda ref, chunks, answer, gold_id: ({"ids": [h.chunk_id for h in chunks], "answer": answer}, True)
+    example, what = builder.example(COPY, random.Random(0))
+    assert what == "unanswerable" and example == {"ids": [10, 11, 12], "answer": NOT_IN_DOCUMENTS}

@@ -6,8 +6,11 @@ answer, or to cite. Following RAFT, each QA pair is rendered exactly as the bund
 ask it (same system prompt, same retriever, same context block, same token budget): the
 passage that holds the answer among the other retrieved ones, the reference answer
 followed by its ``[n]``, and for a share of questions no answering passage at all and the
-answer that the documents do not cover it. Generated questions whose own passage the
-retriever cannot find are dropped: the model would be taught to answer from nothing.
+answer that the documents do not cover it. Those passages are retrieved for the question
+from *other* documents: the neighbouring sections of its own page half-answer it too, and
+taught to refuse beside them a small model refuses answerable questions (docs/evaluation.md).
+Generated questions whose own passage the retriever cannot find are dropped: the model would
+be taught to answer from nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from slmforge.rag_prompt import NOT_IN_DOCUMENTS
 # Origins whose pairs a person wrote (FAQ sections, QA files): kept even when retrieval misses their passage.
 AUTHORED = ("faq", "file", None)
 EXTRA_CANDIDATES = 8  # retrieved beyond k, to find the answering passage or distractors to replace it with
+# An unanswerable example's passages come from other documents only, so more are retrieved to find k of them.
+UNANSWERABLE_CANDIDATES = 24
 # A passage holding at least this share of the answer's content words (beyond the question's) answers it: it is
 # never a distractor of an "unanswerable" example (``answers_anyway``).
 ANSWERING_SHARE = 0.5
@@ -57,8 +62,8 @@ class ExampleBuilder:
         self._chunks = [Hit(chunk_id=r[0], source=r[1], heading=r[2], text=r[3], score=0.0, vec_score=None,
                             bm25_rank=None) for r in rows]
 
-    def candidates(self, question: str) -> list[Hit]:
-        return self.engine.retrieve(question, self.opts.k + EXTRA_CANDIDATES)[0]
+    def candidates(self, question: str, extra: int = EXTRA_CANDIDATES) -> list[Hit]:
+        return self.engine.retrieve(question, self.opts.k + extra)[0]
 
     def placed_passage(self, ref: QARecord) -> Hit | None:
         """The first chunk of the reference's section (where its answer starts), when retrieval missed it."""
@@ -89,7 +94,7 @@ class ExampleBuilder:
         if not retrieved and ref.origin not in AUTHORED:
             return None, "dropped_not_retrieved"
         if ref.source and rng.random() < self.opts.unanswerable_share:
-            others = [h for h in found if h.source != ref.source or not chunk_matches(ref, h.source, h.heading)]
+            others = [h for h in self.candidates(ref.question, UNANSWERABLE_CANDIDATES) if h.source != ref.source]
             distractors = [h for h in others if not answers_anyway(ref, h)]
             if not distractors:
                 return None, "dropped_every_passage_answers"
