@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -84,20 +83,12 @@ def test_examples_use_the_runtime_prompt_and_cite_the_answering_passage(bundle: 
             block = user["content"].split(f"[{cited}] ", 1)[1].split("\n", 1)[0]
             source, heading = block.split(" — ", 1)
             assert chunk_matches(ref, source, heading), block
-            # the same question through the runtime renders the same passages the same way (the answering one
-            # may sit at another rank: training places it at random)
+            # the same question through the runtime renders the same context block the same way
             plan, _ = engine.plan(ref.question, k=3)
             if any(chunk_matches(ref, h.source, h.heading) for h in plan.hits):
-                assert sorted(passages(plan.messages[1]["content"])) == sorted(passages(user["content"]))
-                assert plan.messages[1]["content"].endswith(f"Question: {ref.question}")
+                assert plan.messages[1]["content"] == user["content"]
     manifest = json.loads((tmp_path / "rag" / "sft.slmforge.json").read_text())
     assert manifest["stage"] == "rag" and manifest["metrics"]["examples"] == 2
-
-
-def passages(user_content: str) -> list[str]:
-    """The context block's passages without their [n] numbers."""
-    context = user_content.split("Context:\n", 1)[1].rsplit("\n\nQuestion: ", 1)[0]
-    return [p.strip() for p in re.split(r"^\[\d+\] ", context, flags=re.MULTILINE) if p.strip()]
 
 
 def test_unanswerable_examples_hold_no_answering_passage(bundle: Path, tmp_path: Path):
@@ -198,24 +189,3 @@ def test_an_unanswerable_example_takes_no_passage_from_the_question_s_own_docume
     builder.render = lambda ref, chunks, answer, gold_id: ({"ids": [h.chunk_id for h in chunks], "answer": answer}, True)
     example, what = builder.example(COPY, random.Random(0))
     assert what == "unanswerable" and example == {"ids": [10, 11, 12], "answer": NOT_IN_DOCUMENTS}
-
-
-def test_the_answering_passage_is_not_always_first():
-    """Retrieval ranks the answering passage first for most questions; left there, the model learns to cite [1]
-    whatever the passages say. Training puts it at a random rank among the others."""
-    import random
-
-    from slmforge.runtime.answer.rag_examples import ExampleBuilder, RagOptions
-
-    gold = _hit(1, "docs/faq/library.rst", "Library and Extension FAQ > How do I copy a file?",
-                "The shutil module contains a copyfile() function.")
-    others = [_hit(2 + i, "docs/faq/general.rst", f"General FAQ > Q{i}", f"Python {i} was released.") for i in range(3)]
-    builder = ExampleBuilder.__new__(ExampleBuilder)
-    builder.opts = RagOptions(k=4, unanswerable_share=0.0)
-    builder.candidates = lambda question, extra=0: [gold, *others]
-    builder.render = lambda ref, chunks, answer, gold_id: ([h.chunk_id for h in chunks], True)
-    rng = random.Random(0)
-    orders = [builder.example(COPY, rng)[0] for _ in range(20)]
-    assert all(sorted(o) == [1, 2, 3, 4] for o in orders)
-    assert {o.index(1) for o in orders} == {0, 1, 2, 3}  # every rank, not only the first
-    assert all([i for i in o if i != 1] == [2, 3, 4] for o in orders)  # the others keep retrieval's order

@@ -4,9 +4,8 @@ A small model that was only ever tuned on bare questions does not learn to read 
 "Context: [1] … [k]" block it is given on the device, to ignore the passages that do not
 answer, or to cite. Following RAFT, each QA pair is rendered exactly as the bundle will
 ask it (same system prompt, same retriever, same context block, same token budget): the
-passage that holds the answer at a random rank among the other retrieved ones (retrieval
-ranks it first for most questions, and a model taught so cites [1] whatever it reads), the
-reference answer followed by its ``[n]``, and for a share of questions no answering passage at all and the
+passage that holds the answer among the other retrieved ones, the reference answer
+followed by its ``[n]``, and for a share of questions no answering passage at all and the
 answer that the documents do not cover it. Those passages are retrieved for the question
 from *other* documents: the neighbouring sections of its own page half-answer it too, and
 taught to refuse beside them a small model refuses answerable questions (docs/evaluation.md).
@@ -104,10 +103,10 @@ class ExampleBuilder:
         passage = gold[0] if gold else self.placed_passage(ref)
         if passage is None:
             return None, "dropped_no_passage"
-        # The answering passage goes to a random rank among the retrieved others (RAFT): left where retrieval put
-        # it, it is [1] for most questions, and the model learns to cite [1] whatever the passages say.
-        chunks = [h for h in found[:k] if h.chunk_id != passage.chunk_id][: k - 1]
-        chunks.insert(rng.randrange(len(chunks) + 1), passage)
+        chunks = found[:k]
+        if passage.chunk_id not in {h.chunk_id for h in chunks}:  # put it where retrieval might have: any rank
+            chunks = [h for h in chunks if not chunk_matches(ref, h.source, h.heading)][: k - 1]
+            chunks.insert(rng.randrange(len(chunks) + 1), passage)
         example, fits = self.render(ref, chunks, ref.answer, passage.chunk_id)
         if not fits:  # a long question and passages: keep the answering one, drop distractors from the bottom
             chunks = [passage]
