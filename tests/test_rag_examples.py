@@ -170,7 +170,7 @@ def test_a_passage_that_answers_is_never_the_distractor_of_an_unanswerable_examp
     assert builder.example(COPY, random.Random(0)) == (None, "dropped_every_passage_answers")
 
 
-def test_an_unanswerable_example_takes_no_passage_from_the_question_s_own_document():
+def test_unanswerable_from_other_documents_takes_no_passage_of_the_question_s_own_page():
     """The question's own page, other sections included, is left out of its "not covered" context: neighbouring
     sections half-answer it, and a model taught to refuse beside them refuses answerable questions."""
     import random
@@ -184,8 +184,11 @@ def test_an_unanswerable_example_takes_no_passage_from_the_question_s_own_docume
     elsewhere = [_hit(10 + i, "docs/faq/general.rst", f"General FAQ > Q{i}", f"Python {i} was released with new syntax.")
                  for i in range(4)]
     builder = ExampleBuilder.__new__(ExampleBuilder)
-    builder.opts = RagOptions(k=3, unanswerable_share=1.0)
+    builder.opts = RagOptions(k=3, unanswerable_share=1.0, unanswerable_from="other-documents")
     builder.candidates = lambda question, extra=0: [gold, *sibling_sections, *elsewhere]
     builder.render = lambda ref, chunks, answer, gold_id: ({"ids": [h.chunk_id for h in chunks], "answer": answer}, True)
     example, what = builder.example(COPY, random.Random(0))
     assert what == "unanswerable" and example == {"ids": [10, 11, 12], "answer": NOT_IN_DOCUMENTS}
+    builder.opts = RagOptions(k=3, unanswerable_share=1.0)  # the default: every section but the question's own
+    example, what = builder.example(COPY, random.Random(0))
+    assert what == "unanswerable" and example == {"ids": [2, 3, 4], "answer": NOT_IN_DOCUMENTS}

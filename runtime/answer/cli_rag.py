@@ -22,10 +22,13 @@ from slmforge.output import emit_json, format_table, json_option
               help="Token budget of one example (prompt + answer); use the SFT stage's --seq-len.")
 @click.option("--unanswerable-share", type=click.FloatRange(0, 0.5), default=0.15, show_default=True,
               help="Share of examples with no answering passage, whose answer says the documents do not cover it.")
+@click.option("--unanswerable-from", type=click.Choice(["other-sections", "other-documents"]), default="other-sections",
+              show_default=True, help="Where those examples' passages come from: every section but the question's, "
+              "or other documents only (its own page's sections half-answer it; docs/training.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @json_option
 def rag(bundle_path: Path, qa_file: Path, out: Path, heldout: Path | None, heldout_out: Path | None, k: int,
-        seq_len: int, unanswerable_share: float, seed: int, as_json: bool) -> None:
+        seq_len: int, unanswerable_share: float, unanswerable_from: str, seed: int, as_json: bool) -> None:
     """Render each QA pair exactly as BUNDLE will ask it: its system prompt, the passages its retriever
     finds for the question (the answering one among distractors), and the reference answer followed by
     the number of the passage it came from. A share of examples hold no answering passage and teach the
@@ -33,7 +36,7 @@ def rag(bundle_path: Path, qa_file: Path, out: Path, heldout: Path | None, heldo
     <out>.slmforge.json; train on OUT with 'slmforge train sft --data OUT'."""
     from slmforge.runtime.answer.rag_examples import RagOptions, build_rag_examples
 
-    stats = build_rag_examples(bundle_path, qa_file, out, RagOptions(k, seq_len, unanswerable_share, seed),
+    stats = build_rag_examples(bundle_path, qa_file, out, RagOptions(k, seq_len, unanswerable_share, seed, unanswerable_from),
                                heldout=heldout, heldout_out=heldout_out)
     if as_json:
         emit_json(stats)

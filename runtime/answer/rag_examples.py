@@ -6,10 +6,12 @@ answer, or to cite. Following RAFT, each QA pair is rendered exactly as the bund
 ask it (same system prompt, same retriever, same context block, same token budget): the
 passage that holds the answer among the other retrieved ones, the reference answer
 followed by its ``[n]``, and for a share of questions no answering passage at all and the
-answer that the documents do not cover it. Those passages are retrieved for the question
-from *other* documents: the neighbouring sections of its own page half-answer it too, and
-taught to refuse beside them a small model refuses answerable questions (docs/evaluation.md).
-Generated questions whose own passage the retriever cannot find are dropped: the model would
+answer that the documents do not cover it. Those passages are retrieved for the question from
+every other section, or (``unanswerable_from="other-documents"``) from other documents only: the
+neighbouring sections of its own page half-answer it, and a model taught to refuse beside them
+refuses answerable questions. Which one helps depends on how long the model trains
+(docs/evaluation.md: other documents at 120 steps on the whole excerpt, F1 +0.26; at 30 steps on
+the pages without FAQ, −0.08), so it is a choice, measured per recipe. Generated questions whose own passage the retriever cannot find are dropped: the model would
 be taught to answer from nothing.
 """
 
@@ -38,7 +40,8 @@ from slmforge.rag_prompt import NOT_IN_DOCUMENTS
 # Origins whose pairs a person wrote (FAQ sections, QA files): kept even when retrieval misses their passage.
 AUTHORED = ("faq", "file", None)
 EXTRA_CANDIDATES = 8  # retrieved beyond k, to find the answering passage or distractors to replace it with
-# An unanswerable example's passages come from other documents only, so more are retrieved to find k of them.
+# Where an unanswerable example's passages come from; from other documents only, more are retrieved to find k.
+UNANSWERABLE_FROM = ("other-sections", "other-documents")
 UNANSWERABLE_CANDIDATES = 24
 # A passage holding at least this share of the answer's content words (beyond the question's) answers it: it is
 # never a distractor of an "unanswerable" example (``answers_anyway``).
@@ -51,6 +54,7 @@ class RagOptions:
     seq_len: int = 1024
     unanswerable_share: float = 0.15
     seed: int = 0
+    unanswerable_from: str = "other-sections"
 
 
 class ExampleBuilder:
@@ -94,7 +98,10 @@ class ExampleBuilder:
         if not retrieved and ref.origin not in AUTHORED:
             return None, "dropped_not_retrieved"
         if ref.source and rng.random() < self.opts.unanswerable_share:
-            others = [h for h in self.candidates(ref.question, UNANSWERABLE_CANDIDATES) if h.source != ref.source]
+            if self.opts.unanswerable_from == "other-documents":
+                others = [h for h in self.candidates(ref.question, UNANSWERABLE_CANDIDATES) if h.source != ref.source]
+            else:
+                others = [h for h in found if h.source != ref.source or not chunk_matches(ref, h.source, h.heading)]
             distractors = [h for h in others if not answers_anyway(ref, h)]
             if not distractors:
                 return None, "dropped_every_passage_answers"
@@ -149,6 +156,8 @@ def build_rag_examples(bundle_path: Path, qa_path: Path, out: Path, opts: RagOpt
     start = time.perf_counter()
     if opts.k < 1:
         raise UserError(f"--k must be at least 1, not {opts.k}")
+    if opts.unanswerable_from not in UNANSWERABLE_FROM:
+        raise UserError(f"--unanswerable-from {opts.unanswerable_from!r}: use one of {', '.join(UNANSWERABLE_FROM)}")
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; name the file to write, e.g. {out / 'sft.jsonl'}")
     if (heldout is None) != (heldout_out is None):
@@ -183,7 +192,8 @@ def build_rag_examples(bundle_path: Path, qa_path: Path, out: Path, opts: RagOpt
         inputs.append(input_ref("heldout", heldout))
     manifest = ArtifactManifest(kind="dataset", stage="rag", inputs=inputs, seed=opts.seed,
                                 params={"k": opts.k, "seq_len": opts.seq_len,
-                                        "unanswerable_share": opts.unanswerable_share},
+                                        "unanswerable_share": opts.unanswerable_share,
+                                        "unanswerable_from": opts.unanswerable_from},
                                 metrics=stats, summary=rag_summary(stats), duration_s=round(time.perf_counter() - start, 3))
     atomic_write_json(sibling(out, ".slmforge.json"), manifest.model_dump(mode="json"))
     return stats
