@@ -67,7 +67,9 @@ def _load_torch_encoder(source: Path):
     return model
 
 
-def _export_onnx(model, path: Path) -> None:
+def _export_onnx(model, path: Path, output: str = "last_hidden_state") -> None:
+    """A BERT-shaped model as ONNX with dynamic batch and length; ``output`` names the one output kept
+    (the encoder's ``last_hidden_state``; a cross-encoder's ``logits``)."""
     import torch
 
     class Encoder(torch.nn.Module):
@@ -78,8 +80,8 @@ def _export_onnx(model, path: Path) -> None:
             self.inner = inner
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+            return getattr(self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                                      token_type_ids=token_type_ids), output)
 
     ids = torch.ones((2, 16), dtype=torch.long)
     # The second row is padded: with an all-ones mask transformers skips building the
@@ -94,8 +96,9 @@ def _export_onnx(model, path: Path) -> None:
             (ids, mask, types),
             str(path),
             input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "last_hidden_state": axes},
+            output_names=[output],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
+                          output: axes if output == "last_hidden_state" else {0: "batch"}},
             opset_version=17,
             dynamo=False,
         )

@@ -21,7 +21,6 @@ from slmforge.runtime.generate.llama_probe import ensure_llama_cpp_runs
 from slmforge.runtime.generate.result_stream import ResultStream
 
 from slmforge.errors import UserError
-from slmforge.gguf_header import read_gguf_header
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,6 +61,9 @@ def kv_type_for(model_path: Path, kv_type: str) -> str:
     """``kv_type``, or f16 where the model's attention heads are too small to quantize (llama.cpp would refuse)."""
     if kv_type == "f16":
         return kv_type
+    # imported here: it brings gguf-py (5 MB resident), which a profile on the f16 cache never needs
+    from slmforge.gguf_header import read_gguf_header
+
     try:
         meta = read_gguf_header(model_path).metadata
         arch = meta["general.architecture"]
