@@ -40,6 +40,7 @@ from slmforge.bench.retrieval_benchmark import build_index, question_sets
 from slmforge.export.embedder import _export_onnx, _quantize, embedded_embedder
 from slmforge.runtime.index.embedder import Embedder
 from slmforge.runtime.index.gold_chunks import METRICS, gold_chunks, index_chunks, rank_scores
+from tqdm import tqdm
 
 from slmforge.fileio import atomic_write_json
 from slmforge.output import format_table
@@ -121,7 +122,7 @@ def rerank_embedder(name: str, folder: Path, reranker: OnnxReranker, records: li
         chunks = index_chunks(index)
         golds = gold_chunks(records, list(chunks.values()), "benchmark questions")
         bundled, reranked, embed_ms, rerank_ms = [], [], [], []
-        for rec, gold in zip(records, golds):
+        for rec, gold in tqdm(list(zip(records, golds)), desc=f"rerank ({name})", unit="q", leave=False):
             start = time.perf_counter()
             vector = emb.embed([rec.question])[0]
             embed_ms.append((time.perf_counter() - start) * 1000)
