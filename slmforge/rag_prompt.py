@@ -18,6 +18,9 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 # What a trained model answers when no retrieved passage holds the answer (and what eval counts as a refusal).
 NOT_IN_DOCUMENTS = "The documents do not cover this."
+# Where the passages of a "not covered" training example come from (``data rag --unanswerable-from``): every
+# section but the question's own, or other documents only.
+UNANSWERABLE_FROM = ("other-sections", "other-documents")
 
 
 class ContextChunk(Protocol):

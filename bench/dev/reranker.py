@@ -60,7 +60,7 @@ def training_rows(pairs_file: Path, seed: int = SEED) -> dict[str, list]:
     positives = [t["positive"] for t in triplets]
     rows: dict[str, list] = {"question": [], "chunk": [], "label": []}
     for t in triplets:
-        other = rng.choice([p for p in positives[:200] if p != t["positive"]] or positives)
+        other = rng.choice([p for p in positives if p != t["positive"]] or positives)
         for chunk, label in ((t["positive"], 1.0), (t["negative"], 0.0), (other, 0.0)):
             rows["question"].append(t["anchor"])
             rows["chunk"].append(chunk)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from slmforge.output import emit_json, format_table, json_option
+from slmforge.rag_prompt import UNANSWERABLE_FROM
 
 
 @click.command("rag", short_help="QA → SFT examples in the runtime's RAG prompt (context, distractors, [n]).")
@@ -22,7 +23,7 @@ from slmforge.output import emit_json, format_table, json_option
               help="Token budget of one example (prompt + answer); use the SFT stage's --seq-len.")
 @click.option("--unanswerable-share", type=click.FloatRange(0, 0.5), default=0.15, show_default=True,
               help="Share of examples with no answering passage, whose answer says the documents do not cover it.")
-@click.option("--unanswerable-from", type=click.Choice(["other-sections", "other-documents"]), default="other-sections",
+@click.option("--unanswerable-from", type=click.Choice(UNANSWERABLE_FROM), default=UNANSWERABLE_FROM[0],
               show_default=True, help="Where those examples' passages come from: every section but the question's, "
               "or other documents only (its own page's sections half-answer it; docs/training.md).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -11,8 +11,8 @@ every other section, or (``unanswerable_from="other-documents"``) from other doc
 neighbouring sections of its own page half-answer it, and a model taught to refuse beside them
 refuses answerable questions. Which one helps depends on how long the model trains
 (docs/evaluation.md: other documents at 120 steps on the whole excerpt, F1 +0.26; at 30 steps on
-the pages without FAQ, −0.08), so it is a choice, measured per recipe. Generated questions whose own passage the retriever cannot find are dropped: the model would
-be taught to answer from nothing.
+the pages without FAQ, −0.08), so it is a choice, measured per recipe. Generated questions whose
+own passage the retriever cannot find are dropped: the model would be taught to answer from nothing.
 """
 
 from __future__ import annotations
@@ -35,13 +35,12 @@ from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_json, atomic_write_text, sibling
 from slmforge.manifest import ArtifactManifest, input_ref
 from slmforge.qa_records import QARecord, chunk_matches, read_qa
-from slmforge.rag_prompt import NOT_IN_DOCUMENTS
+from slmforge.rag_prompt import NOT_IN_DOCUMENTS, UNANSWERABLE_FROM
 
 # Origins whose pairs a person wrote (FAQ sections, QA files): kept even when retrieval misses their passage.
 AUTHORED = ("faq", "file", None)
 EXTRA_CANDIDATES = 8  # retrieved beyond k, to find the answering passage or distractors to replace it with
-# Where an unanswerable example's passages come from; from other documents only, more are retrieved to find k.
-UNANSWERABLE_FROM = ("other-sections", "other-documents")
+# From other documents only (``UNANSWERABLE_FROM``), more are retrieved to find k passages.
 UNANSWERABLE_CANDIDATES = 24
 # A passage holding at least this share of the answer's content words (beyond the question's) answers it: it is
 # never a distractor of an "unanswerable" example (``answers_anyway``).
@@ -54,7 +53,7 @@ class RagOptions:
     seq_len: int = 1024
     unanswerable_share: float = 0.15
     seed: int = 0
-    unanswerable_from: str = "other-sections"
+    unanswerable_from: str = UNANSWERABLE_FROM[0]
 
 
 class ExampleBuilder:
