@@ -15,12 +15,14 @@ from slmforge.output import format_table
 
 LABELS = {
     "f1": "answer F1", "rouge_l": "ROUGE-L", "hit_at_k": "hit@k", "citation_rate": "citation rate",
-    "citation_accuracy": "citation accuracy", "groundedness": "groundedness",
+    "citation_accuracy": "citation accuracy",
+    "citation_accuracy_as_generated": "citation accuracy (markers as generated)", "groundedness": "groundedness",
     "answer_rate_in_domain": "answered (held-out)", "refusal_rate": "refused (off-domain probes)",
     "closed_book_f1": "closed-book F1", "answer_tokens": "answer tokens (mean)", "ttft_ms": "TTFT ms (median)",
     "decode_tok_s": "decode tok/s (median)",
 }
-TABLE_ORDER = ("f1", "rouge_l", "hit_at_k", "citation_rate", "citation_accuracy", "groundedness",
+TABLE_ORDER = ("f1", "rouge_l", "hit_at_k", "citation_rate", "citation_accuracy", "citation_accuracy_as_generated",
+               "groundedness",
                "answer_rate_in_domain", "refusal_rate", "closed_book_f1", "answer_tokens", "ttft_ms", "decode_tok_s")
 PNG = "eval.png"
 

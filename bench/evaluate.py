@@ -67,6 +67,7 @@ class Reply:
     """What eval keeps of one Answer: the text, the chunks the model saw, size and speed."""
 
     text: str
+    generated: str = ""  # the model's own text, before the runtime checked its [n] markers
     chunks: list[tuple[str, str]] = field(default_factory=list)  # (source, heading path) as numbered [1..k]
     context: str = ""
     completion_tokens: int = 0
@@ -76,7 +77,7 @@ class Reply:
     @classmethod
     def of(cls, answer: Answer) -> Reply:
         tok_s = answer.timings.get("decode_tok_s")
-        return cls(text=answer.answer, chunks=[(h.source, h.heading) for h in answer.hits],
+        return cls(text=answer.answer, generated=answer.generated_text or answer.answer, chunks=[(h.source, h.heading) for h in answer.hits],
                    context=context_block(answer.hits), completion_tokens=int(answer.tokens.get("completion", 0)),
                    ttft_ms=answer.timings.get("ttft_ms"),
                    decode_tok_s=tok_s if tok_s and answer.tokens.get("completion", 0) > 1 else None)
@@ -191,9 +192,10 @@ def score_rag(ref: QARecord, reply: Reply) -> dict[str, Any]:
     """One RAG answer's metrics (None where the question cannot be judged on that metric)."""
     matches = [chunk_matches(ref, source, heading) for source, heading in reply.chunks] if ref.source else None
     cites, accurate = citation_judgement(reply.text, matches)
+    _, accurate_as_generated = citation_judgement(reply.generated or reply.text, matches)
     return {**answer_scores(reply.text, ref.answer),
             "hit_at_k": None if matches is None else any(matches),
-            "cites": cites, "citation_accurate": accurate,
+            "cites": cites, "citation_accurate": accurate, "citation_accurate_as_generated": accurate_as_generated,
             "groundedness": groundedness(reply.text, reply.context, ref.question),
             "refused": is_refusal(reply.text), "answer_tokens": reply.completion_tokens,
             "ttft_ms": reply.ttft_ms, "decode_tok_s": reply.decode_tok_s}
@@ -220,6 +222,7 @@ def aggregate(rows: list[dict[str, Any]], probes: list[Reply]) -> tuple[dict[str
         metrics[key], _ = mean(key)
     metrics["citation_rate"], _ = mean("cites")
     metrics["citation_accuracy"], counts["citation_judged"] = mean("citation_accurate")
+    metrics["citation_accuracy_as_generated"], _ = mean("citation_accurate_as_generated")
     counts["citing"] = sum(bool(r["cites"]) for r in rows)
     counts["no_source"] = sum(r["hit_at_k"] is None for r in rows)
     counts["citing_no_source"] = sum(bool(r["cites"]) and r["hit_at_k"] is None for r in rows)

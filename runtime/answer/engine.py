@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from slmforge.runtime.answer.citation_check import CitationChecker
 from slmforge.runtime.answer.context_budget import PromptPlan, plan_prompt
 from slmforge.runtime.answer.types import Answer, citation, retrieval_summary
 from slmforge.runtime.bundle.reader import Bundle
@@ -231,15 +232,24 @@ class Engine:
         passages = len(plan.hits)
         generation = self.backend.stream(plan.prompt, max_tokens=plan.max_tokens, **{**defaults, **overrides},
                                          stop=lambda text: cites_missing_passage(text, passages))
-        yield from generation
+        checker = CitationChecker([h.text for h in plan.hits], question)
+        for delta in generation:
+            written = checker.feed(delta)
+            if written:
+                yield written
+        tail = checker.finish()
+        if tail:
+            yield tail
         result = generation.result
         timings = {
             **timings, "prefill_ms": result.prefill_ms, "ttft_ms": result.ttft_ms,
             "decode_tok_s": result.decode_tok_s, "total_ms": round((time.perf_counter() - started) * 1000, 2),
         }
         return Answer(
-            answer=result.text.strip(),
+            answer=checker.text.strip(),
             citations=[citation(h) for h in plan.hits],
+            citation_moves=[list(move) for move in checker.moves],
+            generated_text=result.text.strip(),
             timings=timings,
             tokens={"prompt": result.prompt_tokens, "completion": result.completion_tokens},
             retrieval=retrieval_summary(plan.hits, plan.nearest),

@@ -28,6 +28,10 @@ class Answer:
 
     answer: str
     citations: list[dict[str, Any]] = field(default_factory=list)
+    # [cited, moved to] for each [n] the runtime moved to the passage that holds the words before it
+    # (answer.citation_check); ``generated_text`` is the model's own text, markers as it wrote them.
+    citation_moves: list[list[int]] = field(default_factory=list)
+    generated_text: str | None = field(default=None, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=lambda: {"prompt": 0, "completion": 0})
     retrieval: dict[str, Any] = field(default_factory=dict)
@@ -44,8 +48,8 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.pop("hits")
-        out.pop("telemetry")
+        for hidden in ("hits", "telemetry", "generated_text"):
+            out.pop(hidden)
         return out
 
     def to_json(self) -> str:
