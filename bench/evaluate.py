@@ -38,7 +38,7 @@ from slmforge.datafiles import iter_jsonl
 from slmforge.errors import UserError
 from slmforge.fileio import sha256_file
 from slmforge.qa_records import QARecord, chunk_matches, read_qa
-from slmforge.rag_prompt import context_block
+from slmforge.rag_prompt import context_block, passage_label
 
 # Off-domain questions no document collection of a technical product answers (the drift probes'
 # first ten); a bundle should say its documents do not cover them. Override with --probes.
@@ -290,9 +290,10 @@ def answer_rows(records: list[QARecord], probes: list[str], systems: list[System
         per_system = {}
         for s in systems:
             r = replies[s.name]
+            rag = r.rag[i]
             per_system[s.name] = {
-                "rag": {"answer": r.rag[i].text, "context": [f"{src} — {h}" if h else src for src, h in r.rag[i].chunks],
-                        "metrics": scored[s.name][i]},
+                "rag": {"answer": rag.text, **({"generated": rag.generated} if rag.generated != rag.text else {}),
+                        "context": [passage_label(src, h) for src, h in rag.chunks], "metrics": scored[s.name][i]},
                 **({"closed_book": {"answer": r.closed_book[i].text, "f1": scored[s.name][i]["closed_book_f1"]}}
                    if r.closed_book is not None else {}),
             }

@@ -31,12 +31,16 @@ class ContextChunk(Protocol):
     text: str
 
 
+def passage_label(source: str, heading: str) -> str:
+    """Where a passage comes from, as its context header names it (and eval's answers.jsonl lists it)."""
+    return f"{source} — {heading}" if heading else source
+
+
 def context_block(chunks: Sequence[ContextChunk]) -> str:
     """Retrieved chunks as numbered sources the model can cite as [1], [2], …"""
     parts = []
     for i, chunk in enumerate(chunks, 1):
-        where = f"{chunk.source} — {chunk.heading}" if chunk.heading else chunk.source
-        parts.append(f"[{i}] {where}\n{chunk.text.strip()}")
+        parts.append(f"[{i}] {passage_label(chunk.source, chunk.heading)}\n{chunk.text.strip()}")
     return "\n\n".join(parts)
 
 

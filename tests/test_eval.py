@@ -60,6 +60,19 @@ def test_citation_accuracy_cases():
     assert citation_judgement("It is shutil.copyfile [2].", None) == (True, None)  # no source: not judged
 
 
+def test_citations_are_judged_as_shown_and_as_generated():
+    from slmforge.bench.evaluate import Reply, score_rag
+
+    ref = QARecord("How do I copy a file?", "Use shutil.copyfile.", source="faq/library.rst",
+                   section="How do I copy a file?")
+    reply = Reply(text="Use shutil.copyfile. [2]", generated="Use shutil.copyfile. [1]",
+                  chunks=[("faq/programming.rst", "How do I copy an object?"),
+                          ("faq/library.rst", "Library FAQ > How do I copy a file?")])
+    row = score_rag(ref, reply)
+    assert row["citation_accurate"] is True and row["citation_accurate_as_generated"] is False
+    assert row["f1"] == 1.0  # markers never count towards F1
+
+
 def test_chunk_matching_decides_hits():
     from slmforge.qa_records import chunk_matches
 

@@ -1,0 +1,122 @@
+"""The runtime moves an [n] to the passage that holds the words before it, as the answer streams."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+from slmforge.runtime.answer.citation_check import CitationChecker, check_citations
+from slmforge.runtime.answer.context_budget import PromptPlan
+from slmforge.runtime.answer.engine import Engine, answer_path
+from slmforge.runtime.generate.backend import GenerationResult, StreamTimer
+from slmforge.runtime.generate.result_stream import ResultStream
+from slmforge.runtime.index.store import Hit
+
+PASSAGES = [
+    "copy.deepcopy builds a new compound object and inserts copies of the objects found in the original.",
+    "shutil.copyfile copies the contents of a file to another file; shutil.copy also copies permission bits.",
+    "The glob module finds all the pathnames matching a pattern.",
+]
+QUESTION = "How do I copy a file?"
+ANSWER_FROM_2 = "Use shutil.copy, which copies the contents and the permission bits."
+
+
+def streamed(text: str, passages: list[str], step: int) -> str:
+    checker = CitationChecker(passages, QUESTION)
+    pieces = [checker.feed(text[i:i + step]) for i in range(0, len(text), step)]
+    return "".join(pieces) + checker.finish()
+
+
+def test_a_marker_after_words_of_another_passage_moves_there():
+    text, moves = check_citations(f"{ANSWER_FROM_2} [1]", PASSAGES, QUESTION)
+    assert text == f"{ANSWER_FROM_2} [2]" and moves == [(1, 2)]
+
+
+def test_a_marker_whose_passage_holds_the_words_stays():
+    assert check_citations(f"{ANSWER_FROM_2} [2]", PASSAGES, QUESTION) == (f"{ANSWER_FROM_2} [2]", [])
+
+
+def test_each_marker_is_judged_on_the_words_since_the_previous_one():
+    text = f"{ANSWER_FROM_2} [3] A deep copy builds a new compound object [3]."
+    assert check_citations(text, PASSAGES, QUESTION)[0] == \
+        f"{ANSWER_FROM_2} [2] A deep copy builds a new compound object [1]."
+
+
+def test_nothing_moves_when_no_passage_holds_most_of_the_claim():
+    text = "Ask your system administrator for the backup tapes [1]."
+    assert check_citations(text, PASSAGES, QUESTION) == (text, [])
+
+
+def test_a_list_marker_keeps_its_form_and_loses_duplicates():
+    assert check_citations(f"{ANSWER_FROM_2} [1, 2]", PASSAGES, QUESTION)[0] == f"{ANSWER_FROM_2} [2]"
+    assert check_citations(f"{ANSWER_FROM_2} [3][1]", PASSAGES, QUESTION)[0] == f"{ANSWER_FROM_2} [2]"
+
+
+@pytest.mark.parametrize("text", [
+    f"{ANSWER_FROM_2} `paths[1]`",  # inline code
+    f"{ANSWER_FROM_2}\n```\nx = [1]\n```",  # a code block
+    f"{ANSWER_FROM_2} names[1]",  # indexing, glued to a word
+    f"{ANSWER_FROM_2}\n[1] docs/faq.rst — How do I copy a file?",  # a context header echoed at a line start
+    f"{ANSWER_FROM_2} [12345]",  # not a passage number
+])
+def test_what_is_not_a_citation_passes_untouched(text: str):
+    assert check_citations(text, PASSAGES, QUESTION) == (text, [])
+
+
+def test_closed_book_answers_pass_untouched():
+    assert check_citations(f"{ANSWER_FROM_2} [1]", [], QUESTION) == (f"{ANSWER_FROM_2} [1]", [])
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
+def test_the_stream_writes_what_the_whole_text_check_writes(step: int):
+    text = f"{ANSWER_FROM_2} [1] A deep copy builds a new compound object [2, 3]. `a[1]` [x] [1"
+    assert streamed(text, PASSAGES, step) == check_citations(text, PASSAGES, QUESTION)[0]
+
+
+def test_a_marker_is_held_back_only_until_it_is_complete():
+    checker = CitationChecker(PASSAGES, QUESTION)
+    assert checker.feed(f"{ANSWER_FROM_2} [") == ANSWER_FROM_2 + " "
+    assert checker.feed("1") == ""
+    assert checker.feed("]") == ""  # "[1][2]" may follow
+    assert checker.feed(" More") == "[2] More"
+
+
+class ScriptedBackend:
+    """Streams a fixed answer in small pieces, as a model would."""
+
+    name = "fake"
+    n_ctx = 512
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+    def render_chat(self, messages: list[dict]) -> str:
+        return "\n".join(m["content"] for m in messages)
+
+    def stream(self, prompt: str, max_tokens: int = 256, stop=None, **_: object) -> ResultStream[GenerationResult]:
+        def deltas() -> Generator[str, None, GenerationResult]:
+            timer = StreamTimer(prompt_tokens=3)
+            for i in range(0, len(self.text), 3):
+                timer.add(self.text[i:i + 3].encode())
+                yield self.text[i:i + 3]
+            return timer.result("stop")
+
+        return ResultStream(deltas())
+
+
+def test_the_engine_streams_checked_markers_and_keeps_the_model_s_own_text():
+    generated = f"{ANSWER_FROM_2} [1]"
+    hits = [Hit(chunk_id=i, source=f"d{i}.rst", heading="", text=t, score=1.0, vec_score=0.5, bm25_rank=i)
+            for i, t in enumerate(PASSAGES, 1)]
+    engine = Engine.__new__(Engine)  # no model, no index: the answer path around a scripted backend
+    engine.path, engine.generation, engine._backend = answer_path(legacy=False), {}, ScriptedBackend(generated)
+    engine.plan = lambda *a, **k: (PromptPlan("prompt", 3, hits, [], 64), {})  # type: ignore[method-assign]
+    stream = engine.answer_stream(QUESTION)
+    deltas = list(stream)
+    answer = stream.result
+    assert "".join(deltas) == answer.answer == f"{ANSWER_FROM_2} [2]"
+    assert answer.generated_text == generated and answer.citation_moves == [[1, 2]]
+    assert "generated_text" not in answer.to_dict()
