@@ -42,6 +42,13 @@ def test_each_marker_is_judged_on_the_words_since_the_previous_one():
         f"{ANSWER_FROM_2} [2] A deep copy builds a new compound object [1]."
 
 
+def test_a_cited_passage_that_holds_half_of_the_claim_stays():
+    passages = ["escape performs percent-encoding of query strings",
+                "escape performs percent-encoding of query strings; unescape decodes them again"]
+    text = "escape performs percent-encoding of query strings and unescape decodes them [1]"
+    assert check_citations(text, passages, "What does escape do?") == (text, [])  # [1]: 4 of 6 words, [2]: 6
+
+
 def test_nothing_moves_when_no_passage_holds_most_of_the_claim():
     text = "Ask your system administrator for the backup tapes [1]."
     assert check_citations(text, PASSAGES, QUESTION) == (text, [])

@@ -1,7 +1,8 @@
 """Re-judge the citations of stored `slmforge eval` answers as the runtime now checks them.
 
 The runtime moves an [n] to the passage that holds the words before it (`runtime/answer/citation_check.py`);
-answers eval wrote before that hold the model's markers as generated. Since only the markers change (the
+answers eval wrote before that hold the model's markers as generated (later runs keep them as "generated"), so
+a run can be re-judged as the check stands now. Since only the markers change (the
 model's words and everything it generates are the same), an old run can be re-judged without generating:
 each held-out question is retrieved again through BUNDLE (the passages the model saw; a question whose
 passages now differ from the stored ones is skipped and counted), its answer goes through the checker, and
@@ -48,8 +49,9 @@ def recheck(run: Path, engine: Engine, system: str | None) -> dict[str, Any]:
         ref = QARecord(question=row["question"], answer=row["reference"], source=row["source"],
                        section=row.get("section"))
         matches = [chunk_matches(ref, h.source, h.heading) for h in plan.hits]
-        checked, moves = check_citations(reply["answer"], [h.text for h in plan.hits], row["question"])
-        cites, accurate = citation_judgement(reply["answer"], matches)
+        generated = reply.get("generated", reply["answer"])  # runs made with the check keep the model's text
+        checked, moves = check_citations(generated, [h.text for h in plan.hits], row["question"])
+        cites, accurate = citation_judgement(generated, matches)
         if not cites:
             continue
         judged += 1

@@ -5,8 +5,9 @@ on examples whose answering passage is usually ranked first, it writes "[1]" aft
 from passage [3]. The words of the answer say where it came from, so the runtime checks: when a marker
 ends, the text written since the previous marker (its claim) is compared with each passage by the share
 of its content words the passage holds (``answer_words.groundedness``, the measure eval uses). A cited
-passage that holds clearly less of the claim than another one that holds most of it is replaced by that
-one. Only the markers change: the model's words, and what it generates next, do not.
+passage that holds less than half of the claim is replaced by the one that holds the most of it, if that
+one holds at least half and clearly more. Only the markers change: the model's words, and what it
+generates next, do not.
 
 A marker is held back from the stream until it is complete (a few characters), then written checked;
 code spans, markers glued to a word (``x[1]``) and markers at the start of a line (a list, or the model
@@ -20,9 +21,10 @@ from collections.abc import Sequence
 
 from slmforge.answer_words import groundedness
 
-# A cited passage is moved only when another holds at least this share of the claim's content words …
-MIN_SUPPORT = 0.5
-# … and this much more of them than the cited one (chosen before measuring; docs/evaluation.md).
+# A passage that holds this share of a claim's content words supports it: a cited passage that does stays
+# cited (an answer drawn from two passages), and a marker moves only to a passage that does …
+SUPPORTED = 0.5
+# … and holds this much more of them than the cited one (docs/evaluation.md: how these were chosen).
 MARGIN = 0.1
 
 _NUM = r"\d{1,3}"
@@ -129,11 +131,11 @@ class CitationChecker:
         if any(s is None for s in support):
             return marker  # the claim has no content word of its own: nothing to judge it by
         best = max(range(len(support)), key=lambda i: support[i])
-        if support[best] < MIN_SUPPORT:
+        if support[best] < SUPPORTED:
             return marker
         checked: list[int] = []
         for n in cited:
-            if 1 <= n <= len(support) and support[n - 1] < support[best] - MARGIN:
+            if 1 <= n <= len(support) and support[n - 1] < min(SUPPORTED, support[best] - MARGIN):
                 self.moves.append((n, best + 1))
                 n = best + 1
             if n not in checked:
