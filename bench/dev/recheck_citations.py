@@ -1,12 +1,11 @@
 """Re-judge the citations of stored `slmforge eval` answers as the runtime now checks them.
 
-The runtime moves an [n] to the passage that holds the words before it (`runtime/answer/citation_check.py`);
-answers eval wrote before that hold the model's markers as generated (later runs keep them as "generated"), so
-a run can be re-judged as the check stands now. Since only the markers change (the
-model's words and everything it generates are the same), an old run can be re-judged without generating:
-each held-out question is retrieved again through BUNDLE (the passages the model saw; a question whose
-passages now differ from the stored ones is skipped and counted), its answer goes through the checker, and
-citation accuracy is judged before and after as eval judges it.
+The runtime moves an [n] to the passage that holds the words before it (`runtime/answer/citation_check.py`).
+Only markers change (the model's words, and everything it generates, stay the same), so any stored run can be
+re-judged without generating, under the check as it stands now: the model's own text (the answer of a run made
+before the check, its "generated" text after) goes through the checker, each held-out question is retrieved
+again through BUNDLE for the passages the model saw (a question whose passages now differ from the stored ones
+is skipped and counted), and citation accuracy is judged before and after as eval judges it.
 
     python -m slmforge.bench.dev.recheck_citations RUN_DIR... --bundle BUNDLE [--system NAME] --out FILE.json
 """
