@@ -67,7 +67,7 @@ class Reply:
     """What eval keeps of one Answer: the text, the chunks the model saw, size and speed."""
 
     text: str
-    generated: str = ""  # the model's own text, before the runtime checked its [n] markers
+    generated: str = ""  # the model's own text before the runtime checked its [n] markers ("": the same)
     chunks: list[tuple[str, str]] = field(default_factory=list)  # (source, heading path) as numbered [1..k]
     context: str = ""
     completion_tokens: int = 0
@@ -77,7 +77,7 @@ class Reply:
     @classmethod
     def of(cls, answer: Answer) -> Reply:
         tok_s = answer.timings.get("decode_tok_s")
-        return cls(text=answer.answer, generated=answer.generated_text or answer.answer, chunks=[(h.source, h.heading) for h in answer.hits],
+        return cls(text=answer.answer, generated=answer.generated_text or "", chunks=[(h.source, h.heading) for h in answer.hits],
                    context=context_block(answer.hits), completion_tokens=int(answer.tokens.get("completion", 0)),
                    ttft_ms=answer.timings.get("ttft_ms"),
                    decode_tok_s=tok_s if tok_s and answer.tokens.get("completion", 0) > 1 else None)
@@ -292,7 +292,7 @@ def answer_rows(records: list[QARecord], probes: list[str], systems: list[System
             r = replies[s.name]
             rag = r.rag[i]
             per_system[s.name] = {
-                "rag": {"answer": rag.text, **({"generated": rag.generated} if rag.generated != rag.text else {}),
+                "rag": {"answer": rag.text, **({"generated": rag.generated} if rag.generated not in ("", rag.text) else {}),
                         "context": [passage_label(src, h) for src, h in rag.chunks], "metrics": scored[s.name][i]},
                 **({"closed_book": {"answer": r.closed_book[i].text, "f1": scored[s.name][i]["closed_book_f1"]}}
                    if r.closed_book is not None else {}),

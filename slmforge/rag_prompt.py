@@ -61,12 +61,23 @@ def build_messages(system_prompt: str | None, history: Sequence[dict], question:
 # indexing is not one) and never inside `code` or a ``` block (``[1, 2]`` there is a list). A line that
 # repeats a context header ("[2] faq/library.rst — How do I copy a file?") is the model echoing its
 # prompt, not citing: it is kept as text and not counted.
+_NUMBERS = r"\d{1,3}(?:\s*[,;]\s*\d{1,3})*"  # inside one bracket: 1, "1, 2", "1; 2"
+MARKER = re.compile(rf"(?:\[{_NUMBERS}\])+")  # a whole marker, runs included
+# The start of a marker still being written (the runtime holds it back until it is whole).
+MARKER_PREFIX = re.compile(rf"(?:\[{_NUMBERS}\])*\[(?:{_NUMBERS}\s*(?:[,;]\s*)?)?")
+# What may not come right before a marker: a word character, a closing bracket or parenthesis, a quote.
+GLUED = re.compile(r"[\w\])'\"]")
 _MARKERS = re.compile(
     r"(?P<code>```.*?(?:```|\Z)|`[^`\n]*`)"
     r"|(?P<echo>(?m:^[ \t]*\[\d{1,3}\][ \t]+[^\n]*? \u2014 [^\n]*$))"
-    r"|(?<![\w\])'\"])(?P<cite>(?:\[\d{1,3}(?:\s*[,;]\s*\d{1,3})*\])+)",
+    rf"|(?<!{GLUED.pattern})(?P<cite>{MARKER.pattern})",
     re.DOTALL,
 )
+
+
+def marker_numbers(marker: str) -> list[int]:
+    """The numbers of one marker, in the order written ("[2, 1]" -> [2, 1])."""
+    return [int(n) for n in re.findall(r"\d+", marker)]
 
 
 def cited_numbers(answer: str) -> list[int]:
@@ -74,7 +85,7 @@ def cited_numbers(answer: str) -> list[int]:
     found: dict[int, None] = {}
     for m in _MARKERS.finditer(answer or ""):
         if m.group("cite"):
-            found.update((int(n), None) for n in re.findall(r"\d+", m.group("cite")))
+            found.update((n, None) for n in marker_numbers(m.group("cite")))
     return list(found)
 
 

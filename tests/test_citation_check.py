@@ -59,6 +59,16 @@ def test_a_list_marker_keeps_its_form_and_loses_duplicates():
     assert check_citations(f"{ANSWER_FROM_2} [3][1]", PASSAGES, QUESTION)[0] == f"{ANSWER_FROM_2} [2]"
 
 
+@pytest.mark.parametrize(("marker", "checked"), [
+    (" [1 ,3]", " [2]"),  # a space before the separator, as rag_prompt reads it
+    (" [1][2", " [2][2"),  # cut off by the token limit: the whole marker is checked, the rest is text
+    (" [1][see]", " [2][see]"),
+    ("\n[1]", "\n[2]"),  # a citation on a line of its own
+])
+def test_every_marker_eval_counts_is_checked(marker: str, checked: str):
+    assert check_citations(ANSWER_FROM_2 + marker, PASSAGES, QUESTION)[0] == ANSWER_FROM_2 + checked
+
+
 @pytest.mark.parametrize("text", [
     f"{ANSWER_FROM_2} `paths[1]`",  # inline code
     f"{ANSWER_FROM_2}\n```\nx = [1]\n```",  # a code block

@@ -9,30 +9,26 @@ passage that holds less than half of the claim is replaced by the one that holds
 one holds at least half and clearly more. Only the markers change: the model's words, and what it
 generates next, do not.
 
-A marker is held back from the stream until it is complete (a few characters), then written checked;
-code spans, markers glued to a word (``x[1]``) and markers at the start of a line (a list, or the model
-echoing a context header) pass through untouched, as ``rag_prompt.cited_numbers`` reads them.
+A marker is held back from the stream until it is complete (a few characters), then written checked. What
+counts as a marker is ``rag_prompt``'s grammar, the one eval counts citations by; code spans, markers glued to a
+word (``x[1]``) and a marker that opens a line followed by a space (a list item, or the model echoing a context
+header) pass through as written. One difference: a lone backtick makes the rest of its line code here (whether
+it closes is not known yet while streaming), so a marker after it is left as written.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from slmforge.answer_words import groundedness
+from slmforge.rag_prompt import GLUED, MARKER, MARKER_PREFIX, marker_numbers
 
 # A passage that holds this share of a claim's content words supports it: a cited passage that does stays
 # cited (an answer drawn from two passages), and a marker moves only to a passage that does …
 SUPPORTED = 0.5
 # … and holds this much more of them than the cited one (docs/evaluation.md: how these were chosen).
 MARGIN = 0.1
-
-_NUM = r"\d{1,3}"
-_LIST = rf"{_NUM}(?:\s*[,;]\s*{_NUM})*"
-_COMPLETE = re.compile(rf"(?:\[{_LIST}\])+")
-_PREFIX = re.compile(rf"(?:\[{_LIST}\])*\[(?:{_LIST}(?:\s*[,;]\s*)?)?")
-_MAX_MARKER = 40
-_GLUE = re.compile(r"[\w\])'\"]")
+_MAX_MARKER = 40  # longer runs are written as they come
 
 
 class CitationChecker:
@@ -43,6 +39,7 @@ class CitationChecker:
         self.question = question
         self.moves: list[tuple[int, int]] = []  # (cited, moved to) for every number it replaced
         self._pending = ""  # a marker being written, not yet emitted
+        self._pending_opens_line = False  # it began a line: a list item or an echoed header if a space follows
         self._claim: list[str] = []  # emitted text since the previous marker
         self._line_start = True  # nothing but spaces emitted on this line so far
         self._last = ""  # the last emitted character
@@ -74,15 +71,14 @@ class CitationChecker:
     def _step(self, ch: str) -> None:
         if self._pending:
             candidate = self._pending + ch
-            if len(candidate) <= _MAX_MARKER and (_PREFIX.fullmatch(candidate) or _COMPLETE.fullmatch(candidate)):
+            if len(candidate) <= _MAX_MARKER and (MARKER_PREFIX.fullmatch(candidate) or MARKER.fullmatch(candidate)):
                 self._pending = candidate
                 return
-            self._release()
+            self._release(next_char=ch)
         if ch != "`":
             self._close_ticks()
-        if ch == "[" and self._code is None and self.passages and not self._line_start \
-                and not _GLUE.fullmatch(self._last or " "):
-            self._pending = ch
+        if ch == "[" and self._code is None and self.passages and not GLUED.fullmatch(self._last or " "):
+            self._pending, self._pending_opens_line = ch, self._line_start
             return
         if ch == "`":
             self._ticks += 1
@@ -100,18 +96,20 @@ class CitationChecker:
             self._code = None if self._code == "inline" else "inline"
         self._ticks = 0
 
-    def _release(self) -> None:
+    def _release(self, next_char: str = "") -> None:
+        """Write the held-back text: its whole marker (if it starts with one) checked, the rest read again."""
         pending, self._pending = self._pending, ""
-        if not pending:
-            return
-        if _COMPLETE.fullmatch(pending):
-            self._out.append(self._checked(pending))
-            self._claim = []
-            self._last = "]"
-            self._line_start = False
-        else:
+        whole = MARKER.match(pending)
+        if whole is None:
             for ch in pending:
                 self._emit(ch)
+            return
+        marker, rest = whole.group(), pending[whole.end():]
+        as_written = self._pending_opens_line and not rest and next_char in (" ", "\t")
+        self._out.append(marker if as_written else self._checked(marker))
+        self._claim, self._last, self._line_start = [], "]", False
+        for ch in rest:
+            self._step(ch)
 
     def _emit(self, ch: str) -> None:
         self._out.append(ch)
@@ -125,7 +123,7 @@ class CitationChecker:
     # -- the check --------------------------------------------------------------------------------------
 
     def _checked(self, marker: str) -> str:
-        cited = [int(n) for n in re.findall(r"\d+", marker)]
+        cited = marker_numbers(marker)
         claim = "".join(self._claim)
         support = [groundedness(claim, passage, self.question) for passage in self.passages]
         if any(s is None for s in support):

@@ -11,6 +11,7 @@ from slmforge.runtime.answer.engine import Engine
 from slmforge.runtime.answer.types import Answer
 
 from slmforge.output import emit_json, json_option
+from slmforge.rag_prompt import passage_label
 
 bundle_arg = click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
 k_option = click.option("--k", "k", type=click.IntRange(min=0), default=4, show_default=True,
@@ -37,8 +38,7 @@ def _open_engine(bundle_path: Path, threads: int | None, legacy: bool = False, o
 def format_citations(answer: Answer) -> str:
     lines = []
     for i, c in enumerate(answer.citations, 1):
-        where = f"{c['source']} — {c['heading']}" if c["heading"] else c["source"]
-        lines.append(f"  [{i}] {where}  (score {c['score']:.3f})")
+        lines.append(f"  [{i}] {passage_label(c['source'], c['heading'])}  (score {c['score']:.3f})")
     return "\n".join(lines)
 
 

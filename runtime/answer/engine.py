@@ -233,10 +233,13 @@ class Engine:
         generation = self.backend.stream(plan.prompt, max_tokens=plan.max_tokens, **{**defaults, **overrides},
                                          stop=lambda text: cites_missing_passage(text, passages))
         checker = CitationChecker([h.text for h in plan.hits], question)
-        for delta in generation:
-            written = checker.feed(delta)
-            if written:
-                yield written
+        try:
+            for delta in generation:
+                written = checker.feed(delta)
+                if written:
+                    yield written
+        finally:
+            generation.close()  # a client that goes away frees its sequence now, not at garbage collection
         tail = checker.finish()
         if tail:
             yield tail

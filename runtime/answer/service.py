@@ -29,6 +29,7 @@ from slmforge.runtime.telemetry.feedback import parse_rating, record_feedback
 from slmforge.runtime.telemetry.store import TelemetryStore, measure_resources
 
 from slmforge.errors import UserError
+from slmforge.rag_prompt import passage_label
 
 if TYPE_CHECKING:
     from slmforge.runtime.bundle.reader import Bundle
@@ -231,7 +232,7 @@ class AnswerService:
                   params: ChatParams, fallback: str | None) -> None:
         assert self.escalator is not None
         messages = context_messages([*history, {"role": "user", "content": question}],
-                                    [(f"{h.source} — {h.heading}", h.text) for h in hits])
+                                    [(passage_label(h.source, h.heading), h.text) for h in hits])
         try:
             result = self.escalator.complete(messages, params.max_tokens, params.temperature or 0.0)
         except EscalationError as exc:
@@ -243,6 +244,7 @@ class AnswerService:
             reply.answer = f"{fallback}\n\n({reply.note})"
             return
         reply.route, reply.answer, reply.finish_reason = "escalated", result.text, result.finish_reason
+        reply.citation_moves, reply.generated_text = [], None  # they described the local model's text
         reply.tokens = {"prompt": result.prompt_tokens or reply.tokens["prompt"],
                         "completion": result.completion_tokens or reply.tokens["completion"]}
         reply.note = f"answered by {result.model} via {self.escalator.endpoint}"
