@@ -101,3 +101,50 @@ def fake_model_export(out: Path, embedder: Path, size: int = 4096) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes())
     return make_export_dir(out, blob, embedder)
+
+
+class ScriptedBackend:
+    """A generation backend that streams fixed pieces of text, honouring ``max_tokens`` (a piece each) and
+    ``stop`` as the real backends do: the answer path around it runs with no model."""
+
+    name = "fake"
+    n_ctx = 512
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+    def render_chat(self, messages: list[dict]) -> str:
+        return "\n".join(m["content"] for m in messages)
+
+    def stream(self, prompt: str, max_tokens: int = 256, stop=None, **_: object):
+        from slmforge.runtime.generate.backend import StreamTimer
+        from slmforge.runtime.generate.result_stream import ResultStream
+
+        def deltas():
+            timer, finish = StreamTimer(prompt_tokens=3), "length"
+            for piece in self.pieces[:max_tokens]:
+                timer.add(piece.encode())
+                yield piece
+                if stop is not None and stop(timer.text()):
+                    finish = "stop"
+                    break
+            else:
+                finish = "stop" if len(self.pieces) <= max_tokens else "length"
+            return timer.result(finish)
+
+        return ResultStream(deltas())
+
+
+def engine_around(backend: ScriptedBackend, hits: list):
+    """An ``Engine`` with no model and no index: ``backend`` generates, ``hits`` are what every question
+    retrieves."""
+    from slmforge.runtime.answer.context_budget import PromptPlan
+    from slmforge.runtime.answer.engine import Engine, answer_path
+
+    engine = Engine.__new__(Engine)
+    engine.path, engine.generation, engine._backend = answer_path(legacy=False), {}, backend
+    engine.plan = lambda *a, **k: (PromptPlan("prompt", 3, hits, [], 64), {})
+    return engine

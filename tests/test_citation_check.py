@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-
 import pytest
 from slmforge.runtime.answer.citation_check import CitationChecker, check_citations
-from slmforge.runtime.answer.context_budget import PromptPlan
-from slmforge.runtime.answer.engine import Engine, answer_path
-from slmforge.runtime.generate.backend import GenerationResult, StreamTimer
-from slmforge.runtime.generate.result_stream import ResultStream
 from slmforge.runtime.index.store import Hit
+
+from tests.runtime_fixtures import ScriptedBackend, engine_around
 
 PASSAGES = [
     "copy.deepcopy builds a new compound object and inserts copies of the objects found in the original.",
@@ -98,40 +94,12 @@ def test_a_marker_is_held_back_only_until_it_is_complete():
     assert checker.feed(" More") == "[2] More"
 
 
-class ScriptedBackend:
-    """Streams a fixed answer in small pieces, as a model would."""
-
-    name = "fake"
-    n_ctx = 512
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def tokenize(self, text: str) -> list[int]:
-        return list(range(len(text.split())))
-
-    def render_chat(self, messages: list[dict]) -> str:
-        return "\n".join(m["content"] for m in messages)
-
-    def stream(self, prompt: str, max_tokens: int = 256, stop=None, **_: object) -> ResultStream[GenerationResult]:
-        def deltas() -> Generator[str, None, GenerationResult]:
-            timer = StreamTimer(prompt_tokens=3)
-            for i in range(0, len(self.text), 3):
-                timer.add(self.text[i:i + 3].encode())
-                yield self.text[i:i + 3]
-            return timer.result("stop")
-
-        return ResultStream(deltas())
-
-
 def test_the_engine_streams_checked_markers_and_keeps_the_model_s_own_text():
     generated = f"{ANSWER_FROM_2} [1]"
     hits = [Hit(chunk_id=i, source=f"d{i}.rst", heading="", text=t, score=1.0, vec_score=0.5, bm25_rank=i)
             for i, t in enumerate(PASSAGES, 1)]
-    engine = Engine.__new__(Engine)  # no model, no index: the answer path around a scripted backend
-    engine.path, engine.generation, engine._backend = answer_path(legacy=False), {}, ScriptedBackend(generated)
-    engine.plan = lambda *a, **k: (PromptPlan("prompt", 3, hits, [], 64), {})  # type: ignore[method-assign]
-    stream = engine.answer_stream(QUESTION)
+    pieces = [generated[i:i + 3] for i in range(0, len(generated), 3)]  # as a model would stream it
+    stream = engine_around(ScriptedBackend(pieces), hits).answer_stream(QUESTION)
     deltas = list(stream)
     answer = stream.result
     assert "".join(deltas) == answer.answer == f"{ANSWER_FROM_2} [2]"
