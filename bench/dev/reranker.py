@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from slmforge.bench.metrics import bootstrap_ci, paired_bootstrap
-from slmforge.bench.plots import pyplot
+from slmforge.bench.plots import pyplot, write_png
 from slmforge.bench.retrieval_benchmark import build_index, question_sets
 from slmforge.export.embedder import _export_onnx, _quantize, embedded_embedder
 from slmforge.runtime.index.embedder import Embedder
@@ -173,9 +173,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set(ylim=(0, 1), title=f"{name}, {set_name} (n={table['n']})\nrerank {timing['rerank_ms_median']:.0f} ms "
                f"vs query embedding {timing['embed_query_ms_median']:.0f} ms (median)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_png(plt, fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
