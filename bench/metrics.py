@@ -15,9 +15,8 @@ import numpy as np
 from slmforge.runtime.telemetry.drift import split_sentences
 
 from slmforge.answer_words import STOP_WORDS, content_words, groundedness  # noqa: F401 - eval's metrics, one home
+from slmforge.intervals import BOOTSTRAP_SAMPLES, bootstrap_ci, paired_bootstrap  # noqa: F401 - one home
 from slmforge.rag_prompt import cited_numbers, strip_citations
-
-BOOTSTRAP_SAMPLES = 2000
 
 # -- overlap with the reference -----------------------------------------------------------------------------
 
@@ -130,18 +129,3 @@ def median_of(values: Iterable[float | None]) -> float | None:
     real = [float(v) for v in values if v is not None]
     return float(np.median(real)) if real else None
 
-
-def bootstrap_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
-    """Mean and its 95 % percentile-bootstrap interval (BOOTSTRAP_SAMPLES resamples of the values)."""
-    arr = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = arr[rng.integers(0, len(arr), size=(BOOTSTRAP_SAMPLES, len(arr)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(arr.mean()), float(low), float(high)
-
-
-def paired_bootstrap(merged: Sequence[float], parent: Sequence[float], seed: int = 0) -> dict[str, float]:
-    """Mean of merged − parent over the same questions and its 95 % bootstrap interval."""
-    mean, low, high = bootstrap_ci(np.asarray(merged, dtype=np.float64) - np.asarray(parent, dtype=np.float64), seed)
-    return {"mean": round(mean, 4), "ci95_low": round(low, 4), "ci95_high": round(high, 4),
-            "significant": bool(low > 0 or high < 0)}

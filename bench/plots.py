@@ -26,9 +26,10 @@ def pyplot():
     return plt
 
 
-def write_png(plt, fig, path: Path, dpi: int = 110) -> None:
-    """``fig`` laid out and written to ``path`` under a temp name, renamed at the end; the figure closed."""
-    fig.tight_layout()
+def write_png(plt, fig, path: Path, dpi: int = 110, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    """``fig`` laid out inside ``rect`` (room left for a figure legend) and written to ``path`` under a temp name,
+    renamed at the end; the figure closed."""
+    fig.tight_layout(rect=rect)
     tmp = path.with_name(path.stem + ".partial.png")
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)

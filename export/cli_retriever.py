@@ -51,4 +51,21 @@ def retriever(qa_files: tuple[Path, ...], docs: tuple[Path, ...], heldout_files:
         by = m["validation"]["by_bm25_weight"]
         click.echo(f"BM25 fusion weight {m['bm25_weight']} (validation hit@4 by weight: "
                    + ", ".join(f"{w}: {row['hit@4']}" for w, row in by.items()) + ")")
+        gain = m["validation"].get("tuned_minus_stock")
+        if gain:
+            click.echo(validation_verdict(m["validation"], m["bm25_weight"]))
     click.echo(f"next: slmforge export … --embedder-source {out}; measure with slmforge bench retrieval --retriever {out}")
+
+
+def validation_verdict(validation: dict, weight: float) -> str:
+    """One line: does the tuned embedder, searched as its bundle will search, beat a stock bundle on the
+    validation documents (never trained on)? Said plainly when it does not, so nobody ships it on faith."""
+    d = validation["tuned_minus_stock"]["hit@4"]
+    stock = validation["stock_as_bundled"]
+    tuned = validation["by_bm25_weight"][str(weight)]
+    line = (f"validation as bundled ({validation['questions']} questions of unseen documents): hit@4 stock "
+            f"{stock['hit@4']} → tuned {tuned['hit@4']} ({d['mean']:+.3f}, 95 % CI {d['ci95_low']:+.3f}..{d['ci95_high']:+.3f})")
+    if d["mean"] <= 0:
+        line += "; the tuned embedder does not beat the stock one here: keep the stock embedder (export without --embedder-source)"
+    return line
+

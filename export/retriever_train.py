@@ -15,10 +15,12 @@ written to ``slmforge.json``; the export carries it to the bundle's index.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from slmforge.runtime.index.store import DEFAULTS, RagIndex
 
 from slmforge.errors import UserError
 from slmforge.fileio import atomic_dir, atomic_write_text
+from slmforge.intervals import paired_bootstrap
 from slmforge.manifest import ArtifactManifest, input_ref
 from slmforge.qa_records import QARecord
 
@@ -131,7 +134,7 @@ def train_retriever(
     data = _mine(model, [(r.question, c.embedding_text) for r, c in train], corpus, opts)
     with atomic_dir(Path(out)) as tmp:
         history = _fit(model, data, tmp, opts)
-        fusion = choose_fusion(model, docs, validation, token_counter(base / TOKENIZER_FILE))
+        fusion = choose_fusion(model, docs, validation, token_counter(base / TOKENIZER_FILE), stock=base)
         model.save(str(tmp))
         for leftover in ("checkpoints", "runs", "README.md"):
             target = tmp / leftover
@@ -154,7 +157,7 @@ def train_retriever(
             summary=f"embedder tuned on {len(train)} pairs of {len({c.source for _, c in train})} documents; "
                     f"{len(held)} documents held out ({len(heldout)} questions); "
                     + (f"BM25 weight {fusion['bm25_weight']} chosen on {len(validation)} validation questions"
-                       if fusion else "no validation documents: the index's default BM25 weight"),
+                       + _gain_phrase(fusion) if fusion else "no validation documents: the index's default BM25 weight"),
         )
         manifest.write(tmp)
     return manifest
@@ -200,31 +203,70 @@ class _TorchEmbedder:
 
 
 def choose_fusion(model: Any, docs: list[Path], validation: list[tuple[QARecord, CorpusChunk]],
-                  count_tokens: Any) -> dict[str, Any]:
+                  count_tokens: Any, stock: Path | None = None) -> dict[str, Any]:
     """The BM25 fusion weight of ``FUSION_GRID`` whose hybrid search, with the tuned encoder over an index
     of all documents built as ``bundle`` builds it, gives the validation questions the best hit@4 (ties:
-    nDCG@10, then the index default). ``{}`` when there are no validation questions."""
-    from slmforge.runtime.index.sync import sync_documents
-
+    nDCG@10, then the index default). With ``stock`` (the untuned encoder's folder), the same questions are
+    also searched as a stock bundle searches them (default weight), and the tuned-minus-stock difference is
+    reported: whether tuning pays on documents it never saw, before anything is bundled. ``{}`` when there
+    are no validation questions."""
     if not validation:
         return {}
-    embedder = _TorchEmbedder(model, count_tokens)
+    questions = [r.question for r, _ in validation]
+    gold = [c.key for _, c in validation]
+    with _validation_index(_TorchEmbedder(model, count_tokens), docs) as (index, embed):
+        vectors = embed(questions)
+        fusion = fusion_by_weight(index, vectors, questions, gold)
+        tuned = question_scores(index, vectors, questions, gold, fusion["bm25_weight"])
+    if stock is None:
+        return fusion
+    from sentence_transformers import SentenceTransformer
+
+    default = float(DEFAULTS["bm25_weight"])
+    with _validation_index(_TorchEmbedder(SentenceTransformer(str(stock), device="cpu"), count_tokens), docs) as (
+            index, embed):
+        untuned = question_scores(index, embed(questions), questions, gold, default)
+    fusion["validation"]["stock_as_bundled"] = {"bm25_weight": default, **_means(untuned)}
+    fusion["validation"]["tuned_minus_stock"] = {
+        m: paired_bootstrap([s[m] for s in tuned], [s[m] for s in untuned]) for m in METRICS}
+    return fusion
+
+
+@contextlib.contextmanager
+def _validation_index(embedder: _TorchEmbedder, docs: list[Path]) -> Iterator[tuple[RagIndex, Any]]:
+    """An index of all ``docs`` built with ``embedder`` as ``bundle`` builds one, and the embedder's question
+    encoder, in a temp folder that goes away afterwards."""
+    from slmforge.runtime.index.sync import sync_documents
+
     with tempfile.TemporaryDirectory(prefix="retriever-validation-") as scratch, \
             RagIndex.create(Path(scratch) / "rag.db", dim=embedder.dim, embedder="validation") as index:
         sync_documents(index, embedder, list(docs), progress=False)  # type: ignore[arg-type]
-        questions = [r.question for r, _ in validation]
-        return fusion_by_weight(index, embedder.embed(questions), questions, [c.key for _, c in validation])
+        yield index, embedder.embed
+
+
+def question_scores(index: RagIndex, vectors: Any, questions: list[str], gold: list[tuple[str, int]],
+                    weight: float) -> list[dict[str, float]]:
+    """hit@1/hit@4/MRR/nDCG@10 of each question under the index's hybrid search at BM25 ``weight``."""
+    lists = ranked_keys(index, index_chunks(index), vectors, questions, {"bm25_weight": weight})
+    return [rank_scores(keys.index(g) + 1 if g in keys else None) for keys, g in zip(lists, gold)]
+
+
+def _gain_phrase(fusion: dict[str, Any]) -> str:
+    gain = fusion["validation"].get("tuned_minus_stock")
+    if not gain:
+        return ""
+    d = gain["hit@4"]
+    return f" (hit@4 as bundled vs stock there {d['mean']:+.3f}, 95 % CI {d['ci95_low']:+.3f}..{d['ci95_high']:+.3f})"
+
+
+def _means(scores: list[dict[str, float]]) -> dict[str, float]:
+    return {m: round(sum(s[m] for s in scores) / len(scores), 4) for m in METRICS}
 
 
 def fusion_by_weight(index: RagIndex, vectors: Any, questions: list[str], gold: list[tuple[str, int]],
                      grid: tuple[float, ...] = FUSION_GRID) -> dict[str, Any]:
     """hit@1/hit@4/MRR/nDCG@10 of the index's hybrid search for each BM25 weight, and the chosen weight."""
-    chunks = index_chunks(index)
-    table: dict[str, dict[str, float]] = {}
-    for weight in grid:
-        lists = ranked_keys(index, chunks, vectors, questions, {"bm25_weight": weight})
-        scores = [rank_scores(keys.index(g) + 1 if g in keys else None) for keys, g in zip(lists, gold)]
-        table[str(weight)] = {m: round(sum(s[m] for s in scores) / len(scores), 4) for m in METRICS}
+    table = {str(weight): _means(question_scores(index, vectors, questions, gold, weight)) for weight in grid}
     default = float(DEFAULTS["bm25_weight"])
     best = max(grid, key=lambda w: (table[str(w)]["hit@4"], table[str(w)]["ndcg@10"], w == default))
     return {"bm25_weight": best, "validation": {"questions": len(questions), "selected_by": "hit@4, then nDCG@10",

@@ -127,6 +127,19 @@ def test_validation_documents_are_kept_out_and_choose_the_fusion_weight(tmp_path
     asked = [json.loads(line)["source"] for line in (tmp_path / "ckpt" / "validation.jsonl").read_text().splitlines()]
     assert sorted(set(asked)) == validation
     assert not set(validation) & {json.loads(x)["source"] for x in (tmp_path / "ckpt" / "heldout.jsonl").open()}
+    # the same questions searched as a stock bundle searches them: the tuned-minus-stock difference, paired
+    v = m.metrics["validation"]
+    stock, tuned = v["stock_as_bundled"], v["by_bm25_weight"][str(m.metrics["bm25_weight"])]
+    assert stock["bm25_weight"] == 1.0 and set(stock) == {"bm25_weight", "hit@1", "hit@4", "mrr", "ndcg@10"}
+    for metric, d in v["tuned_minus_stock"].items():
+        assert d["mean"] == pytest.approx(tuned[metric] - stock[metric], abs=1e-3), metric
+        assert d["ci95_low"] <= d["mean"] <= d["ci95_high"]
+    from slmforge.export.cli_retriever import validation_verdict
+
+    line = validation_verdict(v, m.metrics["bm25_weight"])
+    assert f"hit@4 stock {stock['hit@4']} → tuned {tuned['hit@4']}" in line
+    assert ("keep the stock embedder" in line) == (v["tuned_minus_stock"]["hit@4"]["mean"] <= 0)
+    assert "as bundled vs stock" in m.summary
 
 
 def test_bad_inputs_are_one_line_and_exit_2(tmp_path: Path):
@@ -195,7 +208,8 @@ def test_benchmark_scores_held_out_questions_and_compares_paired(tmp_path: Path)
     verbatim = QARecord("Item 1", "Alice keeps the glimmer in a small drawer.", "people/alice.rst", "Item 1", "faq")
     report = run_benchmark([*train, *held, verbatim], [docs], {"stock": stock, "other": other},
                            {f"people/{HELD}.rst", "people/alice.rst"}, "stock")
-    assert report["sets"] == {"hard": 6, "faq": 1, "faq-all-documents": 1}  # the verbatim FAQ is not hard
+    # the verbatim FAQ is not hard; every question of a held-out document is in "heldout"
+    assert report["sets"] == {"hard": 6, "heldout": 7, "faq": 1, "faq-all-documents": 1}
     assert sum(r["heldout_document"] for r in report["rows"]) == 7
     hard = report["summary"]["hard"]
     assert set(hard["methods"]) == {"bm25", "stock", "stock+bm25", "other", "other+bm25"}
