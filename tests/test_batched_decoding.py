@@ -216,3 +216,26 @@ def test_kept_prefix_gives_the_same_greedy_tokens_and_never_leaks(single: LlamaC
     assert 0 < shared[diverging].reused < kept  # copied up to where the system prompt differs
     assert shared[outside[1]].reused <= 1  # at most a BOS in common
     assert stats["reused_tokens"] >= 5 * kept and freed
+
+
+def test_bare_batch_bench_times_one_against_n_at_a_fixed_context(tiny_gguf: Path, tmp_path: Path):
+    """The bare llama.cpp ceiling under `serve --parallel`: every timed round starts at the same context length
+    (the sequences are rolled back), and the report holds both rates and their ratio, with its PNG."""
+    import json
+
+    import llama_cpp
+    from slmforge.bench.dev.bare_batch import BareBatch, main
+
+    bare = BareBatch(tiny_gguf, parallel=3, context=20, threads=2)
+    try:
+        memory = llama_cpp.llama_get_memory(bare.ctx)
+        assert bare.rate([0, 1, 2], steps=5) > 0
+        assert [llama_cpp.llama_memory_seq_pos_max(memory, s) for s in range(3)] == [19, 19, 19]
+    finally:
+        bare.close()
+    out = tmp_path / "bare.json"
+    assert main([str(tiny_gguf), "--parallel", "2", "--context", "8", "--steps", "3", "--rounds", "1",
+                 "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["context"] == 8 and row["ratio"] == pytest.approx(row["batched_tok_s"] / row["one_tok_s"], abs=0.01)
+    assert out.with_suffix(".png").stat().st_size > 5_000
