@@ -167,8 +167,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     """Bars of every metric per method with 95 % intervals, one panel per question set."""
     plt = pyplot()
     sets = list(report["summary"])
-    fig, axes = plt.subplots(1, len(sets), figsize=(7 * len(sets), 4.5), squeeze=False)
-    for ax, set_name in zip(axes[0], sets):
+    cols = min(2, len(sets))  # two panels a row: four in one row are too small to read
+    rows = -(-len(sets) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(sets):]:
+        ax.set_visible(False)
+    for ax, set_name in zip(axes.flat, sets):
         table = report["summary"][set_name]
         methods = list(table["methods"])
         width = 0.8 / len(methods)
@@ -182,4 +186,4 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set(ylim=(0, 1), ylabel="mean (95 % bootstrap interval)", title=f"{set_name} questions (n={table['n']})")
     # one legend under the panels: inside a panel it hides the bars it explains
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(methods), fontsize=8)
-    write_png(plt, fig, path, rect=(0, 0.07, 1, 1))
+    write_png(plt, fig, path, rect=(0, 0.07 / rows, 1, 1))
