@@ -248,3 +248,22 @@ def test_gate_tops_a_short_heldout_split_up_from_the_next_source(tiny_checkpoint
     assert sum(map(len, quality.token_windows(tiny_checkpoint, alone, 512, 512))) < 64
     assert sum(map(len, quality.token_windows(tiny_checkpoint, both, 512, 512))) == 512
     assert key["sha256"] != alone_key["sha256"] and str(corpus_dir / "faq") in key["path"]
+
+
+def test_fit_sweep_reproduces_the_real_choices_and_names_where_they_part():
+    """The nominal-size sweep of bench/dev/fit_sweep.py walks export's own fit: on SmolLM2-135M it must give
+    what the real exports chose (docs/gemma.md), and from ~1B parameters the profiles must part."""
+    from slmforge.bench.dev.fit_sweep import MODELS, choose, parameters
+
+    from slmforge.profiles import load_profile
+
+    assert parameters(MODELS["SmolLM2-135M"]) == pytest.approx(134_515_008, rel=0.005)  # the checkpoint's count
+    names = ("jetson-orin-nano-8gb", "laptop-x86-16gb", "raspberry-pi-5-8gb", "android-midrange-8gb",
+             "raspberry-pi-zero-2w")
+
+    def picks(model: str) -> list[str | None]:
+        return [choose(MODELS[model], parameters(MODELS[model]), load_profile(n))["choice"] for n in names]
+
+    assert picks("SmolLM2-135M") == ["Q8_0", "Q8_0", "Q8_0", "Q4_K_M", None]
+    # a 1.2B model no longer reads fast enough at Q8_0 on the laptop (25 tok/s) or the Pi 5 (10 tok/s)
+    assert picks("Llama-3.2-1B") == ["Q8_0", "Q6_K", "Q6_K", "Q4_K_M", None]
