@@ -60,12 +60,16 @@ def retriever(qa_files: tuple[Path, ...], docs: tuple[Path, ...], heldout_files:
 def validation_verdict(validation: dict, weight: float) -> str:
     """One line: does the tuned embedder, searched as its bundle will search, beat a stock bundle on the
     validation documents (never trained on)? Said plainly when it does not, so nobody ships it on faith."""
+    from slmforge.intervals import difference_text
+
     d = validation["tuned_minus_stock"]["hit@4"]
     stock = validation["stock_as_bundled"]
     tuned = validation["by_bm25_weight"][str(weight)]
     line = (f"validation as bundled ({validation['questions']} questions of unseen documents): hit@4 stock "
-            f"{stock['hit@4']} → tuned {tuned['hit@4']} ({d['mean']:+.3f}, 95 % CI {d['ci95_low']:+.3f}..{d['ci95_high']:+.3f})")
+            f"{stock['hit@4']} → tuned {tuned['hit@4']} ({difference_text(d)})")
     if d["mean"] <= 0:
         line += "; the tuned embedder does not beat the stock one here: keep the stock embedder (export without --embedder-source)"
+    elif not d["significant"]:
+        line += "; the interval includes 0: a gain these few questions cannot confirm"
     return line
 

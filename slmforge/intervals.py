@@ -19,8 +19,14 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float, 
     return float(arr.mean()), float(low), float(high)
 
 
-def paired_bootstrap(merged: Sequence[float], parent: Sequence[float], seed: int = 0) -> dict[str, float]:
-    """Mean of merged − parent over the same questions and its 95 % bootstrap interval."""
-    mean, low, high = bootstrap_ci(np.asarray(merged, dtype=np.float64) - np.asarray(parent, dtype=np.float64), seed)
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, float]:
+    """Mean of a − b over the same questions and its 95 % bootstrap interval."""
+    mean, low, high = bootstrap_ci(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), seed)
     return {"mean": round(mean, 4), "ci95_low": round(low, 4), "ci95_high": round(high, 4),
             "significant": bool(low > 0 or high < 0)}
+
+
+def difference_text(d: dict[str, float]) -> str:
+    """A paired difference as reports print it: ``+0.048, 95 % CI -0.048..+0.143``."""
+    return f"{d['mean']:+.3f}, 95 % CI {d['ci95_low']:+.3f}..{d['ci95_high']:+.3f}"
+

@@ -265,5 +265,6 @@ def test_fit_sweep_reproduces_the_real_choices_and_names_where_they_part():
         return [choose(MODELS[model], parameters(MODELS[model]), load_profile(n))["choice"] for n in names]
 
     assert picks("SmolLM2-135M") == ["Q8_0", "Q8_0", "Q8_0", "Q4_K_M", None]
+    assert picks("Gemma-3-270M") == ["Q8_0", "Q8_0", "Q8_0", "Q4_K_M", None]
     # a 1.2B model no longer reads fast enough at Q8_0 on the laptop (25 tok/s) or the Pi 5 (10 tok/s)
     assert picks("Llama-3.2-1B") == ["Q8_0", "Q6_K", "Q6_K", "Q4_K_M", None]

@@ -28,6 +28,8 @@ from tqdm import tqdm
 
 from slmforge.fileio import atomic_write_json
 
+ROOM = 256  # positions past the filled context in each sequence's window: the timed steps' tokens
+
 
 class BareBatch:
     """N sequences in one llama.cpp context, each with ``context`` tokens in its own KV stream."""
@@ -35,25 +37,29 @@ class BareBatch:
     def __init__(self, model: Path, parallel: int, context: int, threads: int) -> None:
         import llama_cpp
 
-        self.lib = llama_cpp
-        self.llm = open_llama(model, FAST_SETTINGS, n_ctx=context + 256)  # the weights, mapped once
-        params = llama_cpp.llama_context_params.from_buffer_copy(self.llm.context_params)
-        params.n_ctx = parallel * (context + 256)
-        params.n_batch = params.n_ubatch = 512
-        params.n_seq_max = parallel
-        params.n_threads = params.n_threads_batch = threads
-        params.kv_unified = False
-        self.ctx = llama_cpp.llama_init_from_model(self.llm._model.model, params)
-        if not self.ctx:
-            raise RuntimeError(f"llama.cpp could not make a context for {parallel} sequences of {context}")
-        self.batch = llama_cpp.llama_batch_init(512, 0, 1)
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.llm._model.model)))
-        self.context, self.rng = context, random.Random(0)
-        for seq in range(parallel):
-            tokens = [self._token() for _ in range(context)]
-            for start in range(0, context, 512):
-                part = tokens[start:start + 512]
-                self._decode([(t, start + i, seq) for i, t in enumerate(part)])
+        self.lib, self.ctx, self.batch = llama_cpp, None, None
+        self.llm = open_llama(model, FAST_SETTINGS, n_ctx=context + ROOM)  # the weights, mapped once
+        try:
+            params = llama_cpp.llama_context_params.from_buffer_copy(self.llm.context_params)
+            params.n_ctx = parallel * (context + ROOM)
+            params.n_batch = params.n_ubatch = 512
+            params.n_seq_max = parallel
+            params.n_threads = params.n_threads_batch = threads
+            params.kv_unified = False
+            self.ctx = llama_cpp.llama_init_from_model(self.llm._model.model, params)
+            if not self.ctx:
+                raise RuntimeError(f"llama.cpp could not make a context for {parallel} sequences of {context}")
+            self.batch = llama_cpp.llama_batch_init(512, 0, 1)
+            self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.llm._model.model)))
+            self.context, self.rng = context, random.Random(0)
+            for seq in range(parallel):
+                tokens = [self._token() for _ in range(context)]
+                for start in range(0, context, 512):
+                    part = tokens[start:start + 512]
+                    self._decode([(t, start + i, seq) for i, t in enumerate(part)])
+        except BaseException:
+            self.close()
+            raise
         self.pos = dict.fromkeys(range(parallel), context)
 
     def _token(self) -> int:
@@ -84,8 +90,12 @@ class BareBatch:
         return len(seqs) * steps / elapsed
 
     def close(self) -> None:
-        self.lib.llama_batch_free(self.batch)
-        self.lib.llama_free(self.ctx)
+        if self.batch is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            self.lib.llama_free(self.ctx)
+            self.ctx = None
         self.llm.close()
 
 
@@ -99,9 +109,8 @@ def measure(model: Path, parallel: int, context: int, steps: int, rounds: int, t
             many.append(bare.rate(list(range(parallel)), steps))
     finally:
         bare.close()
-    m1, mn = statistics.median(one), statistics.median(many)
-    return {"context": context, "one_tok_s": round(m1, 1), "batched_tok_s": round(mn, 1),
-            "ratio": round(mn / m1, 2), "rounds": {"one": [round(x, 1) for x in one], "batched": [round(x, 1) for x in many]}}
+    m1, mn = round(statistics.median(one), 1), round(statistics.median(many), 1)
+    return {"context": context, "one_tok_s": m1, "batched_tok_s": mn, "ratio": round(mn / m1, 2), "rounds": {"one": [round(x, 1) for x in one], "batched": [round(x, 1) for x in many]}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/bare_batch.json"))
     args = parser.parse_args(argv)
+    if not 1 <= args.steps <= ROOM:
+        parser.error(f"--steps must be 1..{ROOM}: each sequence has room for that many tokens past its context")
     model = min(args.model.glob("*.gguf")) if args.model.is_dir() else args.model
     rows = [measure(model, args.parallel, c, args.steps, args.rounds, args.threads) for c in args.context]
     result = {"model": model.name, "parallel": args.parallel, "threads": args.threads, "steps": args.steps,

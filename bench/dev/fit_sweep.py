@@ -4,8 +4,8 @@ nominal file sizes, no weights.
 Why: issue #20 asks three profiles to choose three different (format, quant) for one model. The two real
 models this machine has offline (SmolLM2-135M, Gemma 3 270M) are small enough that every profile but the
 Pi Zero 2 W holds Q8_0 at its target speed, so the quality policy keeps Q8_0 and the phones' footprint policy
-takes the smallest rung that passes the gate. This sweep runs the same walk (``export.fit.estimate`` for
-memory and decode speed, best-first for ``quant_policy: quality``, smallest-first for ``footprint``) over the
+takes the smallest rung that passes the gate. This sweep runs the same walk (``export.run.pick`` with
+``export.fit.estimate``: best-first for ``quant_policy: quality``, smallest-first for ``footprint``) over the
 published configs of larger models, so the size at which the choices part is a number, not a guess.
 Two stand-ins, said in the output: sizes are llama.cpp's nominal bits per weight (real files are larger
 when rows are not a multiple of 256, as on SmolLM2-135M), and the quality gate is taken as measured on the
@@ -23,7 +23,9 @@ from typing import Any
 
 from slmforge.export import fit
 from slmforge.export.quantize import LADDER, NOMINAL_BPW
+from slmforge.export.run import Candidate, pick
 
+from slmforge.errors import UserError
 from slmforge.fileio import atomic_write_json
 from slmforge.output import format_table
 from slmforge.profiles import DeviceProfile, list_profiles
@@ -61,20 +63,25 @@ def parameters(config: dict[str, Any]) -> int:
 
 
 def choose(config: dict[str, Any], params: int, profile: DeviceProfile) -> dict[str, Any]:
-    """The rung export's walk would keep on ``profile``, on nominal sizes, and why the others lost."""
-    footprint = profile.quant_policy == "footprint"
-    rejected = []
-    for quant in (list(reversed(LADDER)) if footprint else LADDER):
-        est = fit.estimate("gguf", quant, fit.nominal_weights_bytes(params, NOMINAL_BPW[quant]), config, profile,
-                           measured=False)
-        if not est.fits:
-            rejected.append(f"{quant}: " + ("memory" if not est.fits_memory else f"{est.decode_tok_s:.1f} tok/s"))
-        elif footprint and quant in GATE_FAILED:
-            rejected.append(f"{quant}: gate")
-        else:  # a quality-policy walk gates only its choice: a rung that failed on the real models would exit 3
-            return {"choice": quant, "memory_mb": round(est.memory_bytes / fit.MB), "decode_tok_s": est.decode_tok_s,
-                    "gate_expected": "fail" if quant in GATE_FAILED else "pass", "rejected": rejected}
-    return {"choice": None, "rejected": rejected}
+    """The rung export's own walk (``export.run.pick``) keeps on ``profile`` when every candidate is its nominal
+    size, and why the others lost; a walk that finds nothing is ``choice: None`` with export's one line."""
+    def nominal(quant: str) -> int:
+        return fit.nominal_weights_bytes(params, NOMINAL_BPW[quant])
+
+    def build(quant: str) -> Candidate:
+        est = fit.estimate("gguf", quant, nominal(quant), config, profile, measured=False)
+        return Candidate("gguf", quant, Path(f"nominal-{quant}.gguf"), nominal(quant), NOMINAL_BPW[quant], est,
+                         gate={"verdict": "fail (as on the real models)"} if quant in GATE_FAILED else None)
+
+    gate = (lambda c: c.quant not in GATE_FAILED) if profile.quant_policy == "footprint" else None
+    try:
+        chosen, rejected = pick(list(LADDER), nominal, build, lambda c: None, config, "gguf", profile, gate)
+    except UserError as exc:
+        return {"choice": None, "refusal": str(exc)}
+    # a quality-policy walk gates only its choice: a rung that failed on the real models would exit 3 there
+    return {"choice": chosen.quant, "memory_mb": round(chosen.estimate.memory_bytes / fit.MB),
+            "decode_tok_s": chosen.estimate.decode_tok_s,
+            "gate_expected": "fail" if chosen.quant in GATE_FAILED else "pass", "rejected": rejected}
 
 
 def _cell(choice: dict[str, Any]) -> str:

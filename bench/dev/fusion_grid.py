@@ -21,7 +21,7 @@ from slmforge.bench.retrieval_benchmark import repeats_heading
 from slmforge.export.retriever_train import FUSION_GRID
 from slmforge.runtime.bundle.reader import open_bundle
 from slmforge.runtime.index.embedder import Embedder
-from slmforge.runtime.index.gold_chunks import DEPTH, gold_chunks, index_chunks, rank_scores, ranked_keys
+from slmforge.runtime.index.gold_chunks import DEPTH, gold_chunks, index_chunks, question_scores
 from slmforge.runtime.index.store import DEFAULTS, RagIndex
 
 from slmforge.errors import UserError
@@ -50,9 +50,8 @@ def grid(bundles: dict[str, Path], qa: list[Path], retriever: Path, documents: s
             vectors = Embedder(bundle.embedder_dir, threads=1).embed(questions)
             scores[name] = {}
             for weight in FUSION_GRID:
-                lists = ranked_keys(index, chunks, vectors, questions, {"bm25_weight": weight})
-                scores[name][str(weight)] = [rank_scores(keys.index(g.key) + 1 if g.key in keys else None)
-                                             for keys, g in zip(lists, golds)]
+                scores[name][str(weight)] = question_scores(index, chunks, vectors, questions, [g.key for g in golds],
+                                                            {"bm25_weight": weight})
     out: dict[str, Any] = {"questions": len(records), "hard": sum(hard), "documents": documents, "depth": DEPTH,
                            "grid": list(FUSION_GRID), "bundles": {n: str(p) for n, p in bundles.items()}, "by": {}}
     for subset, keep in (("all", [True] * len(records)), ("hard", hard), ("repeats-heading", [not h for h in hard])):

@@ -131,6 +131,14 @@ def ranked_keys(index: RagIndex, chunks: dict[int, CorpusChunk], vectors: np.nda
     return [[chunks[h.chunk_id].key for h in index.search(v, q, k=DEPTH, **weights)] for v, q in zip(vectors, questions)]
 
 
+def question_scores(index: RagIndex, chunks: dict[int, CorpusChunk], vectors: np.ndarray, questions: list[str],
+                    gold: list[tuple[str, int]], weights: dict[str, float]) -> list[dict[str, float]]:
+    """hit@1/hit@4/MRR/nDCG@10 of each question whose gold chunk key is ``gold[i]``, under the index's hybrid
+    search with ``weights``."""
+    lists = ranked_keys(index, chunks, vectors, questions, weights)
+    return [rank_scores(keys.index(g) + 1 if g in keys else None) for keys, g in zip(lists, gold)]
+
+
 def rank_scores(rank: int | None) -> dict[str, float]:
     """hit@1, hit@4, reciprocal rank and nDCG@10 of one question with one relevant chunk at ``rank`` (1-based)."""
     if rank is None or rank > DEPTH:
