@@ -215,9 +215,9 @@ def choose_fusion(model: Any, docs: list[Path], validation: list[tuple[QARecord,
     questions = [r.question for r, _ in validation]
     gold = [c.key for _, c in validation]
     with _validation_index(_TorchEmbedder(model, count_tokens), docs) as (index, embed):
-        vectors, chunks = embed(questions), index_chunks(index)
-        fusion = fusion_by_weight(index, vectors, questions, gold)
-        tuned = question_scores(index, chunks, vectors, questions, gold, {"bm25_weight": fusion["bm25_weight"]})
+        scores = _scores_by_weight(index, embed(questions), questions, gold, FUSION_GRID)
+    fusion = _choose_weight(scores)
+    tuned = scores[fusion["bm25_weight"]]
     if stock is None:
         return fusion
     from sentence_transformers import SentenceTransformer
@@ -256,9 +256,21 @@ def _means(scores: list[dict[str, float]]) -> dict[str, float]:
 def fusion_by_weight(index: RagIndex, vectors: Any, questions: list[str], gold: list[tuple[str, int]],
                      grid: tuple[float, ...] = FUSION_GRID) -> dict[str, Any]:
     """hit@1/hit@4/MRR/nDCG@10 of the index's hybrid search for each BM25 weight, and the chosen weight."""
+    return _choose_weight(_scores_by_weight(index, vectors, questions, gold, grid))
+
+
+def _scores_by_weight(index: RagIndex, vectors: Any, questions: list[str], gold: list[tuple[str, int]],
+                      grid: tuple[float, ...]) -> dict[float, list[dict[str, float]]]:
+    """Each question's scores under the hybrid search at every BM25 weight of ``grid``."""
     chunks = index_chunks(index)
-    table = {str(w): _means(question_scores(index, chunks, vectors, questions, gold, {"bm25_weight": w})) for w in grid}
+    return {w: question_scores(index, chunks, vectors, questions, gold, {"bm25_weight": w}) for w in grid}
+
+
+def _choose_weight(scores: dict[float, list[dict[str, float]]]) -> dict[str, Any]:
+    """The weight whose questions score the best hit@4 (ties: nDCG@10, then the index default), and the table."""
+    table = {str(w): _means(s) for w, s in scores.items()}
     default = float(DEFAULTS["bm25_weight"])
-    best = max(grid, key=lambda w: (table[str(w)]["hit@4"], table[str(w)]["ndcg@10"], w == default))
-    return {"bm25_weight": best, "validation": {"questions": len(questions), "selected_by": "hit@4, then nDCG@10",
+    best = max(scores, key=lambda w: (table[str(w)]["hit@4"], table[str(w)]["ndcg@10"], w == default))
+    questions = len(next(iter(scores.values())))
+    return {"bm25_weight": best, "validation": {"questions": questions, "selected_by": "hit@4, then nDCG@10",
                                                 "by_bm25_weight": table}}

@@ -2,8 +2,8 @@
 
 Why: issue #18 asks 8 clients to decode ≥ 3× one client's tokens per second. ``batch_decode`` measures
 our scheduler; this measures the ceiling under it. One llama.cpp context laid out as ``serve --parallel N``
-lays out its batched one (the fast path's settings from the bundle's GGUF, ``n_seq_max`` N, one KV stream
-per sequence), each sequence first filled with ``--context`` random tokens (a RAG prompt's length: the
+lays out its batched one (``batch_scheduler.batched_context``: the fast path's settings, one KV stream per
+sequence), each sequence first filled with ``--context`` random tokens (a RAG prompt's length: the
 attention every step pays grows with it), then timed steps of one token for sequence 0 alone and of one
 token for each of the N sequences, rounds alternated so a drifting load touches both alike. No sampling
 and no Python per token beyond filling the batch: only ``llama_decode``.
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.bench.plots import pyplot, write_png
+from slmforge.runtime.generate.batch_scheduler import batched_context
 from slmforge.runtime.generate.llamacpp import FAST_SETTINGS, open_llama
 from tqdm import tqdm
 
@@ -40,15 +41,7 @@ class BareBatch:
         self.lib, self.ctx, self.batch = llama_cpp, None, None
         self.llm = open_llama(model, FAST_SETTINGS, n_ctx=context + ROOM)  # the weights, mapped once
         try:
-            params = llama_cpp.llama_context_params.from_buffer_copy(self.llm.context_params)
-            params.n_ctx = parallel * (context + ROOM)
-            params.n_batch = params.n_ubatch = 512
-            params.n_seq_max = parallel
-            params.n_threads = params.n_threads_batch = threads
-            params.kv_unified = False
-            self.ctx = llama_cpp.llama_init_from_model(self.llm._model.model, params)
-            if not self.ctx:
-                raise RuntimeError(f"llama.cpp could not make a context for {parallel} sequences of {context}")
+            self.ctx = batched_context(self.llm, parallel, context + ROOM, threads)  # as serve --parallel makes it
             self.batch = llama_cpp.llama_batch_init(512, 0, 1)
             self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.llm._model.model)))
             self.context, self.rng = context, random.Random(0)

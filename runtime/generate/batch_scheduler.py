@@ -97,6 +97,23 @@ def shared_length(a: list[int], b: list[int]) -> int:
     return n
 
 
+def batched_context(llm: Any, sequences: int, n_ctx_per_seq: int, threads: int, n_batch: int = 512) -> Any:
+    """A second llama.cpp context over ``llm``'s loaded weights holding ``sequences`` sequences of
+    ``n_ctx_per_seq`` positions, each in its own KV stream, with ``llm``'s numerics (flash attention, cache type)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)  # same numerics as one sequence
+    params.n_ctx = sequences * n_ctx_per_seq
+    params.n_batch = params.n_ubatch = n_batch
+    params.n_seq_max = sequences
+    params.n_threads = params.n_threads_batch = threads
+    params.kv_unified = False  # one KV stream per sequence: attention never scans other users' cells
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+    if not ctx:
+        raise RuntimeError(f"llama.cpp could not make a context for {sequences} sequences of {n_ctx_per_seq}")
+    return ctx
+
+
 class BatchScheduler:
     """Owns a llama.cpp context with ``parallel`` sequences (and one for the kept prefix) over a loaded model."""
 
@@ -112,16 +129,8 @@ class BatchScheduler:
         self._model = llm._model.model  # the weights the single context already mapped; no second load
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
-        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)  # same numerics as one sequence
         self.prefix_seq = parallel  # the kept prefix's sequence (and KV stream), after the answers' ones
-        params.n_ctx = (parallel + 1) * n_ctx_per_seq
-        params.n_batch = params.n_ubatch = self.n_batch
-        params.n_seq_max = parallel + 1
-        params.n_threads = params.n_threads_batch = threads
-        params.kv_unified = False  # one KV stream per sequence: attention never scans other users' cells
-        self._ctx = llama_cpp.llama_init_from_model(self._model, params)
-        if not self._ctx:
-            raise RuntimeError(f"llama.cpp could not make a context for {parallel} sequences of {n_ctx_per_seq}")
+        self._ctx = batched_context(llm, parallel + 1, n_ctx_per_seq, threads, self.n_batch)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._pending: deque[Job] = deque()
